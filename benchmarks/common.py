@@ -1,0 +1,199 @@
+"""Shared benchmark machinery: timing (CPU median of repeats; GPU CUDA events / do_bench), result rows, and the
+CSV + Markdown + PNG output of ARCHITECTURE.md ("Benchmarks"). Every bench_<family>.py builds rows with
+``Row``/``measure`` and hands them to ``write_results``.
+
+A row's ``ratio`` is baseline time / this provider's time, both measured in the same run (> 1: faster).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as _dt
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@dataclasses.dataclass
+class Row:
+    op: str
+    provider: str
+    shape: str
+    dtype: str
+    mode: str
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    peak_mem_mb: float = float("nan")
+    throughput: str = ""
+    ratio: float = float("nan")
+    baseline: str = ""
+    device: str = ""
+    versions: str = ""
+    date: str = ""
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def versions() -> str:
+    out = f"torch {torch.__version__}"
+    try:
+        import triton
+
+        out += f", triton {triton.__version__}"
+    except ImportError:
+        pass
+    if torch.version.cuda:
+        out += f", CUDA {torch.version.cuda}"
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_fn(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20, min_time_s: float = 0.0):
+    """Run ``fn`` repeatedly; returns (median, p20, p80) in milliseconds. GPU: CUDA events per call."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    t_end = time.perf_counter() + min_time_s
+    while len(times) < repeats or time.perf_counter() < t_end:
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        if len(times) >= 10 * repeats:
+            break
+    times.sort()
+    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
+    return statistics.median(times), q[0], q[3]
+
+
+def peak_memory_mb(fn, device: torch.device) -> float:
+    """Peak memory of one call above what was allocated before it (GPU: allocator stats; CPU: not tracked)."""
+    if device.type != "cuda":
+        return float("nan")
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    _sync(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def measure(op, provider, shape, dtype, mode, fn, device, *, repeats=20, warmup=3, throughput_fn=None) -> Row:
+    med, p20, p80 = time_fn(fn, device, warmup=warmup, repeats=repeats)
+    return Row(op=op, provider=provider, shape=shape, dtype=str(dtype).replace("torch.", ""), mode=mode,
+               median_ms=med, p20_ms=p20, p80_ms=p80, peak_mem_mb=peak_memory_mb(fn, device),
+               throughput=throughput_fn(med) if throughput_fn else "", device=device_name(device),
+               versions=versions(), date=_dt.date.today().isoformat())
+
+
+def fill_ratios(rows: list[Row], baseline_provider: str) -> list[Row]:
+    """ratio = baseline median / row median for rows sharing (op, shape, dtype, mode) with the baseline."""
+    base = {(r.op, r.shape, r.dtype, r.mode): r.median_ms for r in rows if r.provider == baseline_provider}
+    for r in rows:
+        key = (r.op, r.shape, r.dtype, r.mode)
+        if key in base and r.median_ms > 0:
+            r.ratio = base[key] / r.median_ms
+            r.baseline = baseline_provider
+    return rows
+
+
+def default_outdir(device: torch.device) -> Path:
+    tag = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
+    return ROOT / "benchmarks" / "results" / f"local-{tag}-{_dt.date.today().isoformat()}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    head = "| op | provider | shape | dtype | mode | median ms | p20–p80 ms | peak MB | throughput | ratio |"
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}× vs {r.baseline}" if r.baseline else ""
+        mem = "" if r.peak_mem_mb != r.peak_mem_mb else f"{r.peak_mem_mb:.1f}"
+        lines.append(f"| {r.op} | {r.provider} | {r.shape} | {r.dtype} | {r.mode} | {r.median_ms:.3f} | "
+                     f"{r.p20_ms:.3f}–{r.p80_ms:.3f} | {mem} | {r.throughput} | {ratio} |")
+    return "\n".join(lines)
+
+
+def write_results(rows: list[Row], family: str, outdir: Path | None, *, plot: bool = True) -> None:
+    """Append rows to <outdir>/<family>.csv, write <family>.md and (matplotlib present) <family>.png."""
+    if outdir is None:
+        return
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    fields = [f.name for f in dataclasses.fields(Row)]
+    path = outdir / f"{family}.csv"
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow(dataclasses.asdict(r))
+    (outdir / f"{family}.md").write_text(f"# {family}\n\n{markdown_table(rows)}\n")
+    if plot:
+        _plot(rows, family, outdir / f"{family}.png")
+
+
+def _plot(rows, family, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    rows = [r for r in rows if r.baseline and r.provider != r.baseline]
+    if not rows:
+        return
+    labels = [f"{r.op} {r.shape} {r.dtype} {r.mode}\n{r.provider}" for r in rows]
+    fig, ax = plt.subplots(figsize=(10, max(2.5, 0.45 * len(rows))))
+    ax.barh(range(len(rows)), [r.ratio for r in rows], color=["tab:green" if r.ratio >= 1 else "tab:red"
+                                                               for r in rows])
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlabel("speed-up vs baseline measured in the same run (×)")
+    ax.set_title(f"{family} — {rows[0].device}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--smoke", action="store_true", help="one tiny shape, few repeats (CI smoke test)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--out", type=Path, default=None, help="results folder (default: none written unless given)")
+    p.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def threads_note() -> str:
+    return f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"

@@ -1,0 +1,62 @@
+// Argument checks shared by the CPU and CUDA entry points (for callers of torch.ops.s2s_fused.* directly; the
+// Python wrappers check first with friendlier messages). Each message names the argument, what was expected and
+// what came.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "rnn_pointwise.h"
+
+namespace s2s_fused {
+
+inline void check_dim(const at::Tensor& t, int64_t dim, const char* name) {
+  TORCH_CHECK(t.dim() == dim, name, ": expected a ", dim, "-D tensor, got ", t.dim(), "-D with shape ", t.sizes());
+}
+
+inline void check_size(const at::Tensor& t, int64_t dim, int64_t size, const char* name) {
+  TORCH_CHECK(t.size(dim) == size, name, ": expected size ", size, " in dim ", dim, ", got shape ", t.sizes());
+}
+
+inline void check_same(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* ref_name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ", ref.scalar_type(), " (as ",
+              ref_name, "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), name, ": expected device ", ref.device(), " (as ", ref_name, "), got ",
+              t.device());
+}
+
+inline void check_floating(const at::Tensor& t, const char* name) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || s == at::kHalf || s == at::kBFloat16, name,
+              ": expected a float32, float64, float16 or bfloat16 tensor, got ", s);
+}
+
+inline cpu::Dtype to_dtype(at::ScalarType s) {
+  switch (s) {
+    case at::kFloat: return cpu::Dtype::Float32;
+    case at::kDouble: return cpu::Dtype::Float64;
+    case at::kHalf: return cpu::Dtype::Float16;
+    case at::kBFloat16: return cpu::Dtype::BFloat16;
+    default: TORCH_CHECK(false, "unsupported dtype ", s);
+  }
+}
+
+// Optional tensors: a defined one must be a contiguous (or made contiguous) tensor of the reference's dtype.
+inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
+  return (t.has_value() && t->defined()) ? t->contiguous() : at::Tensor();
+}
+
+inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
+
+inline cpu::CMat cmat(const at::Tensor& t) {
+  if (!t.defined()) return {};
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1));
+  return {t.const_data_ptr(), t.stride(0)};
+}
+
+inline cpu::Mat mat(const at::Tensor& t) {
+  if (!t.defined()) return {};
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1));
+  return {t.mutable_data_ptr(), t.stride(0)};
+}
+
+}  // namespace s2s_fused

@@ -1,0 +1,67 @@
+// Helpers for the per-capability kernel files: at::vec loads/stores that round once, for every dtype.
+// Included only by csrc/cpu/kernels/*.cpp, which setup.py compiles once per CPU capability.
+#pragma once
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+
+namespace s2s_fused::cpu {
+namespace CPU_CAPABILITY {
+
+// float for float/half/bfloat16 (fp32 accumulate), double for double.
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+using VecOf = at::vec::Vectorized<acc_t<T>>;
+
+// Load n (<= size) elements as accumulate-type lanes; missing lanes read as zero.
+template <typename T>
+inline VecOf<T> vload(const T* p, int64_t n) {
+  using V = VecOf<T>;
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return n == V::size() ? V::loadu(p) : V::loadu(p, n);
+  } else {
+    alignas(64) acc_t<T> buf[V::size()] = {};
+    for (int64_t k = 0; k < n; ++k) buf[k] = static_cast<acc_t<T>>(p[k]);
+    return V::loadu(buf);
+  }
+}
+
+// Like vload but a null pointer reads as zero (optional operands).
+template <typename T>
+inline VecOf<T> vload_or_zero(const T* p, int64_t n) {
+  return p ? vload(p, n) : VecOf<T>(acc_t<T>(0));
+}
+
+template <typename T>
+inline void vstore(T* p, const VecOf<T>& v, int64_t n) {
+  using V = VecOf<T>;
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    if (n == V::size()) v.store(p); else v.store(p, n);
+  } else {
+    alignas(64) acc_t<T> buf[V::size()];
+    v.store(buf);
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(buf[k]);
+  }
+}
+
+template <typename V>
+inline V vsigmoid(const V& x) {
+  using S = typename V::value_type;
+  return V(S(1)) / (V(S(1)) + x.neg().exp());
+}
+
+template <typename V>
+inline V vtanh(const V& x) {
+  return x.tanh();
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace s2s_fused::cpu

@@ -1,0 +1,47 @@
+// CPU registration of the rnn_cell ops: ATen GEMMs (rnn_cell_impl.h) + the vectorized pointwise kernels of
+// csrc/cpu/kernels/rnn_pointwise.cpp, parallel over batch rows.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "cpu/dispatch.h"
+#include "cpu/rnn_pointwise_cpu.h"
+#include "rnn_cell_impl.h"
+
+namespace s2s_fused::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu(
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  return lstm_cell_forward_impl(CpuPointwise{}, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward_cpu(
+    const std::optional<at::Tensor>& grad_h1, const std::optional<at::Tensor>& grad_c1, const at::Tensor& input,
+    const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const at::Tensor& workspace, const at::Tensor& c1) {
+  return lstm_cell_backward_impl(CpuPointwise{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1);
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
+                                                        const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                                        const std::optional<at::Tensor>& b_ih,
+                                                        const std::optional<at::Tensor>& b_hh, bool reset_after) {
+  return gru_cell_forward_impl(CpuPointwise{}, input, hx, w_ih, w_hh, b_ih, b_hh, reset_after);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_cpu(
+    const at::Tensor& grad_h1, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after) {
+  return gru_cell_backward_impl(CpuPointwise{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after);
+}
+
+}  // namespace
+}  // namespace s2s_fused::cpu
+
+TORCH_LIBRARY_IMPL(s2s_fused, CPU, m) {
+  m.impl("lstm_cell_forward", &s2s_fused::cpu::lstm_cell_forward_cpu);
+  m.impl("lstm_cell_backward", &s2s_fused::cpu::lstm_cell_backward_cpu);
+  m.impl("gru_cell_forward", &s2s_fused::cpu::gru_cell_forward_cpu);
+  m.impl("gru_cell_backward", &s2s_fused::cpu::gru_cell_backward_cpu);
+}

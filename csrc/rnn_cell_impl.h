@@ -1,0 +1,210 @@
+// One LSTM / GRU step, forward and backward, written once for every device: the GEMMs go through ATen (BLAS on
+// CPU, cuBLAS on CUDA) and the pointwise work through a device policy `PW` with the members
+//   lstm_forward(const LstmForwardParams&, int64_t B)      lstm_backward(const LstmBackwardParams&, int64_t B)
+//   gru_forward / gru_forward_stage2(const GruForwardParams&, int64_t B)
+//   gru_backward / gru_backward_stage2(const GruBackwardParams&, int64_t B)
+// (csrc/cpu/rnn_cell.cpp: vectorized, parallel over rows; csrc/cuda/rnn_cell_binding.cpp: CUDA kernels).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "checks.h"
+
+namespace s2s_fused {
+
+struct CellArgs {
+  at::Tensor input, hx, w_ih, w_hh, b_ih, b_hh;  // contiguous; biases possibly undefined
+  int64_t B, I, H;
+};
+
+// Checks shared by both cells; gates = 4 (LSTM) or 3 (GRU).
+inline CellArgs check_cell_args(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
+                                const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                const std::optional<at::Tensor>& b_hh, int64_t gates) {
+  check_dim(input, 2, "input");
+  check_dim(hx, 2, "hx");
+  check_floating(input, "input");
+  check_same(hx, input, "hx", "input");
+  check_same(w_ih, input, "w_ih", "input");
+  check_same(w_hh, input, "w_hh", "input");
+  const int64_t B = input.size(0), I = input.size(1), H = hx.size(1);
+  check_size(hx, 0, B, "hx");
+  check_dim(w_ih, 2, "w_ih");
+  check_dim(w_hh, 2, "w_hh");
+  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, "w_ih: expected shape (", gates * H, ", ", I,
+              "), got ", w_ih.sizes());
+  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, "w_hh: expected shape (", gates * H, ", ", H,
+              "), got ", w_hh.sizes());
+  CellArgs a{input.contiguous(), hx.contiguous(), w_ih, w_hh, contiguous_or_undefined(b_ih),
+             contiguous_or_undefined(b_hh), B, I, H};
+  for (auto [t, name] : {std::pair{a.b_ih, "b_ih"}, std::pair{a.b_hh, "b_hh"}}) {
+    if (!t.defined()) continue;
+    check_same(t, input, name, "input");
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == gates * H, name, ": expected shape (", gates * H, ",), got ",
+                t.sizes());
+  }
+  return a;
+}
+
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
+    const PW& pw, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
+  const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 4);
+  check_same(cx, input, "cx", "input");
+  TORCH_CHECK(cx.sizes() == hx.sizes(), "cx: expected shape ", hx.sizes(), " (as hx), got ", cx.sizes());
+  const at::Tensor c0 = cx.contiguous();
+  // One buffer takes both GEMMs (the second accumulates in place) and then, activated in place, becomes the
+  // workspace backward reads: no separate pre-activation tensor is ever written.
+  at::Tensor gates = at::mm(a.input, a.w_ih.t());
+  gates.addmm_(a.hx, a.w_hh.t());
+  at::Tensor h1 = at::empty_like(a.hx), c1 = at::empty_like(a.hx);
+  cpu::LstmForwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = a.H;
+  p.g1 = cmat(gates);
+  p.b1 = ptr_or_null(a.b_ih);
+  p.b2 = ptr_or_null(a.b_hh);
+  p.cx = cmat(c0);
+  p.h1 = mat(h1);
+  p.c1 = mat(c1);
+  p.ws = mat(gates);
+  pw.lstm_forward(p, a.B);
+  return {h1, c1, gates};
+}
+
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward_impl(
+    const PW& pw, const std::optional<at::Tensor>& grad_h1, const std::optional<at::Tensor>& grad_c1,
+    const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& workspace, const at::Tensor& c1) {
+  const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 4);
+  const int64_t B = a.B, H = a.H;
+  const at::Tensor dh = contiguous_or_undefined(grad_h1), dc = contiguous_or_undefined(grad_c1);
+  for (auto [t, name] : {std::pair{dh, "grad_h1"}, std::pair{dc, "grad_c1"}}) {
+    if (!t.defined()) continue;
+    check_same(t, input, name, "input");
+    TORCH_CHECK(t.sizes() == hx.sizes(), name, ": expected shape ", hx.sizes(), ", got ", t.sizes());
+  }
+  TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == B && workspace.size(1) == 4 * H,
+              "workspace: expected shape (", B, ", ", 4 * H, "), got ", workspace.sizes());
+  const at::Tensor ws = workspace.contiguous(), c0 = cx.contiguous(), cn = c1.contiguous();
+  at::Tensor dgates = at::empty({B, 4 * H}, input.options());
+  at::Tensor dcx = at::empty_like(a.hx);
+  cpu::LstmBackwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  p.dh1 = cmat(dh);
+  p.dc1 = cmat(dc);
+  p.ws = cmat(ws);
+  p.cx = cmat(c0);
+  p.c1 = cmat(cn);
+  p.dgates = mat(dgates);
+  p.dcx = mat(dcx);
+  pw.lstm_backward(p, B);
+  at::Tensor grad_input = at::mm(dgates, a.w_ih);
+  at::Tensor grad_hx = at::mm(dgates, a.w_hh);
+  at::Tensor grad_w_ih = at::mm(dgates.t(), a.input);
+  at::Tensor grad_w_hh = at::mm(dgates.t(), a.hx);
+  at::Tensor grad_bias = dgates.sum(0);
+  return {grad_input, grad_hx, dcx, grad_w_ih, grad_w_hh, grad_bias};
+}
+
+template <class PW>
+std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at::Tensor& input,
+                                                         const at::Tensor& hx, const at::Tensor& w_ih,
+                                                         const at::Tensor& w_hh,
+                                                         const std::optional<at::Tensor>& b_ih,
+                                                         const std::optional<at::Tensor>& b_hh, bool reset_after) {
+  const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 3);
+  const int64_t B = a.B, H = a.H;
+  at::Tensor h1 = at::empty_like(a.hx);
+  cpu::GruForwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  p.reset_after = reset_after;
+  p.b_ih = ptr_or_null(a.b_ih);
+  p.b_hh = ptr_or_null(a.b_hh);
+  p.hx = cmat(a.hx);
+  p.h1 = mat(h1);
+  const at::Tensor gi = at::mm(a.input, a.w_ih.t());
+  p.gi = cmat(gi);
+  if (reset_after) {
+    const at::Tensor gh = at::mm(a.hx, a.w_hh.t());
+    at::Tensor ws = at::empty({B, 4 * H}, input.options());
+    p.gh = cmat(gh);
+    p.ws = mat(ws);
+    pw.gru_forward(p, B);
+    return {h1, ws};
+  }
+  // Cho et al.: the reset gate scales h before the W_hn product, so the n columns need a second GEMM.
+  const at::Tensor gh_rz = at::mm(a.hx, a.w_hh.narrow(0, 0, 2 * H).t());
+  at::Tensor ws = at::empty({B, 3 * H}, input.options());
+  at::Tensor rh = at::empty_like(a.hx);
+  p.gh = cmat(gh_rz);
+  p.ws = mat(ws);
+  p.rh = mat(rh);
+  pw.gru_forward(p, B);
+  const at::Tensor ghn = at::mm(rh, a.w_hh.narrow(0, 2 * H, H).t());
+  p.ghn = cmat(ghn);
+  pw.gru_forward_stage2(p, B);
+  return {h1, ws};
+}
+
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_impl(
+    const PW& pw, const at::Tensor& grad_h1, const at::Tensor& input, const at::Tensor& hx,
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after) {
+  const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 3);
+  const int64_t B = a.B, H = a.H;
+  check_same(grad_h1, input, "grad_h1", "input");
+  TORCH_CHECK(grad_h1.sizes() == hx.sizes(), "grad_h1: expected shape ", hx.sizes(), ", got ", grad_h1.sizes());
+  const int64_t ws_cols = reset_after ? 4 * H : 3 * H;
+  TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == B && workspace.size(1) == ws_cols,
+              "workspace: expected shape (", B, ", ", ws_cols, "), got ", workspace.sizes());
+  const at::Tensor dh = grad_h1.contiguous(), ws = workspace.contiguous();
+  at::Tensor dgi = at::empty({B, 3 * H}, input.options());
+  at::Tensor dhx = at::empty_like(a.hx);
+  cpu::GruBackwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  p.reset_after = reset_after;
+  p.dh1 = cmat(dh);
+  p.ws = cmat(ws);
+  p.hx = cmat(a.hx);
+  p.dgi = mat(dgi);
+  p.dhx = mat(dhx);
+  at::Tensor grad_w_hh, grad_b_hh;
+  if (reset_after) {
+    at::Tensor dgh = at::empty({B, 3 * H}, input.options());
+    p.dgh = mat(dgh);
+    pw.gru_backward(p, B);
+    dhx.addmm_(dgh, a.w_hh);
+    grad_w_hh = at::mm(dgh.t(), a.hx);
+    grad_b_hh = dgh.sum(0);
+  } else {
+    p.dgh = p.dgi;  // gh_n = (r h) W_hn: its gradient is dn, the same as gi_n's
+    pw.gru_backward(p, B);
+    const at::Tensor dn = dgi.narrow(1, 2 * H, H);
+    const at::Tensor drh = at::mm(dn, a.w_hh.narrow(0, 2 * H, H));
+    at::Tensor rh = at::empty_like(a.hx);
+    p.drh = cmat(drh);
+    p.rh = mat(rh);
+    pw.gru_backward_stage2(p, B);
+    const at::Tensor drz = dgi.narrow(1, 0, 2 * H);
+    dhx.addmm_(drz, a.w_hh.narrow(0, 0, 2 * H));
+    grad_w_hh = at::empty_like(a.w_hh, at::MemoryFormat::Contiguous);
+    at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
+    at::mm_out(g_rz, drz.t(), a.hx);
+    at::mm_out(g_n, dn.t(), rh);
+    grad_b_hh = dgi.sum(0);
+  }
+  at::Tensor grad_input = at::mm(dgi, a.w_ih);
+  at::Tensor grad_w_ih = at::mm(dgi.t(), a.input);
+  at::Tensor grad_b_ih = dgi.sum(0);
+  return {grad_input, dhx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace s2s_fused

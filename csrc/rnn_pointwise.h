@@ -1,0 +1,111 @@
+// Pointwise parts of the LSTM and GRU cells, shared by the cell ops (rnn_cell) and the sequence layers
+// (rnn_layer), on CPU (csrc/cpu/kernels/rnn_pointwise.cpp) and CUDA (csrc/cuda/rnn_pointwise.cu): everything
+// between the GEMMs, one pass over memory each way. Plain C++ (no torch headers) so nvcc and the CPU
+// capability builds share it.
+//
+// Every kernel works on rows [row_begin, row_end) of the batch; a row of an (B, G*H) gate matrix holds the G
+// gates of one sample, each H wide, in torch's gate order (LSTM i,f,g,o; GRU r,z,n). Pointers are raw and typed
+// by `dtype`; each 2-D operand has its own row stride (in elements, columns contiguous) so the layers can pass
+// time slices of larger buffers. Optional operands are nullptr. Values are computed in float (double for
+// double) and rounded once on store.
+#pragma once
+
+#include <cstdint>
+
+namespace s2s_fused::cpu {
+
+enum class Dtype : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+struct Mat {  // a row-major matrix view: element (b, j) at data + b * ld + j
+  void* data = nullptr;
+  int64_t ld = 0;
+};
+struct CMat {
+  const void* data = nullptr;
+  int64_t ld = 0;
+};
+
+// LSTM forward: pre = g1 (+ g2) (+ b1) (+ b2); i,f,o = sigmoid, g = tanh; c1 = f*cx + i*g; h1 = o*tanh(c1).
+// ws (optional) receives the activated gates (i, f, g, o), the only thing backward needs besides cx and c1.
+// ws may alias g1 (in-place activation).
+struct LstmForwardParams {
+  Dtype dtype;
+  int64_t H;
+  CMat g1, g2;              // (B, 4H) pre-activations; g2 optional
+  const void* b1 = nullptr;  // (4H,) optional
+  const void* b2 = nullptr;  // (4H,) optional
+  CMat cx;                  // (B, H)
+  Mat h1, c1;               // (B, H)
+  Mat ws;                   // (B, 4H) optional
+  // Finished rows (layer with packed input): rows with mask == 0 keep their state (h1 = hx, c1 = cx) and write
+  // zeros to `out`. Optional.
+  const uint8_t* active = nullptr;
+  CMat hx;                  // (B, H) required when active != nullptr
+  Mat out;                  // (B, H) optional second copy of h1 (the layer's output at this step)
+};
+
+// LSTM backward: dh = dh1 (+ dh2), dc = dc1 (+ dh * o * (1 - tanh(c1)^2)); writes the pre-activation gate
+// gradients dgates (B, 4H) and dcx (B, H). dh1/dh2/dc1 optional (nullptr reads as zero).
+struct LstmBackwardParams {
+  Dtype dtype;
+  int64_t H;
+  CMat dh1, dh2, dc1;
+  CMat ws, cx, c1;
+  Mat dgates, dcx;
+  // Rows with active == 0 (finished sequences of a packed batch): gradients pass straight through to the
+  // previous state (dhx = dh, dcx = dc) and dgates is zero. Optional; dhx required with it.
+  const uint8_t* active = nullptr;
+  Mat dhx;
+};
+
+// GRU forward.
+// reset_after (torch, cuDNN): r = s(gi_r + gh_r + b), z = s(gi_z + gh_z + b), hn = gh_n + b_hn,
+//   n = tanh(gi_n + b_in + r * hn), h1 = (1 - z) * n + z * hx.   ws = (r, z, n, hn): (B, 4H).
+// reset_before (Cho et al. 2014, d2l): stage 1 computes r, z from gi, gh (gh holds only the r,z columns) and
+//   writes rh = r * hx; the caller multiplies rh by W_hn into ghn; stage 2 computes n = tanh(gi_n + b_in + ghn +
+//   b_hn) and h1.   ws = (r, z, n): (B, 3H).
+struct GruForwardParams {
+  Dtype dtype;
+  int64_t H;
+  bool reset_after = true;
+  CMat gi, gh;              // (B, 3H) input / hidden projections (reset_before: gh is (B, 2H), r and z only)
+  const void* b_ih = nullptr;  // (3H,) optional
+  const void* b_hh = nullptr;  // (3H,) optional
+  CMat hx;                  // (B, H)
+  Mat h1;                   // (B, H)
+  Mat ws;                   // (B, 4H) reset_after, (B, 3H) reset_before; required for reset_before
+  Mat rh;                   // reset_before stage 1 output (B, H)
+  CMat ghn;                 // reset_before stage 2 input (B, H): rh @ W_hn^T
+  const uint8_t* active = nullptr;
+  Mat out;
+};
+
+// GRU backward.
+// reset_after: writes dgi = (dr, dz, dn) and dgh = (dr, dz, dn * r) pre-activation gradients and dhx = dh * z
+//   (the caller adds dgh @ W_hh).
+// reset_before stage 1: writes dz, dn into dgi (n and z columns; dgh's n columns get dn too, as gh_n = rh W_hn)
+//   — the caller computes drh = dn @ W_hn; stage 2 writes dr into dgi/dgh and dhx = dh * z + drh * r, and
+//   rh = r * hx for the W_hn gradient.
+struct GruBackwardParams {
+  Dtype dtype;
+  int64_t H;
+  bool reset_after = true;
+  CMat dh1, dh2;            // optional; dh = dh1 + dh2
+  CMat ws, hx;
+  Mat dgi, dgh;             // (B, 3H)
+  Mat dhx;                  // (B, H)
+  CMat drh;                 // reset_before stage 2 input (B, H)
+  Mat rh;                   // reset_before stage 2 output (B, H), optional
+  const uint8_t* active = nullptr;
+};
+
+struct RnnPointwiseKernels {
+  void (*lstm_forward)(const LstmForwardParams&, int64_t row_begin, int64_t row_end);
+  void (*lstm_backward)(const LstmBackwardParams&, int64_t row_begin, int64_t row_end);
+  void (*gru_forward)(const GruForwardParams&, int64_t row_begin, int64_t row_end);
+  void (*gru_forward_stage2)(const GruForwardParams&, int64_t row_begin, int64_t row_end);   // reset_before
+  void (*gru_backward)(const GruBackwardParams&, int64_t row_begin, int64_t row_end);
+  void (*gru_backward_stage2)(const GruBackwardParams&, int64_t row_begin, int64_t row_end);  // reset_before
+};
+
+}  // namespace s2s_fused::cpu

@@ -1,0 +1,50 @@
+"""Input checks shared by the public op wrappers. Every message names the argument, what was expected and what
+came; checks run before any kernel (and never read tensor values, so they cost no host sync)."""
+from __future__ import annotations
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def tensor(x, name: str, *, dims=None, floating: bool = False, integer: bool = False) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if dims is not None:
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        if x.dim() not in dims:
+            want = " or ".join(f"{d}-D" for d in dims)
+            raise ValueError(f"{name}: expected a {want} tensor, got {x.dim()}-D with shape {tuple(x.shape)}")
+    if floating and x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
+    if integer and x.dtype not in INT_DTYPES:
+        raise TypeError(f"{name}: expected an integer tensor, got {x.dtype}")
+    return x
+
+
+def same_dtype_device(ref: torch.Tensor, ref_name: str, **others) -> None:
+    """Every tensor in ``others`` (None skipped) has ``ref``'s dtype and device."""
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name}: expected dtype {ref.dtype} (as {ref_name}), got {t.dtype}")
+        if t.device != ref.device:
+            raise RuntimeError(f"{name}: expected device {ref.device} (as {ref_name}), got {t.device}")
+
+
+def same_device(ref: torch.Tensor, ref_name: str, **others) -> None:
+    for name, t in others.items():
+        if t is not None and t.device != ref.device:
+            raise RuntimeError(f"{name}: expected device {ref.device} (as {ref_name}), got {t.device}")
+
+
+def shape(t: torch.Tensor, name: str, expected: tuple) -> None:
+    if tuple(t.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(t.shape)}")
+
+
+def choice(value, name: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")

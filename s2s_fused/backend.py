@@ -1,0 +1,133 @@
+"""Backend names, availability and the one place that decides which implementation an op call runs.
+
+Backends: ``reference`` (plain torch, the ground truth), ``cpu`` (C++), ``cuda`` (CUDA C++), ``triton``.
+``backend=None`` in an op call means the process default, set with :func:`set_backend` or :func:`use_backend`,
+which starts as ``"auto"``: CUDA tensors get the fastest GPU implementation of that op (``AUTO_CUDA`` below),
+CPU tensors get ``cpu``.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("reference", "cpu", "cuda", "triton")
+_CHOICES = BACKENDS + ("auto",)
+
+# "auto" on CUDA tensors, per op family. Not measured on GPU yet: until a GPU run decides (benchmarks/results/),
+# the CUDA C++ kernels are the default where compiled, as they need no JIT warm-up.
+AUTO_CUDA: dict[str, str] = {}
+
+_default: contextvars.ContextVar[str] = contextvars.ContextVar("s2s_fused_backend", default="auto")
+
+
+@functools.lru_cache(maxsize=None)
+def _extension():
+    """The compiled extension module, or None (with the import error kept for messages)."""
+    try:
+        from s2s_fused import _C  # noqa: F401  (registers torch.ops.s2s_fused.*)
+
+        return _C
+    except ImportError as e:  # pragma: no cover - exercised only on broken installs
+        _extension.error = e
+        return None
+
+
+def extension_error() -> str:
+    return str(getattr(_extension, "error", ""))
+
+
+def build_info() -> dict:
+    ext = _extension()
+    return ext.build_info() if ext is not None else {}
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _cuda_compiled() -> bool:
+    return bool(build_info().get("with_cuda", False))
+
+
+def is_available(name: str) -> bool:
+    if name == "reference":
+        return True
+    if name == "cpu":
+        return _extension() is not None
+    if name == "cuda":
+        return _cuda_compiled() and torch.cuda.is_available()
+    if name == "triton":
+        return triton_installed() and (torch.cuda.is_available() or triton_interpret())
+    return False
+
+
+def available_backends() -> list[str]:
+    """The backends that can run in this process, in the order of ``BACKENDS``."""
+    return [b for b in BACKENDS if is_available(b)]
+
+
+def _validate_name(name, what="backend") -> str:
+    if not isinstance(name, str) or name not in _CHOICES:
+        raise ValueError(f"{what}: expected one of {', '.join(map(repr, _CHOICES))}, got {name!r}")
+    return name
+
+
+def set_backend(name: str) -> None:
+    """Set the process-wide default backend (``"auto"`` restores the automatic choice)."""
+    _default.set(_validate_name(name))
+
+
+def get_backend() -> str:
+    return _default.get()
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """``with s2s_fused.use_backend("triton"): ...`` runs the block's op calls on that backend."""
+    token = _default.set(_validate_name(name))
+    try:
+        yield
+    finally:
+        _default.reset(token)
+
+
+def resolve(op: str, backend: str | None, device: torch.device) -> str:
+    """The backend that runs ``op`` for tensors on ``device``; raises a clear error if it cannot."""
+    name = _validate_name(backend if backend is not None else get_backend())
+    if name == "auto":
+        if device.type == "cuda":
+            for cand in (AUTO_CUDA.get(op), "cuda", "triton"):
+                if cand and is_available(cand):
+                    return cand
+            return "reference"
+        if device.type == "cpu" and is_available("cpu"):
+            return "cpu"
+        return "reference"
+    if not is_available(name):
+        why = {
+            "cpu": f"the C++ extension s2s_fused._C did not import ({extension_error()}); "
+                   "build it with `pip install --no-build-isolation -e .`",
+            "cuda": "it needs a CUDA device and an extension built with CUDA"
+                    if _cuda_compiled() else "this build of the extension has no CUDA kernels",
+            "triton": "triton is not installed" if not triton_installed()
+                      else "Triton needs a CUDA device, or TRITON_INTERPRET=1 to run on CPU tensors",
+        }[name]
+        raise RuntimeError(f"backend {name!r} is not available: {why}. Available: {available_backends()}")
+    if name == "cpu" and device.type != "cpu":
+        raise RuntimeError(f"backend 'cpu' runs on CPU tensors, got tensors on {device}")
+    if name == "cuda" and device.type != "cuda":
+        raise RuntimeError(f"backend 'cuda' runs on CUDA tensors, got tensors on {device}")
+    if name == "triton" and device.type == "cpu" and not triton_interpret():
+        raise RuntimeError("backend 'triton' on CPU tensors needs TRITON_INTERPRET=1 (set before importing "
+                           "s2s_fused); use CUDA tensors or another backend")
+    return name

@@ -1,0 +1,185 @@
+"""Fused LSTM / GRU cells: one recurrent step, forward and backward.
+
+Public: :func:`lstm_cell`, :func:`gru_cell`. The compiled ops ``torch.ops.s2s_fused.{lstm,gru}_cell_forward`` /
+``_backward`` (CPU and CUDA kernels) and their Triton twins ``..._triton`` get their fake kernels and autograd
+here; the ``reference`` backend is plain torch (s2s_fused.reference).
+
+Shapes: input (B, I) or unbatched (I,); h, c (B, H) or (H,); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,),
+with G = 4 (LSTM: i, f, g, o) or 3 (GRU: r, z, n).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks, reference
+from ..backend import _extension, resolve
+
+_extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
+_ops = torch.ops.s2s_fused
+
+# --------------------------------------------------------------------------------------------- fake kernels
+
+
+def _fake_cell_common(input, hx, w_ih, w_hh, gates):
+    torch._check(input.dim() == 2 and hx.dim() == 2, lambda: "input and hx must be 2-D")
+    B, H = hx.shape
+    torch._check(input.shape[0] == B, lambda: "input and hx batch sizes differ")
+    torch._check(w_ih.shape[0] == gates * H and w_hh.shape[0] == gates * H, lambda: "weight shapes")
+    return B, H
+
+
+@torch.library.register_fake("s2s_fused::lstm_cell_forward")
+def _lstm_fwd_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    B, H = _fake_cell_common(input, hx, w_ih, w_hh, 4)
+    return hx.new_empty(B, H), hx.new_empty(B, H), hx.new_empty(B, 4 * H)
+
+
+@torch.library.register_fake("s2s_fused::lstm_cell_backward")
+def _lstm_bwd_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1):
+    return (input.new_empty(input.shape), hx.new_empty(hx.shape), hx.new_empty(hx.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]))
+
+
+@torch.library.register_fake("s2s_fused::gru_cell_forward")
+def _gru_fwd_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after):
+    B, H = _fake_cell_common(input, hx, w_ih, w_hh, 3)
+    return hx.new_empty(B, H), hx.new_empty(B, (4 if reset_after else 3) * H)
+
+
+@torch.library.register_fake("s2s_fused::gru_cell_backward")
+def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after):
+    return (input.new_empty(input.shape), hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]), w_ih.new_empty(w_ih.shape[0]))
+
+
+# ------------------------------------------------------------------------------------------------ autograd
+# The same glue serves the compiled ops and their Triton twins: `suffix` picks the backward op.
+
+
+def _register_lstm_autograd(suffix: str):
+    backward_op = getattr(_ops, "lstm_cell_backward" + suffix)
+
+    def setup_context(ctx, inputs, output):
+        input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
+        _, c1, workspace = output
+        ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.mark_non_differentiable(workspace)
+
+    def backward(ctx, grad_h1, grad_c1, _grad_ws):
+        input, hx, cx, w_ih, w_hh, workspace, c1 = ctx.saved_tensors
+        if grad_h1 is None and grad_c1 is None:
+            return (None,) * 7
+        g_in, g_hx, g_cx, g_wih, g_whh, g_b = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh,
+                                                          workspace, c1)
+        return (g_in, g_hx, g_cx, g_wih, g_whh, g_b if ctx.has_bias[0] else None,
+                g_b if ctx.has_bias[1] else None)
+
+    torch.library.register_autograd("s2s_fused::lstm_cell_forward" + suffix, backward,
+                                    setup_context=setup_context)
+
+
+def _register_gru_autograd(suffix: str):
+    backward_op = getattr(_ops, "gru_cell_backward" + suffix)
+
+    def setup_context(ctx, inputs, output):
+        input, hx, w_ih, w_hh, b_ih, b_hh, reset_after = inputs
+        _, workspace = output
+        ctx.save_for_backward(input, hx, w_ih, w_hh, workspace)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.reset_after = reset_after
+        ctx.mark_non_differentiable(workspace)
+
+    def backward(ctx, grad_h1, _grad_ws):
+        input, hx, w_ih, w_hh, workspace = ctx.saved_tensors
+        if grad_h1 is None:
+            return (None,) * 7
+        g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = backward_op(grad_h1, input, hx, w_ih, w_hh, workspace,
+                                                            ctx.reset_after)
+        return (g_in, g_hx, g_wih, g_whh, g_bih if ctx.has_bias[0] else None,
+                g_bhh if ctx.has_bias[1] else None, None)
+
+    torch.library.register_autograd("s2s_fused::gru_cell_forward" + suffix, backward, setup_context=setup_context)
+
+
+_register_lstm_autograd("")
+_register_gru_autograd("")
+
+# ---------------------------------------------------------------------------------------- public functions
+
+
+def _check_cell(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, *, c=None):
+    _checks.tensor(input, "input", dims=(1, 2), floating=True)
+    hname = "hx[0]" if kind == "lstm" else "hx"
+    _checks.tensor(h, hname, dims=input.dim(), floating=True)
+    _checks.tensor(w_ih, "w_ih", dims=2, floating=True)
+    _checks.tensor(w_hh, "w_hh", dims=2, floating=True)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _checks.tensor(b, name, dims=1, floating=True)
+    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    if c is not None:
+        _checks.tensor(c, "hx[1]", dims=input.dim(), floating=True)
+        others["hx[1]"] = c
+    _checks.same_dtype_device(input, "input", **others)
+    H = h.shape[-1]
+    I = input.shape[-1]
+    if input.dim() == 2 and h.shape[0] != input.shape[0]:
+        raise ValueError(f"{hname}: expected batch size {input.shape[0]} (as input), got shape {tuple(h.shape)}")
+    if c is not None and c.shape != h.shape:
+        raise ValueError(f"hx[1]: expected shape {tuple(h.shape)} (as hx[0]), got {tuple(c.shape)}")
+    _checks.shape(w_ih, "w_ih", (gates * H, I))
+    _checks.shape(w_hh, "w_hh", (gates * H, H))
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _checks.shape(b, name, (gates * H,))
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
+    """One fused LSTM step, the math and gate order (i, f, g, o) of ``torch.lstm_cell``.
+
+    input (B, I) or (I,); hx = (h, c), each (B, H) or (H,); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or
+    None. Returns (h1, c1), shaped as h. fp32/fp64/fp16/bf16; low-precision math runs in fp32.
+    """
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx: expected a tuple (h, c) of two tensors, got {type(hx).__name__}")
+    h, c = hx
+    _check_cell("lstm", input, h, w_ih, w_hh, b_ih, b_hh, 4, c=c)
+    be = resolve("lstm_cell", backend, input.device)
+    if be == "reference":
+        return reference.lstm_cell(input, (h, c), w_ih, w_hh, b_ih, b_hh)
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, h, c = input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0)
+    if be == "triton":
+        from ..triton import rnn_cell as tri
+        h1, c1, _ = tri.lstm_cell_forward(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    else:
+        h1, c1, _ = _ops.lstm_cell_forward(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    if unbatched:
+        h1, c1 = h1.squeeze(0), c1.squeeze(0)
+    return h1, c1
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, backend=None):
+    """One fused GRU step, gate order (r, z, n).
+
+    ``reset_after=True`` is ``torch.gru_cell`` (cuDNN's form: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)));
+    ``reset_after=False`` is Cho et al. 2014 / d2l's form: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+    input (B, I) or (I,); hx (B, H) or (H,); w_ih (3H, I); w_hh (3H, H); b_ih, b_hh (3H,) or None. Returns h1.
+    """
+    _check_cell("gru", input, hx, w_ih, w_hh, b_ih, b_hh, 3)
+    if not isinstance(reset_after, bool):
+        raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
+    be = resolve("gru_cell", backend, input.device)
+    if be == "reference":
+        return reference.gru_cell(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after=reset_after)
+    unbatched = input.dim() == 1
+    if unbatched:
+        input, hx = input.unsqueeze(0), hx.unsqueeze(0)
+    if be == "triton":
+        from ..triton import rnn_cell as tri
+        h1, _ = tri.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
+    else:
+        h1, _ = _ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
+    return h1.squeeze(0) if unbatched else h1

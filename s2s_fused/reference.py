@@ -1,0 +1,44 @@
+"""Plain-torch implementations of every op: the ground truth of every test (run them in float64).
+
+Each function here has exactly the semantics of its public op (shapes, masking, tie rules) and is written for
+clarity, not speed. Autograd flows through ordinary torch ops.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------- rnn_cell
+
+
+def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One LSTM step, torch's gate order (i, f, g, o). input (B, I), hx = (h (B, H), c (B, H)) -> (h1, c1)."""
+    h, c = hx
+    gates = F.linear(input, w_ih, b_ih) + F.linear(h, w_hh, b_hh)
+    i, f, g, o = gates.chunk(4, dim=-1)
+    i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+    c1 = f * c + i * g
+    h1 = o * c1.tanh()
+    return h1, c1
+
+
+def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
+    """One GRU step, gate order (r, z, n). reset_after=True is torch/cuDNN's form (r multiplies W_hn h + b_hn);
+    reset_after=False is Cho et al. / d2l's (r multiplies h before W_hn). input (B, I), hx (B, H) -> h1."""
+    H = hx.shape[-1]
+    gi = F.linear(input, w_ih, b_ih)
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    if reset_after:
+        gh = F.linear(hx, w_hh, b_hh)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = (i_r + h_r).sigmoid()
+        z = (i_z + h_z).sigmoid()
+        n = (i_n + r * h_n).tanh()
+    else:
+        b_rz = b_hh[: 2 * H] if b_hh is not None else None
+        h_r, h_z = F.linear(hx, w_hh[: 2 * H], b_rz).chunk(2, dim=-1)
+        r = (i_r + h_r).sigmoid()
+        z = (i_z + h_z).sigmoid()
+        b_n = b_hh[2 * H:] if b_hh is not None else None
+        n = (i_n + F.linear(r * hx, w_hh[2 * H:], b_n)).tanh()
+    return (1 - z) * n + z * hx

@@ -1,0 +1,124 @@
+"""Build of the s2s_fused._C extension.
+
+Always built: csrc/ops.cpp (every schema), csrc/cpu/*.cpp (CPU registrations) and csrc/cpu/kernels/*.cpp, the hot
+raw-pointer loops, which on x86-64 are compiled once per CPU capability (DEFAULT, AVX2, AVX512) with that
+capability's flags and chosen at run time (see csrc/cpu/dispatch.h). CUDA sources (csrc/cuda/*.cu and
+*_binding.cpp) are added when torch is a CUDA build and CUDA_HOME is found.
+
+Environment: S2S_FUSED_FORCE_CUDA=1 / S2S_FUSED_CPU_ONLY=1 override the CUDA detection, MAX_JOBS bounds ninja,
+TORCH_CUDA_ARCH_LIST picks the CUDA archs (default "8.0;9.0+PTX" when no GPU is visible), S2S_FUSED_DEBUG=1
+builds -O0 -g.
+"""
+import os
+import platform
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+import torch
+from packaging.version import Version
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+
+ROOT = Path(__file__).resolve().parent
+CSRC = ROOT / "csrc"
+VERSION = "0.1.0"
+
+if Version(torch.__version__.split("+")[0]) < Version("2.4"):
+    raise RuntimeError(f"s2s_fused needs torch >= 2.4 (custom-op registration API); found {torch.__version__}")
+
+
+def _flag(name):
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def want_cuda():
+    if _flag("S2S_FUSED_CPU_ONLY"):
+        return False
+    if _flag("S2S_FUSED_FORCE_CUDA"):
+        return True
+    return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+# Per-capability compile flags for csrc/cpu/kernels/*.cpp. The macros make ATen's at::vec pick its AVX2/AVX512
+# implementation and put our kernels in the matching namespace, so the three copies never clash at link time.
+X86_CAPABILITIES = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-mbmi2"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma", "-mf16c", "-mbmi2"],
+}
+
+
+def cpu_capabilities():
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        return X86_CAPABILITIES
+    return {"DEFAULT": []}
+
+
+class BuildWithCapabilities(BuildExtension):
+    """BuildExtension that first compiles the capability kernels, each with its own flags, as extra objects."""
+
+    def build_extension(self, ext):
+        kernels = sorted(str(p) for p in (CSRC / "cpu" / "kernels").glob("*.cpp"))
+        cxx = list(ext.extra_compile_args.get("cxx", [])) if isinstance(ext.extra_compile_args, dict) else []
+        objects = []
+        for cap, flags in cpu_capabilities().items():
+            macros = [("CPU_CAPABILITY", cap), (f"CPU_CAPABILITY_{cap}", None)]
+            out_dir = os.path.join(self.build_temp, "capability", cap)
+            post = cxx + flags
+            # BuildExtension's (ninja) compile expects a per-language dict for extra_postargs.
+            objects += self.compiler.compile(
+                kernels, output_dir=out_dir, macros=macros, include_dirs=ext.include_dirs,
+                extra_postargs={"cxx": post, "nvcc": []} if self.use_ninja else post,
+            )
+        ext.extra_objects = list(ext.extra_objects or []) + objects
+        super().build_extension(ext)
+
+
+def make_extension():
+    debug = _flag("S2S_FUSED_DEBUG")
+    opt = ["-O0", "-g"] if debug else ["-O3"]
+    cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    caps = cpu_capabilities()
+    defines = [f"-DS2S_HAVE_CAPABILITY_{cap}" for cap in caps]
+    sources = [str(CSRC / "ops.cpp")] + sorted(str(p) for p in (CSRC / "cpu").glob("*.cpp"))
+    include_dirs = [str(CSRC)]
+    if want_cuda():
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
+            if not visible:
+                os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        sources += sorted(str(p) for p in (CSRC / "cuda").glob("*.cu"))
+        sources += sorted(str(p) for p in (CSRC / "cuda").glob("*_binding.cpp"))
+        nvcc = opt + ["-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr",
+                      "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
+                      "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
+        arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+        return CUDAExtension(
+            "s2s_fused._C", sources, include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx + defines + ["-DS2S_WITH_CUDA", f'-DS2S_CUDA_ARCH_LIST="{arch}"'],
+                                "nvcc": nvcc},
+        )
+    return CppExtension("s2s_fused._C", sources, include_dirs=include_dirs,
+                        extra_compile_args={"cxx": cxx + defines})
+
+
+TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy"]
+TRAIN = ["tqdm", "sacrebleu", "matplotlib"]
+
+setup(
+    name="s2s_fused",
+    version=VERSION,
+    description="Fused CUDA/C++/Triton kernels for RNN sequence-to-sequence models, as PyTorch ops",
+    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["s2s_fused", "s2s_fused.*"]),
+    package_data={"s2s_fused": ["data/*.txt"]},
+    python_requires=">=3.10",
+    # torch is deliberately not listed: the extension is built against the torch already installed, and a
+    # requirement here would let pip replace it (several GB of CUDA wheels on a CPU machine).
+    install_requires=["numpy", "packaging"],
+    extras_require={"test": TEST, "train": TRAIN, "all": TEST + TRAIN},
+    ext_modules=[make_extension()],
+    cmdclass={"build_ext": BuildWithCapabilities.with_options(use_ninja=True)},
+    zip_safe=False,
+)

@@ -1,0 +1,67 @@
+"""Shared test helpers: the error measure and tolerances of ARCHITECTURE.md, poisoning, backend lists."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import s2s_fused
+from s2s_fused.backend import is_available
+
+# Tolerances for single-op values (cell / loss / log-prob) against the float64 reference.
+VALUE_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+ALL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max(max |ref|, 1e-6), computed in float64; NaN/inf anywhere gives inf."""
+    out = out.detach().to(torch.float64).cpu()
+    ref = ref.detach().to(torch.float64).cpu()
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    if out.numel() == 0:
+        return 0.0
+    if not torch.isfinite(out).all() and not torch.equal(torch.isfinite(out), torch.isfinite(ref)):
+        return math.inf
+    finite = torch.isfinite(ref)
+    if not torch.equal(out[~finite], ref[~finite]):
+        return math.inf
+    diff = (out[finite] - ref[finite]).abs().max().item() if finite.any() else 0.0
+    scale = max(ref[finite].abs().max().item() if finite.any() else 0.0, 1e-6)
+    return diff / scale
+
+
+def assert_close(out, ref, tol, what=""):
+    e = rel_err(out, ref)
+    assert e <= tol, f"{what}: relative error {e:.3g} > {tol:.3g}"
+
+
+def poison_(t: torch.Tensor) -> torch.Tensor:
+    """Fill a tensor a kernel is about to overwrite with NaN, so a missed write cannot pass."""
+    if t.is_floating_point():
+        return t.fill_(float("nan"))
+    return t.fill_(-7777)
+
+
+def cpu_backends():
+    """Backends that run CPU tensors here: reference, cpu and (under TRITON_INTERPRET=1) triton."""
+    return [b for b in ("cpu", "triton") if is_available(b)]
+
+
+def backend_params(include_triton=True):
+    out = [pytest.param("cpu", id="cpu")]
+    if include_triton:
+        out.append(pytest.param("triton", id="triton", marks=pytest.mark.skipif(
+            not is_available("triton"), reason="triton not available")))
+    out.append(pytest.param("cuda", id="cuda", marks=pytest.mark.gpu))
+    return out
+
+
+def device_for(backend: str) -> torch.device:
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+__all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "poison_", "cpu_backends", "backend_params",
+           "device_for", "s2s_fused"]
