@@ -4,16 +4,21 @@ Every op takes a keyword-only ``backend=`` ("reference", "cpu", "cuda", "triton"
 "auto" unless changed with :func:`set_backend` / :func:`use_backend`).
 """
 from .backend import available_backends, get_backend, set_backend, use_backend
+
+# ---- rnn_cell
 from .ops.rnn_cell import gru_cell, lstm_cell
+
+# ---- rnn_layer
+
+# ---- cross_entropy
+
+# ---- beam
+
+# ---- end of ops
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "__version__",
-    "available_backends",
-    "get_backend",
-    "set_backend",
-    "use_backend",
-    "lstm_cell",
-    "gru_cell",
-]
+__all__ = ["__version__"] + sorted(
+    name for name, obj in list(globals().items())
+    if not name.startswith("_") and callable(obj) and getattr(obj, "__module__", "").startswith("s2s_fused")
+)

@@ -42,3 +42,18 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
         b_n = b_hh[2 * H:] if b_hh is not None else None
         n = (i_n + F.linear(r * hx, w_hh[2 * H:], b_n)).tanh()
     return (1 - z) * n + z * hx
+
+
+# ---------------------------------------------------------------------------------------------- rnn_layer
+# (the sequence-layer reference goes here)
+
+
+# ------------------------------------------------------------------------------------------ cross_entropy
+# (the masked cross-entropy reference goes here)
+
+
+# --------------------------------------------------------------------------------------------------- beam
+# (the beam-search top-k reference goes here)
+
+
+# ---------------------------------------------------------------------------------------------------- end
