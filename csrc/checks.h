@@ -30,12 +30,12 @@ inline void check_floating(const at::Tensor& t, const char* name) {
               ": expected a float32, float64, float16 or bfloat16 tensor, got ", s);
 }
 
-inline cpu::Dtype to_dtype(at::ScalarType s) {
+inline Dtype to_dtype(at::ScalarType s) {
   switch (s) {
-    case at::kFloat: return cpu::Dtype::Float32;
-    case at::kDouble: return cpu::Dtype::Float64;
-    case at::kHalf: return cpu::Dtype::Float16;
-    case at::kBFloat16: return cpu::Dtype::BFloat16;
+    case at::kFloat: return Dtype::Float32;
+    case at::kDouble: return Dtype::Float64;
+    case at::kHalf: return Dtype::Float16;
+    case at::kBFloat16: return Dtype::BFloat16;
     default: TORCH_CHECK(false, "unsupported dtype ", s);
   }
 }
@@ -47,13 +47,13 @@ inline at::Tensor contiguous_or_undefined(const std::optional<at::Tensor>& t) {
 
 inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.const_data_ptr() : nullptr; }
 
-inline cpu::CMat cmat(const at::Tensor& t) {
+inline CMat cmat(const at::Tensor& t) {
   if (!t.defined()) return {};
   TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1));
   return {t.const_data_ptr(), t.stride(0)};
 }
 
-inline cpu::Mat mat(const at::Tensor& t) {
+inline Mat mat(const at::Tensor& t) {
   if (!t.defined()) return {};
   TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1));
   return {t.mutable_data_ptr(), t.stride(0)};

@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
   at::Tensor gates = at::mm(a.input, a.w_ih.t());
   gates.addmm_(a.hx, a.w_hh.t());
   at::Tensor h1 = at::empty_like(a.hx), c1 = at::empty_like(a.hx);
-  cpu::LstmForwardParams p;
+  LstmForwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = a.H;
   p.g1 = cmat(gates);
@@ -93,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor ws = workspace.contiguous(), c0 = cx.contiguous(), cn = c1.contiguous();
   at::Tensor dgates = at::empty({B, 4 * H}, input.options());
   at::Tensor dcx = at::empty_like(a.hx);
-  cpu::LstmBackwardParams p;
+  LstmBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
   p.dh1 = cmat(dh);
@@ -121,7 +121,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 3);
   const int64_t B = a.B, H = a.H;
   at::Tensor h1 = at::empty_like(a.hx);
-  cpu::GruForwardParams p;
+  GruForwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
   p.reset_after = reset_after;
@@ -167,7 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor dh = grad_h1.contiguous(), ws = workspace.contiguous();
   at::Tensor dgi = at::empty({B, 3 * H}, input.options());
   at::Tensor dhx = at::empty_like(a.hx);
-  cpu::GruBackwardParams p;
+  GruBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
   p.reset_after = reset_after;

@@ -12,7 +12,7 @@
 
 #include <cstdint>
 
-namespace s2s_fused::cpu {
+namespace s2s_fused {
 
 enum class Dtype : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 
@@ -99,6 +99,11 @@ struct GruBackwardParams {
   const uint8_t* active = nullptr;
 };
 
+}  // namespace s2s_fused
+
+namespace s2s_fused::cpu {
+
+// One capability's copy of the CPU kernels, each over rows [row_begin, row_end).
 struct RnnPointwiseKernels {
   void (*lstm_forward)(const LstmForwardParams&, int64_t row_begin, int64_t row_end);
   void (*lstm_backward)(const LstmBackwardParams&, int64_t row_begin, int64_t row_end);
