@@ -49,13 +49,13 @@ inline const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.con
 
 inline CMat cmat(const at::Tensor& t) {
   if (!t.defined()) return {};
-  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1));
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1 || t.numel() == 0));
   return {t.const_data_ptr(), t.stride(0)};
 }
 
 inline Mat mat(const at::Tensor& t) {
   if (!t.defined()) return {};
-  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) == 1));
+  TORCH_INTERNAL_ASSERT(t.dim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1 || t.numel() == 0));
   return {t.mutable_data_ptr(), t.stride(0)};
 }
 

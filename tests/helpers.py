@@ -65,3 +65,19 @@ def device_for(backend: str) -> torch.device:
 
 __all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "poison_", "cpu_backends", "backend_params",
            "device_for", "s2s_fused"]
+
+
+def poison_heap(numel: int, dtype=torch.float32, device="cpu", copies: int = 4) -> None:
+    """Leave NaN-filled blocks of `numel` elements in the allocator's free lists, so the next allocations an op
+    makes for its outputs start out as NaN rather than as zeros: a kernel that skips a write then fails."""
+    blocks = [torch.full((numel,), float("nan"), dtype=dtype, device=device) for _ in range(copies)]
+    del blocks
+
+
+def make_cell_params(kind: str, I: int, H: int, *, dtype=torch.float64, bias=True, device="cpu", scale=0.5):
+    """Random (w_ih, w_hh, b_ih, b_hh) for an LSTM (kind="lstm") or GRU cell, scaled to keep gates unsaturated."""
+    G = 4 if kind == "lstm" else 3
+    g = lambda *s: (torch.randn(*s, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
+    w_ih, w_hh = g(G * H, I) / max(1, I) ** 0.5 * 2, g(G * H, H) / max(1, H) ** 0.5 * 2
+    b_ih, b_hh = (g(G * H), g(G * H)) if bias else (None, None)
+    return w_ih, w_hh, b_ih, b_hh

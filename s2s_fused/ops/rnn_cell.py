@@ -72,8 +72,9 @@ def _register_lstm_autograd(suffix: str):
             return (None,) * 7
         g_in, g_hx, g_cx, g_wih, g_whh, g_b = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh,
                                                           workspace, c1)
+        # One bias gradient serves both biases; the second gets its own copy so the two .grad fields never alias.
         return (g_in, g_hx, g_cx, g_wih, g_whh, g_b if ctx.has_bias[0] else None,
-                g_b if ctx.has_bias[1] else None)
+                (g_b.clone() if ctx.has_bias[0] else g_b) if ctx.has_bias[1] else None)
 
     torch.library.register_autograd("s2s_fused::lstm_cell_forward" + suffix, backward,
                                     setup_context=setup_context)

@@ -1,0 +1,343 @@
+"""Triton LSTM / GRU cells.
+
+Forward: one kernel computes, for a (BLOCK_B x BLOCK_H) tile of (batch rows x hidden units), the pre-activations
+of *all* gates of those units (x W_ih^T + h W_hh^T, fp32 accumulate) and applies the cell update in registers:
+the gate pre-activations never reach memory. Only the activated gates (the workspace) are stored for backward.
+GRU reset_before (Cho et al.) needs r * h before its W_hn product, so it runs as two such kernels.
+Backward: one pointwise kernel writes the pre-activation gate gradients, then the five GEMMs run on cuBLAS/BLAS
+through torch.
+
+Registered as ``torch.ops.s2s_fused.{lstm,gru}_cell_{forward,backward}_triton`` (torch.library.custom_op, which
+works under TRITON_INTERPRET=1 and torch.compile alike), with the fake kernels and autograd of the C++ ops.
+Shapes as in s2s_fused.ops.rnn_cell: input (B, I), hx/cx (B, H), w_ih (G*H, I), w_hh (G*H, H), b (G*H,).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from ..backend import triton_interpret
+from ..ops import rnn_cell as _cell_ops
+
+Tensor = torch.Tensor
+
+# Modes of the forward kernel.
+LSTM, GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2 = 0, 1, 2, 3
+
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # sign(x) (1 - e) / (1 + e), e = exp(-2|x|) <= 1: no overflow for any x.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _gate_dot(acc, a_ptr, s_ab, s_ak, w_ptr, s_wn, s_wk, row0, offs_b, offs_h, B, H, K,
+              BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """acc += a[offs_b, :] @ w[row0 + offs_h, :]^T over k, masked at the edges. PREC "f32" upcasts the tiles
+    first (the Triton interpreter's bf16 dot is wrong); otherwise it is tl.dot's input_precision."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + offs_b[:, None] * s_ab + offs_k[None, :] * s_ak,
+                    mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + (row0 + offs_h)[None, :] * s_wn + offs_k[:, None] * s_wk,
+                    mask=(offs_h[None, :] < H) & (offs_k[:, None] < K), other=0.0)
+        if PREC == "f32":
+            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _bias(b_ptr, col0, offs_h, H, HAS: tl.constexpr):
+    if HAS:
+        b = tl.load(b_ptr + col0 + offs_h, mask=offs_h < H, other=0.0)
+        if b.dtype != tl.float64:
+            b = b.to(tl.float32)
+        return b[None, :]
+    return 0.0
+
+
+@triton.jit
+def _cell_forward_kernel(
+    x_ptr, s_xb, s_xk, h_ptr, s_hb, s_hk, c_ptr, s_cb,
+    wi_ptr, s_win, s_wik, wh_ptr, s_whn, s_whk, bi_ptr, bh_ptr,
+    h1_ptr, c1_ptr, ws_ptr, s_wsb, aux_ptr,  # aux: GRU reset_before — rh (stage 1 out) / (stage 2 in)
+    B, I, H,
+    MODE: tl.constexpr, HAS_BI: tl.constexpr, HAS_BH: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    bh_off = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]      # (B, H) contiguous outputs
+    ws_off = offs_b[:, None].to(tl.int64) * s_wsb + offs_h[None, :]
+    hprev = tl.load(h_ptr + offs_b[:, None] * s_hb + offs_h[None, :] * s_hk, mask=mask, other=0.0).to(ACC)
+    if MODE == 0:  # LSTM: gates i, f, g, o, each x W_ih^T + h W_hh^T
+        z0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+        gi = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 0 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        gi = _gate_dot(gi, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 0 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        gf = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 1 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        gf = _gate_dot(gf, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 1 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        gg = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 2 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        gg = _gate_dot(gg, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 2 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        go = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 3 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        go = _gate_dot(go, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 3 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        i = _sigmoid(gi + _bias(bi_ptr, 0 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 0 * H, offs_h, H, HAS_BH))
+        f = _sigmoid(gf + _bias(bi_ptr, 1 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 1 * H, offs_h, H, HAS_BH))
+        g = _tanh(gg + _bias(bi_ptr, 2 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 2 * H, offs_h, H, HAS_BH))
+        o = _sigmoid(go + _bias(bi_ptr, 3 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 3 * H, offs_h, H, HAS_BH))
+        cprev = tl.load(c_ptr + offs_b[:, None] * s_cb + offs_h[None, :], mask=mask, other=0.0).to(ACC)
+        c = f * cprev + i * g
+        h = o * _tanh(c)
+        tl.store(ws_ptr + ws_off, i.to(ws_ptr.dtype.element_ty), mask=mask)
+        tl.store(ws_ptr + ws_off + H, f.to(ws_ptr.dtype.element_ty), mask=mask)
+        tl.store(ws_ptr + ws_off + 2 * H, g.to(ws_ptr.dtype.element_ty), mask=mask)
+        tl.store(ws_ptr + ws_off + 3 * H, o.to(ws_ptr.dtype.element_ty), mask=mask)
+        tl.store(c1_ptr + bh_off, c.to(c1_ptr.dtype.element_ty), mask=mask)
+        tl.store(h1_ptr + bh_off, h.to(h1_ptr.dtype.element_ty), mask=mask)
+    elif MODE == 3:  # GRU reset_before, stage 2: n = tanh(x W_in^T + b_in + (r h) W_hn^T + b_hn)
+        z0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+        gn = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 2 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        gn = _gate_dot(gn, aux_ptr, H, 1, wh_ptr, s_whn, s_whk, 2 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        n = _tanh(gn + _bias(bi_ptr, 2 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 2 * H, offs_h, H, HAS_BH))
+        z = tl.load(ws_ptr + ws_off + H, mask=mask, other=0.0).to(ACC)
+        tl.store(ws_ptr + ws_off + 2 * H, n.to(ws_ptr.dtype.element_ty), mask=mask)
+        tl.store(h1_ptr + bh_off, (n + z * (hprev - n)).to(h1_ptr.dtype.element_ty), mask=mask)
+    else:  # GRU: r and z from x W_ih^T + h W_hh^T
+        z0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+        gr = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 0 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        gr = _gate_dot(gr, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 0 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        gz = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 1 * H, offs_b, offs_h, B, H, I, BLOCK_K, PREC)
+        gz = _gate_dot(gz, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 1 * H, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
+        r = _sigmoid(gr + _bias(bi_ptr, 0 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 0 * H, offs_h, H, HAS_BH))
+        z = _sigmoid(gz + _bias(bi_ptr, 1 * H, offs_h, H, HAS_BI) + _bias(bh_ptr, 1 * H, offs_h, H, HAS_BH))
+        tl.store(ws_ptr + ws_off, r.to(ws_ptr.dtype.element_ty), mask=mask)
+        tl.store(ws_ptr + ws_off + H, z.to(ws_ptr.dtype.element_ty), mask=mask)
+        if MODE == 1:  # reset_after: n = tanh(x W_in^T + b_in + r (h W_hn^T + b_hn))
+            gxn = _gate_dot(z0, x_ptr, s_xb, s_xk, wi_ptr, s_win, s_wik, 2 * H, offs_b, offs_h, B, H, I,
+                            BLOCK_K, PREC)
+            ghn = _gate_dot(z0, h_ptr, s_hb, s_hk, wh_ptr, s_whn, s_whk, 2 * H, offs_b, offs_h, B, H, H,
+                            BLOCK_K, PREC)
+            hn = ghn + _bias(bh_ptr, 2 * H, offs_h, H, HAS_BH)
+            n = _tanh(gxn + _bias(bi_ptr, 2 * H, offs_h, H, HAS_BI) + r * hn)
+            tl.store(ws_ptr + ws_off + 2 * H, n.to(ws_ptr.dtype.element_ty), mask=mask)
+            tl.store(ws_ptr + ws_off + 3 * H, hn.to(ws_ptr.dtype.element_ty), mask=mask)
+            tl.store(h1_ptr + bh_off, (n + z * (hprev - n)).to(h1_ptr.dtype.element_ty), mask=mask)
+        else:  # reset_before stage 1: rh = r * h for stage 2's W_hn product
+            tl.store(aux_ptr + bh_off, (r * hprev).to(aux_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _lstm_backward_kernel(dh_ptr, s_dhb, dc_ptr, s_dcb, ws_ptr, cx_ptr, c1_ptr, dg_ptr, dcx_ptr, B, H,
+                          HAS_DH: tl.constexpr, HAS_DC: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    bh = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
+    ws = offs_b[:, None].to(tl.int64) * (4 * H) + offs_h[None, :]
+    dh = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    dc = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    if HAS_DH:
+        dh = tl.load(dh_ptr + offs_b[:, None] * s_dhb + offs_h[None, :], mask=mask, other=0.0).to(ACC)
+    if HAS_DC:
+        dc = tl.load(dc_ptr + offs_b[:, None] * s_dcb + offs_h[None, :], mask=mask, other=0.0).to(ACC)
+    i = tl.load(ws_ptr + ws, mask=mask, other=0.0).to(ACC)
+    f = tl.load(ws_ptr + ws + H, mask=mask, other=0.0).to(ACC)
+    g = tl.load(ws_ptr + ws + 2 * H, mask=mask, other=0.0).to(ACC)
+    o = tl.load(ws_ptr + ws + 3 * H, mask=mask, other=0.0).to(ACC)
+    tc = _tanh(tl.load(c1_ptr + bh, mask=mask, other=0.0).to(ACC))
+    dc = dc + dh * o * (1.0 - tc * tc)
+    cx = tl.load(cx_ptr + bh, mask=mask, other=0.0).to(ACC)
+    ty = dg_ptr.dtype.element_ty
+    tl.store(dg_ptr + ws, (dc * g * i * (1.0 - i)).to(ty), mask=mask)
+    tl.store(dg_ptr + ws + H, (dc * cx * f * (1.0 - f)).to(ty), mask=mask)
+    tl.store(dg_ptr + ws + 2 * H, (dc * i * (1.0 - g * g)).to(ty), mask=mask)
+    tl.store(dg_ptr + ws + 3 * H, (dh * tc * o * (1.0 - o)).to(ty), mask=mask)
+    tl.store(dcx_ptr + bh, (dc * f).to(ty), mask=mask)
+
+
+@triton.jit
+def _gru_backward_kernel(dh_ptr, s_dhb, ws_ptr, hx_ptr, dgi_ptr, dgh_ptr, dhx_ptr, drh_ptr, rh_ptr, B, H,
+                         STAGE: tl.constexpr, RESET_AFTER: tl.constexpr, ACC: tl.constexpr,
+                         BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """STAGE 1: dz, dn (+ dr and dhx = dh z when RESET_AFTER). STAGE 2 (reset_before): dr, dhx, rh."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
+    bh = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
+    WSW: tl.constexpr = 4 if RESET_AFTER else 3
+    ws = offs_b[:, None].to(tl.int64) * (WSW * H) + offs_h[None, :]
+    g3 = offs_b[:, None].to(tl.int64) * (3 * H) + offs_h[None, :]
+    dh = tl.load(dh_ptr + offs_b[:, None] * s_dhb + offs_h[None, :], mask=mask, other=0.0).to(ACC)
+    r = tl.load(ws_ptr + ws, mask=mask, other=0.0).to(ACC)
+    z = tl.load(ws_ptr + ws + H, mask=mask, other=0.0).to(ACC)
+    h = tl.load(hx_ptr + bh, mask=mask, other=0.0).to(ACC)
+    ty = dgi_ptr.dtype.element_ty
+    if STAGE == 1:
+        n = tl.load(ws_ptr + ws + 2 * H, mask=mask, other=0.0).to(ACC)
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dz = dh * (h - n) * z * (1.0 - z)
+        tl.store(dgi_ptr + g3 + H, dz.to(ty), mask=mask)
+        tl.store(dgi_ptr + g3 + 2 * H, dn.to(ty), mask=mask)
+        if RESET_AFTER:
+            hn = tl.load(ws_ptr + ws + 3 * H, mask=mask, other=0.0).to(ACC)
+            dr = dn * hn * r * (1.0 - r)
+            tl.store(dgi_ptr + g3, dr.to(ty), mask=mask)
+            tl.store(dgh_ptr + g3, dr.to(ty), mask=mask)
+            tl.store(dgh_ptr + g3 + H, dz.to(ty), mask=mask)
+            tl.store(dgh_ptr + g3 + 2 * H, (dn * r).to(ty), mask=mask)
+            tl.store(dhx_ptr + bh, (dh * z).to(ty), mask=mask)
+    else:
+        drh = tl.load(drh_ptr + bh, mask=mask, other=0.0).to(ACC)
+        tl.store(dgi_ptr + g3, (drh * h * r * (1.0 - r)).to(ty), mask=mask)
+        tl.store(dhx_ptr + bh, (dh * z + drh * r).to(ty), mask=mask)
+        tl.store(rh_ptr + bh, (r * h).to(ty), mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------ launchers
+
+
+def _acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _prec(dtype):
+    # fp32/fp64: full-precision products ("ieee"), so results match the reference at fp32 tolerance; TF32
+    # would cost ~1e-3 relative error. fp16/bf16: the tensor-core default, except bf16 under the interpreter,
+    # whose bf16 tl.dot returns garbage (Triton 3.9): upcast there.
+    if dtype == torch.bfloat16 and triton_interpret():
+        return "f32"
+    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
+
+
+def _blocks(B, H):
+    block_b = 16 if B <= 16 else 32
+    block_h = 32 if H <= 32 else 64
+    return block_b, block_h, 32
+
+
+def _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h1, c1, ws, aux):
+    B, I = x.shape
+    H = h.shape[1]
+    if B == 0 or H == 0:
+        return
+    bb, bh, bk = _blocks(B, H)
+    grid = (triton.cdiv(B, bb), triton.cdiv(H, bh))
+    dummy = ws  # stands in for absent optional pointers (never read: the HAS_* flags are False)
+    _cell_forward_kernel[grid](
+        x, x.stride(0), x.stride(1), h, h.stride(0), h.stride(1),
+        c if c is not None else dummy, c.stride(0) if c is not None else 0,
+        w_ih, w_ih.stride(0), w_ih.stride(1), w_hh, w_hh.stride(0), w_hh.stride(1),
+        b_ih if b_ih is not None else dummy, b_hh if b_hh is not None else dummy,
+        h1, c1 if c1 is not None else dummy, ws, ws.stride(0), aux if aux is not None else dummy,
+        B, I, H,
+        MODE=mode, HAS_BI=b_ih is not None, HAS_BH=b_hh is not None, ACC=_acc(x.dtype), PREC=_prec(x.dtype),
+        BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk,
+    )
+
+
+@torch.library.custom_op("s2s_fused::lstm_cell_forward_triton", mutates_args=())
+def lstm_cell_forward(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                      b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    B, H = hx.shape
+    h1, c1 = hx.new_empty(B, H), hx.new_empty(B, H)
+    ws = hx.new_empty(B, 4 * H)
+    bias = [b.contiguous() if b is not None else None for b in (b_ih, b_hh)]
+    _forward(LSTM, input, hx, cx.contiguous(), w_ih, w_hh, *bias, h1, c1, ws, None)
+    return h1, c1, ws
+
+
+@torch.library.custom_op("s2s_fused::lstm_cell_backward_triton", mutates_args=())
+def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], input: Tensor, hx: Tensor, cx: Tensor,
+                       w_ih: Tensor, w_hh: Tensor, workspace: Tensor, c1: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    B, H = hx.shape
+    dgates = hx.new_empty(B, 4 * H)
+    dcx = hx.new_empty(B, H)
+    if B > 0 and H > 0:
+        dh = grad_h1.contiguous() if grad_h1 is not None else None
+        dc = grad_c1.contiguous() if grad_c1 is not None else None
+        bb, bh, _ = _blocks(B, H)
+        _lstm_backward_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+            dh if dh is not None else dgates, dh.stride(0) if dh is not None else 0,
+            dc if dc is not None else dgates, dc.stride(0) if dc is not None else 0,
+            workspace.contiguous(), cx.contiguous(), c1.contiguous(), dgates, dcx, B, H,
+            HAS_DH=dh is not None, HAS_DC=dc is not None, ACC=_acc(hx.dtype), BLOCK_B=bb, BLOCK_H=bh)
+    else:
+        dgates.zero_()
+        dcx.zero_()
+    return (dgates @ w_ih, dgates @ w_hh, dcx, dgates.t() @ input, dgates.t() @ hx, dgates.sum(0))
+
+
+@torch.library.custom_op("s2s_fused::gru_cell_forward_triton", mutates_args=())
+def gru_cell_forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+                     b_hh: Optional[Tensor], reset_after: bool) -> tuple[Tensor, Tensor]:
+    B, H = hx.shape
+    h1 = hx.new_empty(B, H)
+    bias = [b.contiguous() if b is not None else None for b in (b_ih, b_hh)]
+    if reset_after:
+        ws = hx.new_empty(B, 4 * H)
+        _forward(GRU_AFTER, input, hx, None, w_ih, w_hh, *bias, h1, None, ws, None)
+    else:
+        ws = hx.new_empty(B, 3 * H)
+        rh = hx.new_empty(B, H)
+        _forward(GRU_BEFORE_1, input, hx, None, w_ih, w_hh, *bias, h1, None, ws, rh)
+        _forward(GRU_BEFORE_2, input, hx, None, w_ih, w_hh, *bias, h1, None, ws, rh)
+    return h1, ws
+
+
+@torch.library.custom_op("s2s_fused::gru_cell_backward_triton", mutates_args=())
+def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, workspace: Tensor,
+                      reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    B, H = hx.shape
+    dgi = hx.new_zeros(B, 3 * H) if B * H == 0 else hx.new_empty(B, 3 * H)
+    dhx = hx.new_zeros(B, H) if B * H == 0 else hx.new_empty(B, H)
+    dh, ws, h = grad_h1.contiguous(), workspace.contiguous(), hx.contiguous()
+    bb, bh, _ = _blocks(B, H)
+    grid = (triton.cdiv(B, bb), triton.cdiv(H, bh))
+    run = B > 0 and H > 0
+    if reset_after:
+        dgh = hx.new_zeros(B, 3 * H) if not run else hx.new_empty(B, 3 * H)
+        if run:
+            _gru_backward_kernel[grid](dh, dh.stride(0), ws, h, dgi, dgh, dhx, dhx, dhx, B, H, STAGE=1,
+                                       RESET_AFTER=True, ACC=_acc(hx.dtype), BLOCK_B=bb, BLOCK_H=bh)
+        grad_hx = dhx + dgh @ w_hh
+        grad_w_hh = dgh.t() @ h
+        grad_b_hh = dgh.sum(0)
+    else:
+        rh = hx.new_zeros(B, H) if not run else hx.new_empty(B, H)
+        if run:
+            _gru_backward_kernel[grid](dh, dh.stride(0), ws, h, dgi, dgi, dhx, dhx, rh, B, H, STAGE=1,
+                                       RESET_AFTER=False, ACC=_acc(hx.dtype), BLOCK_B=bb, BLOCK_H=bh)
+        drh = dgi[:, 2 * H:] @ w_hh[2 * H:]
+        if run:
+            _gru_backward_kernel[grid](dh, dh.stride(0), ws, h, dgi, dgi, dhx, drh.contiguous(), rh, B, H,
+                                       STAGE=2, RESET_AFTER=False, ACC=_acc(hx.dtype), BLOCK_B=bb, BLOCK_H=bh)
+        grad_hx = dhx + dgi[:, : 2 * H] @ w_hh[: 2 * H]
+        grad_w_hh = torch.cat([dgi[:, : 2 * H].t() @ h, dgi[:, 2 * H:].t() @ rh])
+        grad_b_hh = dgi.sum(0)
+    return dgi @ w_ih, grad_hx, dgi.t() @ input, grad_w_hh, dgi.sum(0), grad_b_hh
+
+
+# Fake kernels and autograd: the same as the C++ ops (same signatures).
+torch.library.register_fake("s2s_fused::lstm_cell_forward_triton", _cell_ops._lstm_fwd_fake)
+torch.library.register_fake("s2s_fused::lstm_cell_backward_triton", _cell_ops._lstm_bwd_fake)
+torch.library.register_fake("s2s_fused::gru_cell_forward_triton", _cell_ops._gru_fwd_fake)
+torch.library.register_fake("s2s_fused::gru_cell_backward_triton", _cell_ops._gru_bwd_fake)
+_cell_ops._register_lstm_autograd("_triton")
+_cell_ops._register_gru_autograd("_triton")
