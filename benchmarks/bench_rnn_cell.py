@@ -1,0 +1,107 @@
+"""Benchmark: one decoder step of the fused LSTM/GRU cells vs torch.nn.LSTMCell / GRUCell (same weights),
+forward and forward+backward, measured side by side in one run.
+
+CPU: B=64, I=H=512 (the issue's decoder step). GPU: B in {1, 8, 64, 256}, H in {256, 512, 1024}, fp32 and bf16,
+providers s2s_fused-cuda, s2s_fused-triton, torch-eager (torch.nn cells: three launches per step) and
+torch-compile; each also inside a CUDA graph (how a decode loop runs them).
+
+    python benchmarks/bench_rnn_cell.py [--device cuda] [--smoke] [--out DIR]
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from common import Row, base_parser, fill_ratios, markdown_table, measure, write_results
+
+import s2s_fused
+from s2s_fused.backend import is_available
+from s2s_fused.nn import GRUCell, LSTMCell
+
+
+def make(kind, I, H, dtype, device, provider):
+    torch.manual_seed(0)
+    base = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(I, H).to(device=device, dtype=dtype)
+    if provider.startswith("torch"):
+        return base
+    backend = provider.split("-", 1)[1]
+    ours = (LSTMCell if kind == "lstm" else GRUCell)(I, H, backend=backend).to(device=device, dtype=dtype)
+    ours.load_state_dict(base.state_dict())
+    return ours
+
+
+def step_fns(kind, cell, B, I, H, dtype, device, compile_=False):
+    x = torch.randn(B, I, device=device, dtype=dtype)
+    h = torch.randn(B, H, device=device, dtype=dtype)
+    hx = (h, torch.randn(B, H, device=device, dtype=dtype)) if kind == "lstm" else h
+    xg = x.clone().requires_grad_()
+    fn = torch.compile(cell) if compile_ else cell
+
+    def fwd():
+        with torch.no_grad():
+            return fn(x, hx)
+
+    def fwd_bwd():
+        out = fn(xg, hx)
+        out = out[0] + out[1] if isinstance(out, tuple) else out
+        out.sum().backward()
+
+    return fwd, fwd_bwd
+
+
+def graphed(fn, device):
+    """The step captured in a CUDA graph (replayed per call), as a decode loop would run it."""
+    s = torch.cuda.Stream(device)
+    s.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def providers(device):
+    if device.type == "cpu":
+        return ["torch-eager", "s2s_fused-cpu"]
+    out = ["torch-eager", "torch-compile"]
+    out += [p for p, b in (("s2s_fused-cuda", "cuda"), ("s2s_fused-triton", "triton")) if is_available(b)]
+    return out
+
+
+def main(argv=None):
+    p = base_parser(__doc__)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        shapes = [(2, 8, 8)] if args.smoke else [(64, 512, 512), (8, 512, 512), (64, 256, 256)]
+        dtypes = [torch.float32]
+    else:
+        shapes = [(2, 8, 8)] if args.smoke else [(b, h, h) for b, h in itertools.product((1, 8, 64, 256),
+                                                                                          (256, 512, 1024))]
+        dtypes = [torch.float32] if args.smoke else [torch.float32, torch.bfloat16]
+    repeats = args.repeats or (3 if args.smoke else (30 if device.type == "cpu" else 100))
+    rows: list[Row] = []
+    for kind, (B, I, H), dtype in itertools.product(("lstm", "gru"), shapes, dtypes):
+        shape = f"B={B} I={I} H={H}"
+        for prov in providers(device):
+            cell = make(kind, I, H, dtype, device, prov)
+            fwd, fwd_bwd = step_fns(kind, cell, B, I, H, dtype, device, compile_=prov == "torch-compile")
+            for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                rows.append(measure(f"{kind}_cell", prov, shape, dtype, mode, fn, device, repeats=repeats))
+                if device.type == "cuda" and mode == "fwd" and prov != "torch-compile":
+                    try:
+                        rows.append(measure(f"{kind}_cell", prov + "+graph", shape, dtype, mode,
+                                            graphed(fwd, device), device, repeats=repeats))
+                    except RuntimeError as e:  # capture can fail for a provider: report, keep going
+                        print(f"CUDA graph capture failed for {prov}: {e}")
+    fill_ratios(rows, "torch-eager")
+    print(markdown_table(rows))
+    write_results(rows, "rnn_cell", args.out, plot=not args.no_plot)
+
+
+if __name__ == "__main__":
+    main()
