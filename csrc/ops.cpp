@@ -12,6 +12,8 @@
 
 TORCH_LIBRARY(s2s_fused, m) {
   // ---------------------------------------------------------------- rnn_cell (one LSTM / GRU step)
+  // Backward ops take grad_mask, one flag per output: a gradient nobody needs is not computed (its GEMM is
+  // skipped) and comes back as an empty (0-element) tensor.
   // workspace = the activated gates backward needs: LSTM (B, 4H) = (i, f, g, o); GRU reset_after (B, 4H) =
   // (r, z, n, W_hn h + b_hn); GRU reset_before (B, 3H) = (r, z, n).
   m.def(
@@ -19,15 +21,15 @@ TORCH_LIBRARY(s2s_fused, m) {
       "Tensor? b_hh) -> (Tensor h1, Tensor c1, Tensor workspace)");
   m.def(
       "lstm_cell_backward(Tensor? grad_h1, Tensor? grad_c1, Tensor input, Tensor hx, Tensor cx, Tensor w_ih, "
-      "Tensor w_hh, Tensor workspace, Tensor c1) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_cx, "
-      "Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+      "Tensor w_hh, Tensor workspace, Tensor c1, bool[6] grad_mask) -> (Tensor grad_input, Tensor grad_hx, "
+      "Tensor grad_cx, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
   m.def(
       "gru_cell_forward(Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "bool reset_after) -> (Tensor h1, Tensor workspace)");
   m.def(
       "gru_cell_backward(Tensor grad_h1, Tensor input, Tensor hx, Tensor w_ih, Tensor w_hh, Tensor workspace, "
-      "bool reset_after) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, Tensor grad_w_hh, "
-      "Tensor grad_b_ih, Tensor grad_b_hh)");
+      "bool reset_after, bool[6] grad_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---------------------------------------------------------------- rnn_layer (whole sequences)
   // (schemas added by the rnn_layer issue)

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <tuple>
 
 #include "checks.h"
@@ -79,7 +80,7 @@ template <class PW>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward_impl(
     const PW& pw, const std::optional<at::Tensor>& grad_h1, const std::optional<at::Tensor>& grad_c1,
     const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const at::Tensor& workspace, const at::Tensor& c1) {
+    const at::Tensor& w_hh, const at::Tensor& workspace, const at::Tensor& c1, std::array<bool, 6> mask) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 4);
   const int64_t B = a.B, H = a.H;
   const at::Tensor dh = contiguous_or_undefined(grad_h1), dc = contiguous_or_undefined(grad_c1);
@@ -104,12 +105,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.dgates = mat(dgates);
   p.dcx = mat(dcx);
   pw.lstm_backward(p, B);
-  at::Tensor grad_input = at::mm(dgates, a.w_ih);
-  at::Tensor grad_hx = at::mm(dgates, a.w_hh);
-  at::Tensor grad_w_ih = at::mm(dgates.t(), a.input);
-  at::Tensor grad_w_hh = at::mm(dgates.t(), a.hx);
-  at::Tensor grad_bias = dgates.sum(0);
-  return {grad_input, grad_hx, dcx, grad_w_ih, grad_w_hh, grad_bias};
+  const auto none = [&] { return at::empty({0}, input.options()); };
+  return {mask[0] ? at::mm(dgates, a.w_ih) : none(),        mask[1] ? at::mm(dgates, a.w_hh) : none(),
+          mask[2] ? dcx : none(),                           mask[3] ? at::mm(dgates.t(), a.input) : none(),
+          mask[4] ? at::mm(dgates.t(), a.hx) : none(),      mask[5] ? dgates.sum(0) : none()};
 }
 
 template <class PW>
@@ -156,7 +155,8 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
 template <class PW>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_impl(
     const PW& pw, const at::Tensor& grad_h1, const at::Tensor& input, const at::Tensor& hx,
-    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after) {
+    const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after,
+    std::array<bool, 6> mask) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 3);
   const int64_t B = a.B, H = a.H;
   check_same(grad_h1, input, "grad_h1", "input");
@@ -176,14 +176,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.hx = cmat(a.hx);
   p.dgi = mat(dgi);
   p.dhx = mat(dhx);
-  at::Tensor grad_w_hh, grad_b_hh;
+  const auto none = [&] { return at::empty({0}, input.options()); };
+  at::Tensor grad_hx = none(), grad_w_hh = none(), grad_b_hh = none();
   if (reset_after) {
     at::Tensor dgh = at::empty({B, 3 * H}, input.options());
     p.dgh = mat(dgh);
     pw.gru_backward(p, B);
-    dhx.addmm_(dgh, a.w_hh);
-    grad_w_hh = at::mm(dgh.t(), a.hx);
-    grad_b_hh = dgh.sum(0);
+    if (mask[1]) grad_hx = dhx.addmm_(dgh, a.w_hh);
+    if (mask[3]) grad_w_hh = at::mm(dgh.t(), a.hx);
+    if (mask[5]) grad_b_hh = dgh.sum(0);
   } else {
     p.dgh = p.dgi;  // gh_n = (r h) W_hn: its gradient is dn, the same as gi_n's
     pw.gru_backward(p, B);
@@ -192,19 +193,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor rh = at::empty_like(a.hx);
     p.drh = cmat(drh);
     p.rh = mat(rh);
-    pw.gru_backward_stage2(p, B);
+    pw.gru_backward_stage2(p, B);  // also the r columns of dgi, needed by every other gradient
     const at::Tensor drz = dgi.narrow(1, 0, 2 * H);
-    dhx.addmm_(drz, a.w_hh.narrow(0, 0, 2 * H));
-    grad_w_hh = at::empty_like(a.w_hh, at::MemoryFormat::Contiguous);
-    at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
-    at::mm_out(g_rz, drz.t(), a.hx);
-    at::mm_out(g_n, dn.t(), rh);
-    grad_b_hh = dgi.sum(0);
+    if (mask[1]) grad_hx = dhx.addmm_(drz, a.w_hh.narrow(0, 0, 2 * H));
+    if (mask[3]) {
+      grad_w_hh = at::empty_like(a.w_hh, at::MemoryFormat::Contiguous);
+      at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
+      at::mm_out(g_rz, drz.t(), a.hx);
+      at::mm_out(g_n, dn.t(), rh);
+    }
+    if (mask[5]) grad_b_hh = dgi.sum(0);
   }
-  at::Tensor grad_input = at::mm(dgi, a.w_ih);
-  at::Tensor grad_w_ih = at::mm(dgi.t(), a.input);
-  at::Tensor grad_b_ih = dgi.sum(0);
-  return {grad_input, dhx, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+  return {mask[0] ? at::mm(dgi, a.w_ih) : none(), grad_hx, mask[2] ? at::mm(dgi.t(), a.input) : none(),
+          grad_w_hh, mask[4] ? dgi.sum(0) : none(), grad_b_hh};
 }
 
 }  // namespace s2s_fused

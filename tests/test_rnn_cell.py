@@ -261,14 +261,20 @@ def test_opcheck(suffix, requires_grad):
         g = torch.randn_like(h1)
         torch.library.opcheck(getattr(ops, "lstm_cell_backward" + suffix),
                               (g, None, x.detach(), h.detach(), c.detach(), w_ih.detach(), w_hh.detach(),
-                               ws.detach(), c1.detach()))
+                               ws.detach(), c1.detach(), [True] * 6))
+        torch.library.opcheck(getattr(ops, "lstm_cell_backward" + suffix),
+                              (g, g, x.detach(), h.detach(), c.detach(), w_ih.detach(), w_hh.detach(),
+                               ws.detach(), c1.detach(), [True, False, True, False, True, False]))
     for x, h, _, w_ih, w_hh, b_ih, b_hh in _opcheck_samples("gru", requires_grad):
         for reset_after in (True, False):
             torch.library.opcheck(getattr(ops, "gru_cell_forward" + suffix), (x, h, w_ih, w_hh, b_ih, b_hh, reset_after))
             h1, ws = getattr(ops, "gru_cell_forward" + suffix)(x, h, w_ih, w_hh, b_ih, b_hh, reset_after)
             torch.library.opcheck(getattr(ops, "gru_cell_backward" + suffix),
                                   (torch.randn_like(h1), x.detach(), h.detach(), w_ih.detach(), w_hh.detach(),
-                                   ws.detach(), reset_after))
+                                   ws.detach(), reset_after, [True] * 6))
+            torch.library.opcheck(getattr(ops, "gru_cell_backward" + suffix),
+                                  (torch.randn_like(h1), x.detach(), h.detach(), w_ih.detach(), w_hh.detach(),
+                                   ws.detach(), reset_after, [False, True, False, True, False, True]))
 
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.skipif(
@@ -381,7 +387,7 @@ def test_cpp_checks_for_direct_op_callers():
     with pytest.raises(RuntimeError, match="hx: expected dtype"):
         ops.lstm_cell_forward(x, h.float(), c, w_ih, w_hh, b_ih, b_hh)
     with pytest.raises(RuntimeError, match="workspace: expected shape"):
-        ops.lstm_cell_backward(h, None, x, h, c, w_ih, w_hh, h, c)
+        ops.lstm_cell_backward(h, None, x, h, c, w_ih, w_hh, h, c, [True] * 6)
     with pytest.raises(RuntimeError, match="input: expected a 2-D"):
         ops.gru_cell_forward(x[0], h, w_ih[:15], w_hh[:15], None, None, True)
 
@@ -421,3 +427,25 @@ def test_torch_compile_inductor_on_gpu(backend, mode):
         got = compiled(x, h, c)
     torch.cuda.synchronize()
     assert_close(got, expected, 1e-5, "compiled")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_only_needed_grads(backend, kind):
+    """Inputs that do not require grad get none (their GEMMs are skipped); the others stay exact."""
+    dev = device_for(backend)
+    x, h, c, params = inputs(kind, 3, 4, 5, device=dev)
+    for wanted in ([0], [1], [3], [len(params) + 1]):  # x only, h only, w_hh only, last bias only
+        ts_f, ts_r = leaves(x, h, c, params, kind), leaves(x, h, c, params, kind)
+        for ts in (ts_f, ts_r):
+            for i, t in enumerate(ts):
+                t.requires_grad_(i in wanted)
+        xf, hf, cf, pf = split(kind, ts_f, True)
+        xr, hr, cr, pr = split(kind, ts_r, True)
+        sum(o.sum() for o in fused(kind, backend, xf, hf, cf, pf)).backward()
+        sum(o.sum() for o in ref(kind, xr, hr, cr, pr)).backward()
+        for i, (a, b) in enumerate(zip(ts_f, ts_r)):
+            if i in wanted:
+                assert_close(a.grad, b.grad, 1e-9, f"grad {i}")
+            else:
+                assert a.grad is None

@@ -19,8 +19,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward_cpu(
     const std::optional<at::Tensor>& grad_h1, const std::optional<at::Tensor>& grad_c1, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& workspace, const at::Tensor& c1) {
-  return lstm_cell_backward_impl(CpuPointwise{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1);
+    const at::Tensor& workspace, const at::Tensor& c1, std::array<bool, 6> grad_mask) {
+  return lstm_cell_backward_impl(CpuPointwise{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1,
+                                 grad_mask);
 }
 
 std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cpu(const at::Tensor& input, const at::Tensor& hx,
@@ -32,8 +33,9 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cpu(const at::Tensor& input,
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_cpu(
     const at::Tensor& grad_h1, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after) {
-  return gru_cell_backward_impl(CpuPointwise{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after);
+    const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after, std::array<bool, 6> grad_mask) {
+  return gru_cell_backward_impl(CpuPointwise{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after,
+                                grad_mask);
 }
 
 }  // namespace

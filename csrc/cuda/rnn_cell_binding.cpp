@@ -85,9 +85,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward_cuda(
     const std::optional<at::Tensor>& grad_h1, const std::optional<at::Tensor>& grad_c1, const at::Tensor& input,
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
-    const at::Tensor& workspace, const at::Tensor& c1) {
+    const at::Tensor& workspace, const at::Tensor& c1, std::array<bool, 6> grad_mask) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_cell_backward_impl(CudaPointwise{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1);
+  return lstm_cell_backward_impl(CudaPointwise{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1,
+                                 grad_mask);
 }
 
 std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cuda(const at::Tensor& input, const at::Tensor& hx,
@@ -105,9 +106,10 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cuda(const at::Tensor& input
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_cuda(
     const at::Tensor& grad_h1, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after) {
+    const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after, std::array<bool, 6> grad_mask) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return gru_cell_backward_impl(CudaPointwise{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after);
+  return gru_cell_backward_impl(CudaPointwise{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after,
+                                grad_mask);
 }
 
 }  // namespace

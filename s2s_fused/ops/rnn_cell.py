@@ -34,10 +34,14 @@ def _lstm_fwd_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     return hx.new_empty(B, H), hx.new_empty(B, H), hx.new_empty(B, 4 * H)
 
 
+def _masked(mask, shapes, like):
+    """Backward outputs: the gradient's shape where wanted, an empty (0-element) tensor where not."""
+    return tuple(like.new_empty(shape if want else (0,)) for want, shape in zip(mask, shapes))
+
+
 @torch.library.register_fake("s2s_fused::lstm_cell_backward")
-def _lstm_bwd_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1):
-    return (input.new_empty(input.shape), hx.new_empty(hx.shape), hx.new_empty(hx.shape),
-            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]))
+def _lstm_bwd_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, grad_mask):
+    return _masked(grad_mask, (input.shape, hx.shape, hx.shape, w_ih.shape, w_hh.shape, (w_ih.shape[0],)), hx)
 
 
 @torch.library.register_fake("s2s_fused::gru_cell_forward")
@@ -47,9 +51,9 @@ def _gru_fwd_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after):
 
 
 @torch.library.register_fake("s2s_fused::gru_cell_backward")
-def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after):
-    return (input.new_empty(input.shape), hx.new_empty(hx.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]), w_ih.new_empty(w_ih.shape[0]))
+def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask):
+    G = (w_ih.shape[0],)
+    return _masked(grad_mask, (input.shape, hx.shape, w_ih.shape, w_hh.shape, G, G), hx)
 
 
 # ------------------------------------------------------------------------------------------------ autograd
@@ -63,18 +67,19 @@ def _register_lstm_autograd(suffix: str):
         input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
         _, c1, workspace = output
         ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.mark_non_differentiable(workspace)
 
     def backward(ctx, grad_h1, grad_c1, _grad_ws):
         input, hx, cx, w_ih, w_hh, workspace, c1 = ctx.saved_tensors
-        if grad_h1 is None and grad_c1 is None:
+        need = ctx.needs_input_grad
+        if grad_h1 is None and grad_c1 is None or not any(need):
             return (None,) * 7
-        g_in, g_hx, g_cx, g_wih, g_whh, g_b = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh,
-                                                          workspace, c1)
+        mask = list(need[:5]) + [need[5] or need[6]]
+        g = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, mask)
+        g_in, g_hx, g_cx, g_wih, g_whh, g_b = (t if m else None for t, m in zip(g, mask))
         # One bias gradient serves both biases; the second gets its own copy so the two .grad fields never alias.
-        return (g_in, g_hx, g_cx, g_wih, g_whh, g_b if ctx.has_bias[0] else None,
-                (g_b.clone() if ctx.has_bias[0] else g_b) if ctx.has_bias[1] else None)
+        return (g_in, g_hx, g_cx, g_wih, g_whh, g_b if need[5] else None,
+                (g_b.clone() if need[5] else g_b) if need[6] else None)
 
     torch.library.register_autograd("s2s_fused::lstm_cell_forward" + suffix, backward,
                                     setup_context=setup_context)
@@ -87,18 +92,17 @@ def _register_gru_autograd(suffix: str):
         input, hx, w_ih, w_hh, b_ih, b_hh, reset_after = inputs
         _, workspace = output
         ctx.save_for_backward(input, hx, w_ih, w_hh, workspace)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.reset_after = reset_after
         ctx.mark_non_differentiable(workspace)
 
     def backward(ctx, grad_h1, _grad_ws):
         input, hx, w_ih, w_hh, workspace = ctx.saved_tensors
-        if grad_h1 is None:
+        need = ctx.needs_input_grad
+        if grad_h1 is None or not any(need[:6]):
             return (None,) * 7
-        g_in, g_hx, g_wih, g_whh, g_bih, g_bhh = backward_op(grad_h1, input, hx, w_ih, w_hh, workspace,
-                                                            ctx.reset_after)
-        return (g_in, g_hx, g_wih, g_whh, g_bih if ctx.has_bias[0] else None,
-                g_bhh if ctx.has_bias[1] else None, None)
+        mask = list(need[:6])
+        g = backward_op(grad_h1, input, hx, w_ih, w_hh, workspace, ctx.reset_after, mask)
+        return tuple(t if m else None for t, m in zip(g, mask)) + (None,)
 
     torch.library.register_autograd("s2s_fused::gru_cell_forward" + suffix, backward, setup_context=setup_context)
 

@@ -225,6 +225,11 @@ def _prec(dtype):
     return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
+def _masked_grads(mask, thunks, like):
+    """Compute only the wanted gradients; the others are empty (0-element) tensors, as the C++ ops return."""
+    return tuple(f() if want else like.new_empty(0) for want, f in zip(mask, thunks))
+
+
 def _blocks(B, H):
     block_b = 16 if B <= 16 else 32
     block_h = 32 if H <= 32 else 64
@@ -264,7 +269,7 @@ def lstm_cell_forward(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh:
 
 @torch.library.custom_op("s2s_fused::lstm_cell_backward_triton", mutates_args=())
 def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], input: Tensor, hx: Tensor, cx: Tensor,
-                       w_ih: Tensor, w_hh: Tensor, workspace: Tensor, c1: Tensor
+                       w_ih: Tensor, w_hh: Tensor, workspace: Tensor, c1: Tensor, grad_mask: list[bool]
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, H = hx.shape
     dgates = hx.new_empty(B, 4 * H)
@@ -281,7 +286,9 @@ def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], inp
     else:
         dgates.zero_()
         dcx.zero_()
-    return (dgates @ w_ih, dgates @ w_hh, dcx, dgates.t() @ input, dgates.t() @ hx, dgates.sum(0))
+    grads = (lambda: dgates @ w_ih, lambda: dgates @ w_hh, lambda: dcx, lambda: dgates.t() @ input,
+             lambda: dgates.t() @ hx, lambda: dgates.sum(0))
+    return _masked_grads(grad_mask, grads, hx)
 
 
 @torch.library.custom_op("s2s_fused::gru_cell_forward_triton", mutates_args=())
@@ -303,7 +310,7 @@ def gru_cell_forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
 
 @torch.library.custom_op("s2s_fused::gru_cell_backward_triton", mutates_args=())
 def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, workspace: Tensor,
-                      reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                      reset_after: bool, grad_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, H = hx.shape
     dgi = hx.new_zeros(B, 3 * H) if B * H == 0 else hx.new_empty(B, 3 * H)
     dhx = hx.new_zeros(B, H) if B * H == 0 else hx.new_empty(B, H)
@@ -316,9 +323,9 @@ def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, 
         if run:
             _gru_backward_kernel[grid](dh, dh.stride(0), ws, h, dgi, dgh, dhx, dhx, dhx, B, H, STAGE=1,
                                        RESET_AFTER=True, ACC=_acc(hx.dtype), BLOCK_B=bb, BLOCK_H=bh)
-        grad_hx = dhx + dgh @ w_hh
-        grad_w_hh = dgh.t() @ h
-        grad_b_hh = dgh.sum(0)
+        grad_hx = lambda: dhx + dgh @ w_hh  # noqa: E731
+        grad_w_hh = lambda: dgh.t() @ h  # noqa: E731
+        grad_b_hh = lambda: dgh.sum(0)  # noqa: E731
     else:
         rh = hx.new_zeros(B, H) if not run else hx.new_empty(B, H)
         if run:
@@ -328,10 +335,11 @@ def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, 
         if run:
             _gru_backward_kernel[grid](dh, dh.stride(0), ws, h, dgi, dgi, dhx, drh.contiguous(), rh, B, H,
                                        STAGE=2, RESET_AFTER=False, ACC=_acc(hx.dtype), BLOCK_B=bb, BLOCK_H=bh)
-        grad_hx = dhx + dgi[:, : 2 * H] @ w_hh[: 2 * H]
-        grad_w_hh = torch.cat([dgi[:, : 2 * H].t() @ h, dgi[:, 2 * H:].t() @ rh])
-        grad_b_hh = dgi.sum(0)
-    return dgi @ w_ih, grad_hx, dgi.t() @ input, grad_w_hh, dgi.sum(0), grad_b_hh
+        grad_hx = lambda: dhx + dgi[:, : 2 * H] @ w_hh[: 2 * H]  # noqa: E731
+        grad_w_hh = lambda: torch.cat([dgi[:, : 2 * H].t() @ h, dgi[:, 2 * H:].t() @ rh])  # noqa: E731
+        grad_b_hh = lambda: dgi.sum(0)  # noqa: E731
+    grads = (lambda: dgi @ w_ih, grad_hx, lambda: dgi.t() @ input, grad_w_hh, lambda: dgi.sum(0), grad_b_hh)
+    return _masked_grads(grad_mask, grads, hx)
 
 
 # Fake kernels and autograd: the same as the C++ ops (same signatures).
