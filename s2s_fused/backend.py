@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import importlib.util
 import os
 
@@ -25,38 +24,46 @@ AUTO_CUDA: dict[str, str] = {}
 _default: contextvars.ContextVar[str] = contextvars.ContextVar("s2s_fused_backend", default="auto")
 
 
-@functools.lru_cache(maxsize=None)
-def _extension():
-    """The compiled extension module, or None (with the import error kept for messages)."""
+def _load_extension():
+    """Import the compiled extension (registers torch.ops.s2s_fused.*); returns (module or None, error text)."""
     try:
-        from s2s_fused import _C  # noqa: F401  (registers torch.ops.s2s_fused.*)
+        from s2s_fused import _C
 
-        return _C
+        return _C, ""
     except ImportError as e:  # pragma: no cover - exercised only on broken installs
-        _extension.error = e
-        return None
+        return None, str(e)
+
+
+# Everything below is decided once, at import: backend resolution then reads plain module globals, which
+# torch.compile traces without graph breaks (no C calls, no caches inside a traced region).
+_C, _EXTENSION_ERROR = _load_extension()
+_BUILD_INFO: dict = _C.build_info() if _C is not None else {}
+_TRITON_INSTALLED: bool = importlib.util.find_spec("triton") is not None
+
+
+def _extension():
+    return _C
 
 
 def extension_error() -> str:
-    return str(getattr(_extension, "error", ""))
+    return _EXTENSION_ERROR
 
 
 def build_info() -> dict:
-    ext = _extension()
-    return ext.build_info() if ext is not None else {}
+    """Facts about the compiled extension: with_cuda, cuda_arch_list, cpu_capabilities_compiled, cpu_capability."""
+    return dict(_BUILD_INFO)
 
 
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def _cuda_compiled() -> bool:
-    return bool(build_info().get("with_cuda", False))
+    return bool(_BUILD_INFO.get("with_cuda", False))
 
 
 def is_available(name: str) -> bool:
