@@ -449,3 +449,24 @@ def test_only_needed_grads(backend, kind):
                 assert_close(a.grad, b.grad, 1e-9, f"grad {i}")
             else:
                 assert a.grad is None
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the [test] extra
+    given = None
+
+if given is not None:
+
+    @settings(max_examples=25, deadline=None)
+    @given(kind=st.sampled_from(KINDS), B=st.integers(0, 9), I=st.integers(1, 40), H=st.integers(1, 40),
+           bias=st.booleans(), seed=st.integers(0, 2**16))
+    def test_cpu_random_shapes_property(kind, B, I, H, bias, seed):
+        """Any shape, the CPU kernels agree with the float64 reference (values and every gradient)."""
+        x, h, c, params = inputs(kind, B, I, H, bias=bias, seed=seed)
+        ts_f, ts_r = leaves(x, h, c, params, kind), leaves(x, h, c, params, kind)
+        out_f, g_f = forward_backward(kind, "cpu", ts_f, bias)
+        out_r, g_r = forward_backward(kind, None, ts_r, bias)
+        for a, b in list(zip(out_f, out_r)) + list(zip(g_f, g_r)):
+            assert_close(a, b, 1e-9, "property")
