@@ -38,14 +38,15 @@ __device__ __forceinline__ void st(const Mat& m, int64_t b, int64_t j, typename 
 }
 __device__ __forceinline__ CMat as_const(const Mat& m) { return {m.data, m.ld}; }
 
+// This thread's hidden unit: x runs over H (coalesced along a row), y over batch rows.
+__device__ __forceinline__ int64_t unit_index() { return blockIdx.x * int64_t(blockDim.x) + threadIdx.x; }
+
 template <typename A> __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp(-x)); }
 
 template <typename T>
 __global__ void lstm_forward_kernel(LstmForwardParams p, int64_t B) {
   using A = typename Acc<T>::type;
-  const int64_t H = p.H;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
   if (p.active && !p.active[b]) {
     st<T>(p.h1, b, j, ld<T>(p.hx, b, j));
@@ -74,9 +75,7 @@ __global__ void lstm_forward_kernel(LstmForwardParams p, int64_t B) {
 template <typename T>
 __global__ void lstm_backward_kernel(LstmBackwardParams p, int64_t B) {
   using A = typename Acc<T>::type;
-  const int64_t H = p.H;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
   const A dh = ld<T>(p.dh1, b, j) + ld<T>(p.dh2, b, j);
   if (p.active && !p.active[b]) {
@@ -101,9 +100,7 @@ __global__ void lstm_backward_kernel(LstmBackwardParams p, int64_t B) {
 template <typename T>
 __global__ void gru_forward_kernel(GruForwardParams p, int64_t B) {
   using A = typename Acc<T>::type;
-  const int64_t H = p.H;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
   const A h = ld<T>(p.hx, b, j);
   if (p.active && !p.active[b]) {
@@ -134,9 +131,7 @@ __global__ void gru_forward_kernel(GruForwardParams p, int64_t B) {
 template <typename T>
 __global__ void gru_forward_stage2_kernel(GruForwardParams p, int64_t B) {
   using A = typename Acc<T>::type;
-  const int64_t H = p.H;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
   const A h = ld<T>(p.hx, b, j);
   if (p.active && !p.active[b]) {
@@ -156,9 +151,7 @@ __global__ void gru_forward_stage2_kernel(GruForwardParams p, int64_t B) {
 template <typename T>
 __global__ void gru_backward_kernel(GruBackwardParams p, int64_t B) {
   using A = typename Acc<T>::type;
-  const int64_t H = p.H;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
   const A dh = ld<T>(p.dh1, b, j) + ld<T>(p.dh2, b, j);
   if (p.active && !p.active[b]) {
@@ -190,9 +183,7 @@ __global__ void gru_backward_kernel(GruBackwardParams p, int64_t B) {
 template <typename T>
 __global__ void gru_backward_stage2_kernel(GruBackwardParams p, int64_t B) {
   using A = typename Acc<T>::type;
-  const int64_t H = p.H;
-  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  const int64_t b = blockIdx.y;
+  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
   if (p.active && !p.active[b]) {
     st<T>(p.rh, b, j, A(0));
