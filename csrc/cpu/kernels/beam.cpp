@@ -56,11 +56,11 @@ void exact_row(const T* x, int64_t V, int64_t kk, double s, int64_t base, double
   using A = acc_t<T>;
   A m = -std::numeric_limits<A>::infinity();
   for (int64_t v = 0; v < V; ++v) m = std::max<A>(m, static_cast<A>(x[v]));
-  A d = 0;
+  double d = 0;  // a long scalar sum: accumulate in double, then round like the fast path's log
   if (m != -std::numeric_limits<A>::infinity()) {
-    for (int64_t v = 0; v < V; ++v) d += std::exp(static_cast<A>(x[v]) - m);
+    for (int64_t v = 0; v < V; ++v) d += std::exp(static_cast<double>(static_cast<A>(x[v]) - m));
   }
-  const A log_d = std::log(d);
+  const A log_d = static_cast<A>(std::log(d));
   std::vector<double> sc(V);
   for (int64_t v = 0; v < V; ++v) sc[v] = row_score<A>(static_cast<A>(s), static_cast<A>(x[v]), m, log_d);
   std::vector<int64_t> order(V);
@@ -123,7 +123,7 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
     const Vec mv(m_new);
     Vec acc(A(0));
     int64_t j = c0;
-    for (; j + W <= c1; j += W) acc = acc + (vload(x + j, W) - mv).exp_u20();
+    for (; j + W <= c1; j += W) acc = acc + (vload(x + j, W) - mv).exp();
     A part = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return a + b; }, acc);
     for (; j < c1; ++j) part += std::exp(static_cast<A>(x[j]) - m_new);
     d = d * scale + part;
