@@ -15,6 +15,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "beam_topk.h"
@@ -73,6 +74,36 @@ void exact_row(const T* x, int64_t V, int64_t kk, double s, int64_t base, double
   }
 }
 
+// The largest value of type T below x (x finite, representable in T).
+template <typename T, typename A>
+inline A below_in(A x) {
+  if constexpr (std::is_same_v<T, A>) {
+    return std::nextafter(x, -std::numeric_limits<A>::infinity());
+  } else {
+    uint16_t bits = T(x).x;
+    bits = (bits & 0x7fff) == 0 ? uint16_t(0x8001) : (bits & 0x8000) ? uint16_t(bits + 1) : uint16_t(bits - 1);
+    return static_cast<A>(T(bits, T::from_bits()));
+  }
+}
+
+// Can a dropped logit tie the last kept candidate's score and win on index? xs holds kk kept logits and the best
+// dropped one (xs[kk]), sorted by (logit desc, index asc).
+template <typename T, typename A>
+inline bool collides(const A* xs, int64_t kk, A s, A m, A log_d) {
+  const A xk = xs[kk - 1];
+  const A sk = row_score<A>(s, xk, m, log_d);
+  if (row_score<A>(s, xs[kk], m, log_d) != sk) return false;  // every dropped logit scores strictly lower
+  if (xs[kk] != xk || xk == -std::numeric_limits<A>::infinity()) return true;
+  // An exact tie of logits (common in fp16/bf16): the dropped copies have higher indices than the kept ones and
+  // every other dropped logit is <= the next value below in T. Safe unless that one, or a kept larger logit,
+  // scores the same (then index order could put a dropped copy before a kept candidate).
+  if (row_score<A>(s, below_in<T>(xk), m, log_d) == sk) return true;
+  for (int64_t j = 0; j < kk - 1; ++j) {
+    if (xs[j] != xk && row_score<A>(s, xs[j], m, log_d) == sk) return true;
+  }
+  return false;
+}
+
 template <typename T>
 void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi) {
   using A = acc_t<T>;
@@ -99,21 +130,35 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
   int64_t v0 = 0;
   // The first cap elements always enter (also -inf ones, which then rank by index).
   for (; v0 < cap; ++v0) insert(static_cast<A>(x[v0]), v0);
+  alignas(64) A buf[std::is_same_v<T, A> ? 1 : kChunk];  // half / bfloat16 chunks, converted once
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t c1 = std::min(V, c0 + kChunk);
+    const A* xc;  // the chunk as accumulate-type values: xc[v - c0] = x[v]
+    if constexpr (std::is_same_v<T, A>) {
+      xc = x + c0;
+    } else {
+      int64_t j = c0;
+      for (; j + W <= c1; j += W) {
+        Vec xv;
+        at::vec::load_to_float(x + j, xv);
+        xv.store(buf + (j - c0));
+      }
+      for (; j < c1; ++j) buf[j - c0] = static_cast<A>(x[j]);
+      xc = buf;
+    }
     int64_t v = std::max(c0, v0);
     Vec thr(xs[cap - 1]);
     for (; v + W <= c1; v += W) {
-      const Vec xv = vload(x + v, W);
+      const Vec xv = Vec::loadu(xc + (v - c0));
       if ((xv > thr).zero_mask() == kAllLanes) continue;  // no lane beats the k-th best: the common case
       for (int64_t l = 0; l < W; ++l) {
-        const A xl = static_cast<A>(x[v + l]);
+        const A xl = xc[v - c0 + l];
         if (xl > xs[cap - 1]) insert(xl, v + l);
       }
       thr = Vec(xs[cap - 1]);
     }
     for (; v < c1; ++v) {
-      const A xl = static_cast<A>(x[v]);
+      const A xl = xc[v - c0];
       if (xl > xs[cap - 1]) insert(xl, v);
     }
     // Online (max, sum-exp) over the chunk, whose max is now the list's head.
@@ -123,20 +168,18 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
     const Vec mv(m_new);
     Vec acc(A(0));
     int64_t j = c0;
-    for (; j + W <= c1; j += W) acc = acc + (vload(x + j, W) - mv).exp();
+    for (; j + W <= c1; j += W) acc = acc + (Vec::loadu(xc + (j - c0)) - mv).exp();
     A part = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return a + b; }, acc);
-    for (; j < c1; ++j) part += std::exp(static_cast<A>(x[j]) - m_new);
+    for (; j < c1; ++j) part += std::exp(xc[j - c0] - m_new);
     d = d * scale + part;
     m = m_new;
   }
   const A log_d = std::log(d);
   const A s = static_cast<A>(s_in);
   // Collision check (see the file comment): only when some logits were dropped.
-  if (V > kk) {
-    if (row_score<A>(s, xs[kk], m, log_d) == row_score<A>(s, xs[kk - 1], m, log_d)) {
-      exact_row<T>(x, V, kk, s_in, base, os, oi);
-      return;
-    }
+  if (V > kk && collides<T>(xs, kk, s, m, log_d)) {
+    exact_row<T>(x, V, kk, s_in, base, os, oi);
+    return;
   }
   for (int64_t j = 0; j < kk; ++j) {
     os[j] = row_score<A>(s, xs[j], m, log_d);
