@@ -109,7 +109,11 @@ def decode_rows(device, B, V, beam, max_len, repeats):
 
 
 def main(argv=None):
-    args = base_parser(__doc__).parse_args(argv)
+    parser = base_parser(__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.smoke:
         shapes, dtypes, repeats = [(2, 3, 500)], [torch.float32], args.repeats or 3
