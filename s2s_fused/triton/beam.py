@@ -3,7 +3,7 @@
 Three launches, no host synchronisation:
   1. ``_beam_chunk_kernel``, grid (B*K, P): one pass over a chunk of one beam row keeps the chunk's (max, sum-exp)
      and its top KP raw logits as packed int64 keys (order-preserving float bits in the high half, ``~index`` in
-     the low half, so one ``tl.topk`` returns value and index with the lower index winning ties). Finished and
+     the low half, so one max returns value and index with the lower index winning ties). Finished and
      empty (-inf) beams select by a substituted value instead (eos first, then index order).
   2. ``_beam_merge_kernel``, grid (B,): combines the chunks' (max, sum-exp) per beam, turns the candidates into
      scores and takes the top k of the batch row with the same packed-key trick. Each chunk kept one logit more
@@ -15,12 +15,13 @@ k > 64 and float64 logits take the exact torch path (reference.beam_search_topk 
 """
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import triton
 import triton.language as tl
 
 from .. import reference
-from ..backend import triton_interpret
 
 FAST_MAX_K = 64
 _INT64_MIN = -(2**63)
@@ -53,26 +54,23 @@ def _unpack_index(packed):
 
 
 @triton.jit
-def _topk_packed(x, KSEL: tl.constexpr, ITER: tl.constexpr):
+def _topk_packed(x, KSEL: tl.constexpr):
     """The KSEL largest of the 1-D int64 keys x, descending. Keys are unique (they hold the index), so KSEL rounds
-    of max-and-remove are exact; that is the cheaper form for small KSEL (FasterTransformer / TensorRT-LLM's
-    iterative argmax) and under the interpreter, whose tl.topk is very slow. Otherwise a bitonic tl.topk."""
-    if ITER:
-        o = tl.arange(0, KSEL)
-        out = tl.full((KSEL,), _INT64_MIN, tl.int64)
-        for j in tl.static_range(KSEL):
-            mx = tl.max(x, axis=0)
-            out = tl.where(o == j, mx, out)
-            x = tl.where(x == mx, _INT64_MIN, x)
-        return out
-    else:
-        return tl.topk(x, KSEL)
+    of max-and-remove are exact: FasterTransformer / TensorRT-LLM's iterative argmax for small beams. (tl.topk's
+    default order differs between Triton versions, and the interpreter's is very slow: 0.9 s for 1024 keys.)"""
+    o = tl.arange(0, KSEL)
+    out = tl.full((KSEL,), _INT64_MIN, tl.int64)
+    for j in tl.static_range(KSEL):
+        mx = tl.max(x, axis=0)
+        out = tl.where(o == j, mx, out)
+        x = tl.where(x == mx, _INT64_MIN, x)
+    return out
 
 
 @triton.jit
 def _beam_chunk_kernel(logits_ptr, s_ptr, fin_ptr, part_key_ptr, part_m_ptr, part_d_ptr,
                        stride_b, stride_k, stride_v, K, V, P, eos_id,
-                       HAS_FIN: tl.constexpr, CHUNK: tl.constexpr, KP: tl.constexpr, ITER: tl.constexpr):
+                       HAS_FIN: tl.constexpr, CHUNK: tl.constexpr, KP: tl.constexpr):
     r = tl.program_id(0)
     c = tl.program_id(1)
     b = r // K
@@ -91,7 +89,7 @@ def _beam_chunk_kernel(logits_ptr, s_ptr, fin_ptr, part_key_ptr, part_m_ptr, par
         fin = tl.load(fin_ptr + r)
         sel = tl.where(fin != 0, tl.where(offs == eos_id, float("inf"), float("-inf")), sel)
     packed = tl.where(valid, _pack(_ordered_i32(sel), offs), _INT64_MIN)
-    top = _topk_packed(packed, KP, ITER)
+    top = _topk_packed(packed, KP)
     base = (r * P + c).to(tl.int64)
     tl.store(part_key_ptr + base * KP + tl.arange(0, KP), top)
     tl.store(part_m_ptr + base, m)
@@ -102,7 +100,7 @@ def _beam_chunk_kernel(logits_ptr, s_ptr, fin_ptr, part_key_ptr, part_m_ptr, par
 def _beam_merge_kernel(s_ptr, fin_ptr, part_key_ptr, part_m_ptr, part_d_ptr, lse_ptr, flag_ptr,
                        out_s_ptr, out_b_ptr, out_t_ptr, K, V, P, k, eos_id,
                        HAS_FIN: tl.constexpr, KPAD: tl.constexpr, PPAD: tl.constexpr, KP: tl.constexpr,
-                       KO: tl.constexpr, ITER: tl.constexpr):
+                       KO: tl.constexpr):
     b = tl.program_id(0)
     ii = tl.arange(0, KPAD)
     pp = tl.arange(0, PPAD)
@@ -147,7 +145,7 @@ def _beam_merge_kernel(s_ptr, fin_ptr, part_key_ptr, part_m_ptr, part_d_ptr, lse
 
     flat = ii[:, None, None].to(tl.int64) * V + v
     cand = tl.where(live & (jj[None, None, :] < KP - 1), _pack(_ordered_i32(score), flat), _INT64_MIN)
-    top = _topk_packed(tl.reshape(cand, (KPAD * PPAD * KP,)), KO, ITER)
+    top = _topk_packed(tl.reshape(cand, (KPAD * PPAD * KP,)), KO)
     _store_top(top, out_s_ptr, out_b_ptr, out_t_ptr, b, V, k, KO)
 
 
@@ -166,7 +164,7 @@ def _store_top(top, out_s_ptr, out_b_ptr, out_t_ptr, b, V, k, KO: tl.constexpr):
 @triton.jit
 def _beam_exact_kernel(logits_ptr, s_ptr, fin_ptr, lse_ptr, flag_ptr, out_s_ptr, out_b_ptr, out_t_ptr,
                        stride_b, stride_k, stride_v, K, V, k, eos_id,
-                       HAS_FIN: tl.constexpr, TILE: tl.constexpr, KO: tl.constexpr, ITER: tl.constexpr):
+                       HAS_FIN: tl.constexpr, TILE: tl.constexpr, KO: tl.constexpr):
     b = tl.program_id(0)
     if tl.load(flag_ptr + b) != 0:
         run = tl.full((KO,), _INT64_MIN, tl.int64)
@@ -188,15 +186,14 @@ def _beam_exact_kernel(logits_ptr, s_ptr, fin_ptr, lse_ptr, flag_ptr, out_s_ptr,
                 score = tl.where(fin, tl.where(offs == eos_id, s, float("-inf")), score)
                 flat = offs.to(tl.int64) + i * V
                 cand = tl.where(valid, _pack(_ordered_i32(score), flat), _INT64_MIN)
-                tile_top = _topk_packed(cand, KO, ITER)
-                run = _topk_packed(tl.reshape(tl.join(run, tile_top), (2 * KO,)), KO, ITER)
+                tile_top = _topk_packed(cand, KO)
+                run = _topk_packed(tl.reshape(tl.join(run, tile_top), (2 * KO,)), KO)
         _store_top(run, out_s_ptr, out_b_ptr, out_t_ptr, b, V, k, KO)
 
 
 def _launch(logits, beam_scores, k, finished, eos_id):
     B, K, V = logits.shape
     dev = logits.device
-    interp = triton_interpret()
     scores = torch.empty(B, k, device=dev, dtype=torch.float32)
     beam_index = torch.empty(B, k, device=dev, dtype=torch.int64)
     token = torch.empty(B, k, device=dev, dtype=torch.int64)
@@ -222,20 +219,19 @@ def _launch(logits, beam_scores, k, finished, eos_id):
     flag = torch.empty(B, device=dev, dtype=torch.int32)
     sb, sk, sv = logits.stride()
     _beam_chunk_kernel[(B * K, P)](logits, s, fin, part_key, part_m, part_d, sb, sk, sv, K, V, P, eos,
-                                   HAS_FIN=has_fin, CHUNK=CHUNK, KP=KP, ITER=interp or KP <= 32)
+                                   HAS_FIN=has_fin, CHUNK=CHUNK, KP=KP)
     _beam_merge_kernel[(B,)](s, fin, part_key, part_m, part_d, lse, flag, scores, beam_index, token,
-                             K, V, P, k, eos, HAS_FIN=has_fin, KPAD=KPAD, PPAD=PPAD, KP=KP, KO=KO,
-                             ITER=interp or KO <= 32)
+                             K, V, P, k, eos, HAS_FIN=has_fin, KPAD=KPAD, PPAD=PPAD, KP=KP, KO=KO)
     TILE = max(16, min(2048, triton.next_power_of_2(V)))
     _beam_exact_kernel[(B,)](logits, s, fin, lse, flag, scores, beam_index, token, sb, sk, sv, K, V, k, eos,
-                             HAS_FIN=has_fin, TILE=max(TILE, KO), KO=KO, ITER=interp or KO <= 32)
+                             HAS_FIN=has_fin, TILE=max(TILE, KO), KO=KO)
     return scores, beam_index, token
 
 
 @torch.library.custom_op("s2s_fused::beam_search_topk_triton", mutates_args=())
 def beam_search_topk_triton(logits: torch.Tensor, beam_scores: torch.Tensor, k: int,
-                            finished: torch.Tensor | None = None,
-                            eos_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                            finished: Optional[torch.Tensor] = None,
+                            eos_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, K, V = logits.shape
     if logits.dtype == torch.float64 or k > FAST_MAX_K or K * V >= 2**31:
         # The packed keys hold fp32 values and 31-bit flat indices; the rest is the exact torch path.
