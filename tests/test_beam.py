@@ -229,6 +229,8 @@ def test_gpu_backends_collisions_strides_large_k(backend):
     assert_topk_equal(run(backend, x, s, 100), reference.beam_search_topk(x, s, 100), "k > 64")
     xd = x.double()
     assert_topk_equal(run(backend, xd, s, 5), reference.beam_search_topk(xd, s, 5), "float64")
+    out = run(backend, torch.randn(0, 3, 10, device=dev), torch.zeros(0, 3, device=dev), 4)
+    assert [tuple(o.shape) for o in out] == [(0, 4)] * 3
 
 
 @pytest.mark.gpu
@@ -254,10 +256,16 @@ def _opcheck_samples(device="cpu"):
 def test_opcheck_cpu():
     for args in _opcheck_samples():
         torch.library.opcheck(torch.ops.s2s_fused.beam_search_topk.default, args)
+    x, s = make_case(2, 3, 17, torch.float32, seed=1)
+    args = (x.requires_grad_(), s, 4, None, None)
+    torch.library.opcheck(torch.ops.s2s_fused.beam_search_topk.default, args)
+    out = s2s_fused.beam_search_topk(x, s, 4, backend="cpu")
+    assert not any(o.requires_grad for o in out)  # a discrete selection: no gradient flows through it
 
 
 @TRITON
 def test_opcheck_triton():
+    import s2s_fused.triton.beam  # noqa: F401  (registers the op)
     dev = device_for("triton")
     for args in _opcheck_samples(dev)[:2]:
         torch.library.opcheck(torch.ops.s2s_fused.beam_search_topk_triton.default, args)

@@ -95,3 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_topk_cpu(const at::Te
 }  // namespace s2s_fused::cpu
 
 TORCH_LIBRARY_IMPL(s2s_fused, CPU, m) { m.impl("beam_search_topk", &s2s_fused::cpu::beam_search_topk_cpu); }
+
+// The op is a discrete selection: its outputs carry no gradient (for every device key), so autograd passes
+// through instead of warning that no autograd kernel exists.
+TORCH_LIBRARY_IMPL(s2s_fused, Autograd, m) { m.impl("beam_search_topk", torch::CppFunction::makeFallthrough()); }

@@ -11,6 +11,7 @@
 //    a dropped logit could win a tie on index, and the block recomputes the whole batch row exactly instead.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_runtime.h>
 
 #include <cfloat>
 #include <cmath>
@@ -269,26 +270,38 @@ void launch_cap(const T* logits, int64_t sb, int64_t sk, int64_t sv, const float
 
 }  // namespace
 
-void launch_beam_search_topk(int dtype, const void* logits, int64_t sb, int64_t sk, int64_t sv,
-                             const float* beam_scores, const bool* finished, int64_t eos_id, int64_t B, int64_t K,
-                             int64_t V, int64_t k, const BeamPlan& plan, void* part_x, int64_t* part_v,
-                             void* part_m, void* part_d, void* lse, float* out_scores, int64_t* out_beam,
-                             int64_t* out_token, cudaStream_t stream) {
+const char* launch_beam_search_topk(int dtype, const void* logits, int64_t sb, int64_t sk, int64_t sv,
+                                    const float* beam_scores, const bool* finished, int64_t eos_id, int64_t B,
+                                    int64_t K, int64_t V, int64_t k, const BeamPlan& plan, void* part_x,
+                                    int64_t* part_v, void* part_m, void* part_d, void* lse, float* out_scores,
+                                    int64_t* out_beam, int64_t* out_token, void* stream_ptr) {
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
   switch (dtype) {
     case 0:
-      return launch_cap(static_cast<const float*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k,
-                        plan, part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      launch_cap(static_cast<const float*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k, plan,
+                 part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      break;
     case 1:
-      return launch_cap(static_cast<const double*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k,
-                        plan, part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      launch_cap(static_cast<const double*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k, plan,
+                 part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      break;
     case 2:
-      return launch_cap(static_cast<const __half*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k,
-                        plan, part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      launch_cap(static_cast<const __half*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k, plan,
+                 part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      break;
     case 3:
-      return launch_cap(static_cast<const __nv_bfloat16*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K,
-                        V, k, plan, part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
-    default: return;
+      launch_cap(static_cast<const __nv_bfloat16*>(logits), sb, sk, sv, beam_scores, finished, eos_id, B, K, V, k,
+                 plan, part_x, part_v, part_m, part_d, lse, out_scores, out_beam, out_token, stream);
+      break;
+    default: return "beam_search_topk: unsupported dtype code";
   }
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
+
+int device_sm_count(int device) {
+  int sms = 0;
+  return cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? sms : -1;
 }
 
 }  // namespace s2s_fused::cuda

@@ -1,10 +1,12 @@
 // CUDA registration of beam_search_topk: checks, device guard, current stream, workspace; kernels in beam.cu.
 // k > 64 takes the exact ATen path (log_softmax + add + stable sort), which is slower but gives the same answer.
+//
+// Only device-generic c10 headers here (c10::DeviceGuard and the guard implementation's current stream, which
+// the CUDA runtime of torch provides): c10/cuda/* cannot be compiled against the CPU build of torch that CI uses
+// for its syntax check (c10/cuda/impl/cuda_cmake_macros.h is missing there), and this file needs nothing more.
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -51,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_topk_cuda(const at::T
                                                                      const std::optional<at::Tensor>& finished,
                                                                      std::optional<int64_t> eos_id) {
   check_beam_topk_args(logits, beam_scores, k, finished, eos_id);
-  const c10::cuda::CUDAGuard guard(logits.device());
+  const c10::DeviceGuard guard(logits.device());
   if (k > kBeamCudaMaxK) return exact_path(logits, beam_scores, k, finished, eos_id);
   const int64_t B = logits.size(0), K = logits.size(1), V = logits.size(2);
   auto scores = at::empty({B, k}, beam_scores.options());
@@ -61,8 +63,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_topk_cuda(const at::T
   const auto bs = beam_scores.contiguous();
   at::Tensor fin;
   if (finished.has_value() && finished->defined()) fin = finished->contiguous();
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, logits.device().index()));
+  const int sms = device_sm_count(logits.device().index());
+  TORCH_CHECK(sms > 0, "beam_search_topk: cannot query the multiprocessor count of ", logits.device());
   const BeamPlan plan = beam_plan(B * K, V, k, sms);
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto o = logits.options();
@@ -71,14 +73,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_topk_cuda(const at::T
   auto part_m = at::empty({B * K * plan.parts}, o.dtype(acc));
   auto part_d = at::empty({B * K * plan.parts}, o.dtype(acc));
   auto lse = at::empty({B * K * 2}, o.dtype(acc));
-  launch_beam_search_topk(dtype_code(logits.scalar_type()), logits.const_data_ptr(), logits.stride(0),
-                          logits.stride(1), logits.stride(2), bs.const_data_ptr<float>(),
-                          fin.defined() ? fin.const_data_ptr<bool>() : nullptr, eos_id.value_or(-1), B, K, V, k,
-                          plan, part_x.mutable_data_ptr(), part_v.mutable_data_ptr<int64_t>(),
-                          part_m.mutable_data_ptr(), part_d.mutable_data_ptr(), lse.mutable_data_ptr(),
-                          scores.mutable_data_ptr<float>(), beam_index.mutable_data_ptr<int64_t>(),
-                          token.mutable_data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const c10::Stream stream = c10::impl::getDeviceGuardImpl(c10::DeviceType::CUDA)->getStream(logits.device());
+  const char* err = launch_beam_search_topk(
+      dtype_code(logits.scalar_type()), logits.const_data_ptr(), logits.stride(0), logits.stride(1),
+      logits.stride(2), bs.const_data_ptr<float>(), fin.defined() ? fin.const_data_ptr<bool>() : nullptr,
+      eos_id.value_or(-1), B, K, V, k, plan, part_x.mutable_data_ptr(), part_v.mutable_data_ptr<int64_t>(),
+      part_m.mutable_data_ptr(), part_d.mutable_data_ptr(), lse.mutable_data_ptr(), scores.mutable_data_ptr<float>(),
+      beam_index.mutable_data_ptr<int64_t>(), token.mutable_data_ptr<int64_t>(), stream.native_handle());
+  TORCH_CHECK(err == nullptr, "beam_search_topk: CUDA launch failed: ", err);
   return {scores, beam_index, token};
 }
 
