@@ -39,6 +39,12 @@ TORCH_LIBRARY(s2s_fused, m) {
 
   // ---------------------------------------------------------------- beam
   // (schemas added by the beam-search issue)
+  // One beam-search step: the best k of the K*V candidates (beam i, token v) per batch row, scored
+  // beam_scores[b, i] + log_softmax(logits[b, i])[v] in fp32 (fp64 for fp64 logits), ties to the lower i*V + v.
+  // A finished beam offers only (its score, eos_id); -inf beams only -inf candidates. See s2s_fused/ops/beam.py.
+  m.def(
+      "beam_search_topk(Tensor logits, Tensor beam_scores, int k, Tensor? finished=None, int? eos_id=None) "
+      "-> (Tensor scores, Tensor beam_index, Tensor token)");
 
   // ---------------------------------------------------------------- end of schemas
 }

@@ -13,6 +13,7 @@ from .ops.rnn_cell import gru_cell, lstm_cell
 # ---- cross_entropy
 
 # ---- beam
+from .ops.beam import beam_search_topk
 
 # ---- end of ops
 

@@ -56,4 +56,30 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
 # (the beam-search top-k reference goes here)
 
 
+def beam_candidate_scores(logits, beam_scores, finished=None, eos_id=None):
+    """The (B, K, V) candidate scores of one beam-search step, in float32 (float64 for float64 logits):
+    beam_scores[b, i] + log_softmax(logits[b, i])[v]. A beam whose score is -inf offers only -inf; a finished beam
+    offers (its score, eos_id) and -inf everywhere else."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    s = beam_scores.to(acc)[..., None]
+    cand = s + torch.log_softmax(logits.to(acc), dim=-1)
+    cand = torch.where(s == float("-inf"), torch.full_like(cand, float("-inf")), cand)
+    if finished is not None:
+        only_eos = torch.full_like(cand, float("-inf"))
+        only_eos[..., eos_id] = s[..., 0]
+        cand = torch.where(finished[..., None], only_eos, cand)
+    return cand
+
+
+def beam_search_topk(logits, beam_scores, k, finished=None, eos_id=None):
+    """logits (B, K, V), beam_scores (B, K) -> (scores (B, k) float32, beam_index (B, k), token (B, k) int64):
+    the best k of the K*V candidates per batch row (see :func:`beam_candidate_scores`), in descending order, ties
+    to the lower flat index i*V + v (a stable descending sort)."""
+    B, K, V = logits.shape
+    flat = beam_candidate_scores(logits, beam_scores, finished, eos_id).reshape(B, K * V)
+    vals, idx = torch.sort(flat, dim=-1, descending=True, stable=True)
+    vals, idx = vals[:, :k], idx[:, :k]
+    return vals.to(torch.float32), idx // V, idx % V
+
+
 # ---------------------------------------------------------------------------------------------------- end

@@ -1,0 +1,139 @@
+"""Beam-search top-k step and a whole beam-search decode, fused vs eager torch, side by side in one run.
+
+Op rows: ``s2s_fused.beam_search_topk`` (cpu / cuda / triton) vs torch eager
+(log_softmax + add + view + topk, then // and %). Decode rows: ``s2s_fused.seq2seq.decode.beam_search`` on a small
+random GRU decoder, with the fused op vs the same decoder whose selection step is the eager chain above.
+
+    PYTHONPATH=. python benchmarks/bench_beam.py [--smoke] [--device cuda] [--out DIR]
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from benchmarks.common import base_parser, fill_ratios, measure, write_results  # noqa: E402
+
+import s2s_fused  # noqa: E402
+from s2s_fused.backend import is_available  # noqa: E402
+from s2s_fused.seq2seq import decode  # noqa: E402
+
+
+def eager_topk(logits, beam_scores, k, *, finished=None, eos_id=None, backend=None):
+    """The eager baseline: log_softmax + add + view + topk, then // and % (finished beams masked like the op)."""
+    B, K, V = logits.shape
+    cand = torch.log_softmax(logits.float(), dim=-1) + beam_scores[..., None]
+    if finished is not None:
+        only_eos = torch.full_like(cand, float("-inf"))
+        only_eos[..., eos_id] = beam_scores
+        cand = torch.where(finished[..., None], only_eos, cand)
+    vals, idx = cand.view(B, K * V).topk(k)
+    return vals, idx // V, idx % V
+
+
+def op_rows(device, shapes, dtypes, repeats):
+    rows = []
+    providers = {"torch-eager": lambda x, s, k: eager_topk(x, s, k)}
+    if device.type == "cpu":
+        providers["s2s_fused-cpu"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="cpu")
+    else:
+        if is_available("cuda"):
+            providers["s2s_fused-cuda"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="cuda")
+        if is_available("triton"):
+            providers["s2s_fused-triton"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="triton")
+    for B, K, V in shapes:
+        for dtype in dtypes:
+            x = torch.randn(B, K, V, device=device, dtype=dtype)
+            s = -torch.rand(B, K, device=device)
+            k = 2 * K
+            nbytes = x.numel() * x.element_size()
+            for name, fn in providers.items():
+                rows.append(measure("beam_search_topk", name, f"B={B} K={K} V={V} k={k}", dtype, "fwd",
+                                    lambda fn=fn: fn(x, s, k), device, repeats=repeats,
+                                    throughput_fn=lambda ms: f"{nbytes / ms / 1e6:.1f} GB/s"))
+    return rows
+
+
+class GRUDecoder(torch.nn.Module):
+    """A small random GRU decoder step: embedding -> GRUCell -> output projection."""
+
+    def __init__(self, V, E, H):
+        super().__init__()
+        self.emb = torch.nn.Embedding(V, E)
+        self.cell = torch.nn.GRUCell(E, H)
+        self.out = torch.nn.Linear(H, V)
+        with torch.no_grad():
+            self.out.weight.mul_(4.0)  # peaky enough that beams finish
+
+    def step(self, tokens, h):
+        h = self.cell(self.emb(tokens), h)
+        return self.out(h), h
+
+
+@contextlib.contextmanager
+def selection(fn):
+    saved = decode.beam_search_topk
+    decode.beam_search_topk = fn
+    try:
+        yield
+    finally:
+        decode.beam_search_topk = saved
+
+
+def decode_rows(device, B, V, beam, max_len, repeats):
+    torch.manual_seed(0)
+    model = GRUDecoder(V, 64, 256).to(device).eval()
+    h0 = torch.randn(B, 256, device=device)
+    backend = "cpu" if device.type == "cpu" else ("cuda" if is_available("cuda") else "triton")
+
+    def fused():
+        with torch.no_grad():
+            return decode.beam_search(model.step, h0, 1, 2, beam, max_len, n_best=1, backend=backend)
+
+    def eager():
+        with torch.no_grad(), selection(eager_topk):
+            return decode.beam_search(model.step, h0, 1, 2, beam, max_len, n_best=1)
+
+    tokens = sum(len(h[0].tokens) + 1 for h in fused())
+    shape = f"GRU B={B} V={V} H=256 beam={beam} max_len={max_len}"
+    rows = []
+    for name, fn in ((f"s2s_fused-{backend}", fused), ("torch-eager", eager)):
+        rows.append(measure("beam_search decode", name, shape, torch.float32, "decode", fn, device,
+                            repeats=repeats, warmup=1,
+                            throughput_fn=lambda ms: f"{tokens / ms * 1e3:.0f} tok/s"))
+    return rows
+
+
+def main(argv=None):
+    parser = base_parser(__doc__)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.smoke:
+        shapes, dtypes, repeats = [(2, 3, 500)], [torch.float32], args.repeats or 3
+        dec = dict(B=2, V=50, beam=2, max_len=4)
+    elif device.type == "cpu":
+        shapes = [(32, 5, 32000), (1, 4, 32000), (8, 8, 32000), (32, 4, 8000)]
+        dtypes, repeats = [torch.float32, torch.bfloat16], args.repeats or 30
+        dec = dict(B=16, V=8000, beam=4, max_len=20)
+    else:
+        shapes = [(B, K, 32000) for B in (1, 32, 128) for K in (4, 8)]
+        dtypes, repeats = [torch.float32, torch.bfloat16], args.repeats or 50
+        dec = dict(B=64, V=8000, beam=4, max_len=30)
+    rows = op_rows(device, shapes, dtypes, repeats)
+    rows += decode_rows(device, repeats=max(3, repeats // 5), **dec)
+    rows = fill_ratios(rows, "torch-eager")
+    from benchmarks.common import markdown_table
+    print(markdown_table(rows))
+    write_results(rows, "beam", args.out, plot=not args.no_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

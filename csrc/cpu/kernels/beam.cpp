@@ -1,0 +1,252 @@
+// Beam-search top-k, stage 1 (per beam row), compiled once per CPU capability by setup.py. See beam_topk.h.
+//
+// One pass over a row, chunk by chunk: a vectorized compare against the current k-th best logit finds the rare
+// lanes that enter the top-kk list (insertion into a sorted array); after each chunk, while it is still in L1,
+// the running (max, sum-exp) pair is updated online (Milakov & Gimelshein 2018, at chunk granularity). Only the
+// kk survivors are turned into scores: score = s + ((x - max) - log(sum)), the order of torch's log_softmax.
+//
+// Exactness: the selection ranks raw logits, but the op ranks the rounded scores (ties to the lower index). Two
+// different logits can round to the same score (neighbouring floats, or x - max for tiny x next to a huge max),
+// so a dropped logit could tie the last kept one and win on index. The list therefore keeps one extra entry, the
+// best dropped logit: if its score equals the last kept one's, the row is redone exactly (rare on real data).
+#include <ATen/cpu/vec/functional.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <type_traits>
+#include <vector>
+
+#include "beam_topk.h"
+#include "cpu/kernels/vec_helpers.h"
+
+namespace s2s_fused::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+constexpr int64_t kChunk = 2048;  // elements per online-softmax update: 8 KB of fp32, stays in L1
+
+template <typename A>
+inline A row_score(A s, A x, A m, A log_d) {
+  return s + ((x - m) - log_d);
+}
+
+// (score desc, index asc): the op's candidate order. NaN scores rank last (keeps the order strict-weak).
+inline bool better(double sa, int64_t ia, double sb, int64_t ib) {
+  const bool na = std::isnan(sa), nb = std::isnan(sb);
+  if (na || nb) return !na && nb ? true : (na && nb ? ia < ib : false);
+  return sa > sb || (sa == sb && ia < ib);
+}
+
+// Rows that offer only -inf candidates (an empty beam) list the first kk indices, in index order.
+inline void fill_neg_inf(double* os, int64_t* oi, int64_t from, int64_t kk, int64_t base, int64_t V, int64_t skip) {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  int64_t v = 0;
+  for (int64_t j = from; j < kk; ++j, ++v) {
+    if (v == skip) ++v;
+    if (v >= V) break;
+    os[j] = ninf;
+    oi[j] = base + v;
+  }
+}
+
+// The exact path: every score of the row, then a partial sort. Used for k > kBeamFastMaxK and as the fallback.
+template <typename T>
+void exact_row(const T* x, int64_t V, int64_t kk, double s, int64_t base, double* os, int64_t* oi) {
+  using A = acc_t<T>;
+  A m = -std::numeric_limits<A>::infinity();
+  for (int64_t v = 0; v < V; ++v) m = std::max<A>(m, static_cast<A>(x[v]));
+  double d = 0;  // a long scalar sum: accumulate in double, then round like the fast path's log
+  if (m != -std::numeric_limits<A>::infinity()) {
+    for (int64_t v = 0; v < V; ++v) d += std::exp(static_cast<double>(static_cast<A>(x[v]) - m));
+  }
+  const A log_d = static_cast<A>(std::log(d));
+  std::vector<double> sc(V);
+  for (int64_t v = 0; v < V; ++v) sc[v] = row_score<A>(static_cast<A>(s), static_cast<A>(x[v]), m, log_d);
+  std::vector<int64_t> order(V);
+  std::iota(order.begin(), order.end(), 0);
+  std::partial_sort(order.begin(), order.begin() + kk, order.end(),
+                    [&](int64_t a, int64_t b) { return better(sc[a], a, sc[b], b); });
+  for (int64_t j = 0; j < kk; ++j) {
+    os[j] = sc[order[j]];
+    oi[j] = base + order[j];
+  }
+}
+
+// The largest value of type T below x (x finite, representable in T).
+template <typename T, typename A>
+inline A below_in(A x) {
+  if constexpr (std::is_same_v<T, A>) {
+    return std::nextafter(x, -std::numeric_limits<A>::infinity());
+  } else {
+    uint16_t bits = T(x).x;
+    bits = (bits & 0x7fff) == 0 ? uint16_t(0x8001) : (bits & 0x8000) ? uint16_t(bits + 1) : uint16_t(bits - 1);
+    return static_cast<A>(T(bits, T::from_bits()));
+  }
+}
+
+// Can a dropped logit tie the last kept candidate's score and win on index? xs holds kk kept logits and the best
+// dropped one (xs[kk]), sorted by (logit desc, index asc).
+template <typename T, typename A>
+inline bool collides(const A* xs, int64_t kk, A s, A m, A log_d) {
+  const A xk = xs[kk - 1];
+  const A sk = row_score<A>(s, xk, m, log_d);
+  if (row_score<A>(s, xs[kk], m, log_d) != sk) return false;  // every dropped logit scores strictly lower
+  if (xs[kk] != xk || xk == -std::numeric_limits<A>::infinity()) return true;
+  // An exact tie of logits (common in fp16/bf16): the dropped copies have higher indices than the kept ones and
+  // every other dropped logit is <= the next value below in T. Safe unless that one, or a kept larger logit,
+  // scores the same (then index order could put a dropped copy before a kept candidate).
+  if (row_score<A>(s, below_in<T>(xk), m, log_d) == sk) return true;
+  for (int64_t j = 0; j < kk - 1; ++j) {
+    if (xs[j] != xk && row_score<A>(s, xs[j], m, log_d) == sk) return true;
+  }
+  return false;
+}
+
+template <typename T>
+void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi) {
+  using A = acc_t<T>;
+  using Vec = VecOf<T>;
+  constexpr int64_t W = Vec::size();
+  constexpr int kAllLanes = (1 << W) - 1;
+  const A ninf = -std::numeric_limits<A>::infinity();
+  A xs[kBeamFastMaxK + 1];
+  int64_t vs[kBeamFastMaxK + 1];
+  const int64_t cap = std::min(kk + 1, V);  // kk kept + the best dropped one
+  int64_t n = 0;
+  // Insert x (index v, later than every kept index) below the kept values >= x.
+  auto insert = [&](A xv, int64_t v) {
+    int64_t pos = n < cap ? n++ : cap - 1;
+    while (pos > 0 && xs[pos - 1] < xv) {
+      xs[pos] = xs[pos - 1];
+      vs[pos] = vs[pos - 1];
+      --pos;
+    }
+    xs[pos] = xv;
+    vs[pos] = v;
+  };
+  A m = ninf, d = 0;
+  int64_t v0 = 0;
+  // The first cap elements always enter (also -inf ones, which then rank by index).
+  for (; v0 < cap; ++v0) insert(static_cast<A>(x[v0]), v0);
+  alignas(64) A buf[std::is_same_v<T, A> ? 1 : kChunk];  // half / bfloat16 chunks, converted once
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t c1 = std::min(V, c0 + kChunk);
+    const A* xc;  // the chunk as accumulate-type values: xc[v - c0] = x[v]
+    if constexpr (std::is_same_v<T, A>) {
+      xc = x + c0;
+    } else {
+      int64_t j = c0;
+      for (; j + W <= c1; j += W) {
+        Vec xv;
+        at::vec::load_to_float(x + j, xv);
+        xv.store(buf + (j - c0));
+      }
+      for (; j < c1; ++j) buf[j - c0] = static_cast<A>(x[j]);
+      xc = buf;
+    }
+    int64_t v = std::max(c0, v0);
+    Vec thr(xs[cap - 1]);
+    for (; v + W <= c1; v += W) {
+      const Vec xv = Vec::loadu(xc + (v - c0));
+      if ((xv > thr).zero_mask() == kAllLanes) continue;  // no lane beats the k-th best: the common case
+      for (int64_t l = 0; l < W; ++l) {
+        const A xl = xc[v - c0 + l];
+        if (xl > xs[cap - 1]) insert(xl, v + l);
+      }
+      thr = Vec(xs[cap - 1]);
+    }
+    for (; v < c1; ++v) {
+      const A xl = xc[v - c0];
+      if (xl > xs[cap - 1]) insert(xl, v);
+    }
+    // Online (max, sum-exp) over the chunk, whose max is now the list's head.
+    const A m_new = xs[0];
+    if (m_new == ninf) continue;  // everything so far is -inf: contributes nothing
+    const A scale = m == ninf ? A(0) : std::exp(m - m_new);
+    const Vec mv(m_new);
+    Vec acc(A(0));
+    int64_t j = c0;
+    for (; j + W <= c1; j += W) acc = acc + (Vec::loadu(xc + (j - c0)) - mv).exp();
+    A part = at::vec::vec_reduce_all<A>([](Vec& a, Vec& b) { return a + b; }, acc);
+    for (; j < c1; ++j) part += std::exp(xc[j - c0] - m_new);
+    d = d * scale + part;
+    m = m_new;
+  }
+  const A log_d = std::log(d);
+  const A s = static_cast<A>(s_in);
+  // Collision check (see the file comment): only when some logits were dropped.
+  if (V > kk && collides<T>(xs, kk, s, m, log_d)) {
+    exact_row<T>(x, V, kk, s_in, base, os, oi);
+    return;
+  }
+  for (int64_t j = 0; j < kk; ++j) {
+    os[j] = row_score<A>(s, xs[j], m, log_d);
+    oi[j] = base + vs[j];
+  }
+  // Distinct kept logits can still round to equal scores: restore index order among them (insertion sort, the
+  // list is already sorted by score).
+  for (int64_t j = 1; j < kk; ++j) {
+    const double sj = os[j];
+    const int64_t ij = oi[j];
+    int64_t p = j;
+    while (p > 0 && better(sj, ij, os[p - 1], oi[p - 1])) {
+      os[p] = os[p - 1];
+      oi[p] = oi[p - 1];
+      --p;
+    }
+    os[p] = sj;
+    oi[p] = ij;
+  }
+}
+
+template <typename T>
+void beam_rows_impl(const BeamRowParams& p, int64_t r0, int64_t r1) {
+  const double ninf = -std::numeric_limits<double>::infinity();
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / p.K, i = r % p.K;
+    const int64_t base = i * p.V;
+    double* os = p.cand_score + r * p.kk;
+    int64_t* oi = p.cand_index + r * p.kk;
+    const double s = p.beam_scores[r];
+    if (p.finished && p.finished[r]) {
+      // A finished beam offers one candidate, (s, eos); the rest of its row ranks as -inf, by index.
+      if (s == ninf) {
+        fill_neg_inf(os, oi, 0, p.kk, base, p.V, -1);
+      } else {
+        os[0] = s;
+        oi[0] = base + p.eos_id;
+        fill_neg_inf(os, oi, 1, p.kk, base, p.V, p.eos_id);
+      }
+      continue;
+    }
+    if (s == ninf) {
+      fill_neg_inf(os, oi, 0, p.kk, base, p.V, -1);
+      continue;
+    }
+    const T* x = static_cast<const T*>(p.logits) + b * p.stride_b + i * p.stride_k;
+    if (p.exact) {
+      exact_row<T>(x, p.V, p.kk, s, base, os, oi);
+    } else {
+      fast_row<T>(x, p.V, p.kk, s, base, os, oi);
+    }
+  }
+}
+
+void beam_rows(const BeamRowParams& p, int64_t r0, int64_t r1) {
+  switch (p.dtype) {
+    case Dtype::Float32: return beam_rows_impl<float>(p, r0, r1);
+    case Dtype::Float64: return beam_rows_impl<double>(p, r0, r1);
+    case Dtype::Float16: return beam_rows_impl<c10::Half>(p, r0, r1);
+    case Dtype::BFloat16: return beam_rows_impl<c10::BFloat16>(p, r0, r1);
+  }
+}
+
+}  // namespace
+
+extern const BeamKernels beam_kernels;
+const BeamKernels beam_kernels = {beam_rows};
+
+}  // namespace CPU_CAPABILITY
+}  // namespace s2s_fused::cpu

@@ -1,0 +1,526 @@
+"""beam_search_topk (every backend vs the reference, exactly) and the greedy / beam-search decoders."""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import s2s_fused
+from s2s_fused import reference
+from s2s_fused.backend import is_available
+from s2s_fused.seq2seq.decode import Hypothesis, beam_search, greedy_decode
+
+from tests.helpers import ALL_DTYPES, backend_params, device_for
+
+NEG_INF = float("-inf")
+TRITON = pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+
+
+# ----------------------------------------------------------------------------------------------- test data
+
+
+def make_case(B, K, V, dtype, seed, *, ties=True, special=True, device="cpu"):
+    """Random logits with exact ties (repeated values in a row, a beam duplicated with an equal score), -inf
+    logits, an empty (-inf) beam and a row of huge values."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, K, V, generator=g, dtype=torch.float64) * 3
+    s = -torch.rand(B, K, generator=g, dtype=torch.float64) * 4
+    if ties and V >= 4:
+        x[:, :, 1::4] = x[:, :, 0::4][:, :, : x[:, :, 1::4].shape[2]]  # equal logits inside a row
+    if ties and K >= 2:
+        x[:, 1] = x[:, 0]
+        s[:, 1] = s[:, 0]                                              # equal candidates across beams
+    if special:
+        if V >= 3:
+            x[0, -1, 2] = NEG_INF
+        if K >= 3:
+            s[-1, 2] = NEG_INF
+        huge = torch.finfo(dtype).max / 8
+        x[-1, 0] = torch.randn(V, generator=g, dtype=torch.float64).sign() * huge * torch.rand(V, generator=g)
+        x[-1, 0, 0] = huge
+    return x.to(dtype).to(device), s.float().to(device)
+
+
+def assert_topk_equal(out, ref, what=""):
+    """Exactly equal indices; scores within fp32 rounding of the reference's. Candidates whose reference scores
+    differ by less than that rounding (not exact ties: those are exact here) may come in either order."""
+    s, b, t = (o.cpu() for o in out)
+    rs, rb, rt = (r.cpu() for r in ref)
+    assert s.dtype == torch.float32 and b.dtype == torch.int64 and t.dtype == torch.int64, what
+    assert s.shape == rs.shape and b.shape == rb.shape and t.shape == rt.shape, what
+    fin = torch.isfinite(rs)
+    assert torch.equal(torch.isfinite(s), fin), f"{what}: finite pattern differs"
+    assert torch.equal(s[~fin], rs[~fin]), f"{what}: non-finite scores differ"
+    tol = 4e-6 * rs[fin].abs().clamp(min=1.0)
+    assert ((s[fin] - rs[fin]).abs() <= tol).all(), f"{what}: scores differ beyond fp32 rounding"
+    same = (b == rb) & (t == rt)
+    if same.all():
+        return
+    # Mismatches are allowed only inside groups of reference scores closer than the rounding.
+    near = torch.zeros_like(same)
+    gap = (rs[:, 1:] - rs[:, :-1]).abs() <= 8e-6 * rs[:, 1:].abs().clamp(min=1.0)
+    near[:, 1:] |= gap
+    near[:, :-1] |= gap
+    bad = ~same & ~near
+    assert not bad.any(), f"{what}: indices differ at {bad.nonzero().tolist()[:5]}: got {b[bad][:5].tolist()}/" \
+                          f"{t[bad][:5].tolist()}, expected {rb[bad][:5].tolist()}/{rt[bad][:5].tolist()}"
+
+
+def run(backend, x, s, k, finished=None, eos_id=None):
+    return s2s_fused.beam_search_topk(x, s, k, finished=finished, eos_id=eos_id, backend=backend)
+
+
+# ------------------------------------------------------------------------------------------- the reference
+
+
+def test_reference_semantics_by_hand():
+    # Beam 0: log_softmax([0, 0]) = [-ln 2, -ln 2]; beam 1 has score -inf; k covers all four candidates.
+    x = torch.zeros(1, 2, 2)
+    s = torch.tensor([[0.0, NEG_INF]])
+    sc, b, t = reference.beam_search_topk(x, s, 4)
+    assert torch.allclose(sc[0, :2], torch.tensor([-math.log(2)] * 2))
+    assert b.tolist() == [[0, 0, 1, 1]] and t.tolist() == [[0, 1, 0, 1]]  # ties by flat index, -inf last
+    fin = torch.tensor([[True, False]])
+    sc, b, t = reference.beam_search_topk(x, torch.tensor([[-1.0, -2.0]]), 4, fin, 1)
+    assert sc[0, 0] == -1.0 and (b[0, 0], t[0, 0]) == (0, 1)  # the finished beam's only candidate
+    assert b[0, 1:3].tolist() == [1, 1] and sc[0, 3] == NEG_INF and (b[0, 3], t[0, 3]) == (0, 0)
+
+
+# ------------------------------------------------------------------------------------------------ CPU grid
+
+GRID = [(K, V, k) for K in (1, 2, 5, 8) for V in (1, 5, 7, 1000, 32003) for k in sorted({1, K, 2 * K, 64})
+        if k <= K * V]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("K,V,k", GRID, ids=lambda p: str(p))
+def test_cpu_matches_reference(K, V, k, dtype):
+    B = 3 if V < 32003 else 2
+    x, s = make_case(B, K, V, dtype, seed=K * 1000 + V + k)
+    assert_topk_equal(run("cpu", x, s, k), reference.beam_search_topk(x, s, k), f"K={K} V={V} k={k} {dtype}")
+    fin = torch.rand(B, K, generator=torch.Generator().manual_seed(k)) < 0.4
+    eos = V // 2
+    assert_topk_equal(run("cpu", x, s, k, fin, eos), reference.beam_search_topk(x, s, k, fin, eos),
+                      f"finished K={K} V={V} k={k} {dtype}")
+
+
+@pytest.mark.parametrize("k", [65, 100, 999, 5000])
+def test_cpu_exact_path_large_k(k):
+    x, s = make_case(3, 5, 1000, torch.float32, seed=k)
+    fin = torch.tensor([[False, True, False, False, True]] * 3)
+    assert_topk_equal(run("cpu", x, s, k), reference.beam_search_topk(x, s, k))
+    assert_topk_equal(run("cpu", x, s, k, fin, 3), reference.beam_search_topk(x, s, k, fin, 3))
+
+
+def test_cpu_rounding_collisions_are_exact():
+    # Tiny logits next to a huge one all score -huge: ties that only the index can break.
+    x = torch.randn(2, 3, 300, generator=torch.Generator().manual_seed(0))
+    x[:, :, 7] = 1e30
+    x[0, 1, 200:] = 1e30  # equal maxima late in a row
+    s = torch.zeros(2, 3)
+    for k in (1, 4, 9, 64):
+        assert_topk_equal(run("cpu", x, s, k), reference.beam_search_topk(x, s, k), f"k={k}")
+    # Neighbouring floats: distinct logits whose scores round together.
+    base = torch.full((1, 2, 64), -5.0)
+    base[0, :, 10] = 3.0
+    base[0, :, 20:40] = torch.nextafter(torch.tensor(2.0), torch.tensor(3.0))
+    base[0, :, 5:15] = 2.0
+    assert_topk_equal(run("cpu", base, torch.zeros(1, 2), 12), reference.beam_search_topk(base, torch.zeros(1, 2), 12))
+
+
+def test_cpu_non_contiguous_logits():
+    x, s = make_case(4, 5, 301, torch.float32, seed=3)
+    big = torch.randn(4, 10, 301 * 2)
+    big[:, ::2, ::2] = x
+    strided_k = big[:, ::2, ::2].clone()[:, :, :]  # contiguous vocab
+    views = {
+        "vocab stride 2": big[:, ::2, ::2],
+        "beam stride 2": torch.cat([x, x], dim=2)[:, :, :301],
+        "transposed": x.transpose(0, 2).contiguous().transpose(0, 2),
+        "expanded": x[:1].expand(4, 5, 301),
+    }
+    for name, v in views.items():
+        for k in (1, 10, 64):
+            assert_topk_equal(run("cpu", v, s, k), reference.beam_search_topk(v, s, k), name)
+    assert_topk_equal(run("cpu", strided_k, s, 7), reference.beam_search_topk(strided_k, s, 7))
+    s_nc = torch.randn(5, 4).t()
+    assert_topk_equal(run("cpu", x, s_nc, 7), reference.beam_search_topk(x, s_nc, 7), "non-contiguous scores")
+
+
+def test_cpu_finished_and_empty_beams():
+    x, s = make_case(3, 4, 50, torch.float32, seed=5, special=False)
+    s[1] = NEG_INF
+    fin = torch.tensor([[True, True, True, True], [True, False, False, True], [False, True, False, False]])
+    s[2, 1] = NEG_INF  # a finished beam with score -inf
+    for k in (1, 4, 8, 64, 200):
+        out = run("cpu", x, s, k, fin, 0)
+        assert_topk_equal(out, reference.beam_search_topk(x, s, k, fin, 0), f"k={k}")
+    out = run("cpu", x, s, 4, fin, 0)
+    # Row 0: all beams finished -> exactly the four (score, eos) candidates, best first.
+    assert out[2][0].tolist() == [0, 0, 0, 0]
+    assert sorted(out[1][0].tolist()) == [0, 1, 2, 3]
+
+
+def test_cpu_batch_size_independence():
+    x, s = make_case(6, 5, 1000, torch.float32, seed=9)
+    full = run("cpu", x, s, 10)
+    for b in range(6):
+        one = run("cpu", x[b:b + 1], s[b:b + 1], 10)
+        assert all(torch.equal(f[b:b + 1], o) for f, o in zip(full, one))
+
+
+def test_cpu_empty_batch():
+    out = run("cpu", torch.randn(0, 3, 10), torch.zeros(0, 3), 4)
+    assert [tuple(o.shape) for o in out] == [(0, 4)] * 3
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2"])
+def test_cpu_capability_copies(cap):
+    code = (
+        "import torch, s2s_fused\n"
+        "from s2s_fused import reference\n"
+        "from tests.test_beam import make_case, assert_topk_equal\n"
+        f"assert torch.backends.cpu.get_cpu_capability().lower() == '{cap}', torch.backends.cpu.get_cpu_capability()\n"
+        "for dt in (torch.float32, torch.float64, torch.bfloat16):\n"
+        "    for K, V, k in ((5, 1000, 10), (2, 37, 64), (8, 3001, 16)):\n"
+        "        x, s = make_case(3, K, V, dt, seed=V)\n"
+        "        assert_topk_equal(s2s_fused.beam_search_topk(x, s, k, backend='cpu'),\n"
+        "                          reference.beam_search_topk(x, s, k))\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=os.getcwd())
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------- Triton (interpreter) and CUDA
+
+SMALL_GRID = [(1, 5, 1), (2, 7, 4), (5, 7, 10), (5, 130, 64), (8, 5, 40), (2, 1, 2), (5, 40, 5)]
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.id != "cpu"])
+@pytest.mark.parametrize("K,V,k", SMALL_GRID, ids=str)
+def test_gpu_backends_match_reference(backend, K, V, k):
+    dev = device_for(backend)
+    dtypes = ALL_DTYPES if dev.type == "cuda" else (torch.float32, torch.bfloat16, torch.float16)
+    for dtype in dtypes:
+        x, s = make_case(2, K, V, dtype, seed=K + V + k, device=dev)
+        assert_topk_equal(run(backend, x, s, k), reference.beam_search_topk(x, s, k), f"{dtype}")
+        fin = (torch.rand(2, K, generator=torch.Generator().manual_seed(V)) < 0.4).to(dev)
+        assert_topk_equal(run(backend, x, s, k, fin, V - 1), reference.beam_search_topk(x, s, k, fin, V - 1),
+                          f"finished {dtype}")
+
+
+@pytest.mark.parametrize("backend", [p for p in backend_params() if p.id != "cpu"])
+def test_gpu_backends_collisions_strides_large_k(backend):
+    dev = device_for(backend)
+    x = torch.randn(2, 3, 100, generator=torch.Generator().manual_seed(0)).to(dev)
+    x[:, :, 7] = 1e30
+    s = torch.zeros(2, 3, device=dev)
+    for k in (1, 4, 9):
+        assert_topk_equal(run(backend, x, s, k), reference.beam_search_topk(x, s, k), f"collision k={k}")
+    xt = torch.randn(50, 3, 2, device=dev).transpose(0, 2)  # vocabulary stride 6
+    assert_topk_equal(run(backend, xt, s, 5), reference.beam_search_topk(xt, s, 5), "strided")
+    assert_topk_equal(run(backend, x, s, 100), reference.beam_search_topk(x, s, 100), "k > 64")
+    xd = x.double()
+    assert_topk_equal(run(backend, xd, s, 5), reference.beam_search_topk(xd, s, 5), "float64")
+    out = run(backend, torch.randn(0, 3, 10, device=dev), torch.zeros(0, 3, device=dev), 4)
+    assert [tuple(o.shape) for o in out] == [(0, 4)] * 3
+
+
+@pytest.mark.gpu
+def test_cuda_large_vocab():
+    for K, V, k, dtype in ((4, 32000, 8, torch.float32), (8, 32003, 16, torch.bfloat16), (5, 50257, 64,
+                                                                                         torch.float16)):
+        x, s = make_case(33, K, V, dtype, seed=V, device="cuda")
+        fin = torch.rand(33, K, device="cuda") < 0.2
+        for backend in ("cuda", "triton"):
+            assert_topk_equal(run(backend, x, s, k), reference.beam_search_topk(x, s, k), backend)
+            assert_topk_equal(run(backend, x, s, k, fin, 2), reference.beam_search_topk(x, s, k, fin, 2), backend)
+
+
+# ------------------------------------------------------------------------------------ opcheck / compile
+
+
+def _opcheck_samples(device="cpu"):
+    x, s = make_case(2, 3, 17, torch.float32, seed=1, device=device)
+    fin = torch.tensor([[True, False, False], [False, False, True]], device=device)
+    return [(x, s, 4, None, None), (x, s, 1, fin, 3), (x.half(), s, 6, None, 0), (x, s, 51, fin, 16)]
+
+
+def test_opcheck_cpu():
+    for args in _opcheck_samples():
+        torch.library.opcheck(torch.ops.s2s_fused.beam_search_topk.default, args)
+    x, s = make_case(2, 3, 17, torch.float32, seed=1)
+    args = (x.requires_grad_(), s, 4, None, None)
+    torch.library.opcheck(torch.ops.s2s_fused.beam_search_topk.default, args)
+    out = s2s_fused.beam_search_topk(x, s, 4, backend="cpu")
+    assert not any(o.requires_grad for o in out)  # a discrete selection: no gradient flows through it
+
+
+@TRITON
+def test_opcheck_triton():
+    import s2s_fused.triton.beam  # noqa: F401  (registers the op)
+    dev = device_for("triton")
+    for args in _opcheck_samples(dev)[:2]:
+        torch.library.opcheck(torch.ops.s2s_fused.beam_search_topk_triton.default, args)
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=TRITON), "reference"])
+def test_torch_compile_fullgraph(backend):
+    dev = device_for(backend)
+    x, s = make_case(2, 3, 17, torch.float32, seed=2, device=dev)
+    fin = torch.tensor([[True, False, False], [False, False, True]], device=dev)
+
+    def step(x, s, fin):
+        sc, b, t = s2s_fused.beam_search_topk(x * 1.0, s, 6, finished=fin, eos_id=3, backend=backend)
+        return sc + 0, b, t
+
+    torch._dynamo.reset()
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(x, s, fin)
+    assert_topk_equal(got, reference.beam_search_topk(x, s, 6, fin, 3))
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def test_bad_inputs_raise_clear_errors():
+    x, s = torch.randn(2, 3, 5), torch.zeros(2, 3)
+    fin = torch.zeros(2, 3, dtype=torch.bool)
+    cases = [
+        (dict(k=0), ValueError, "k: expected 1 <= k <= K*V = 15, got 0"),
+        (dict(k=16), ValueError, "k: expected 1 <= k <= K*V = 15, got 16"),
+        (dict(k=True), TypeError, "k: expected an int"),
+        (dict(logits=x[0]), ValueError, "logits: expected a 3-D tensor"),
+        (dict(logits=x.long()), TypeError, "logits: expected a float32"),
+        (dict(beam_scores=torch.zeros(2, 4)), ValueError, "beam_scores: expected shape (2, 3)"),
+        (dict(beam_scores=torch.zeros(2, 3, dtype=torch.float64)), TypeError, "beam_scores: expected a float32"),
+        (dict(finished=fin), ValueError, "eos_id: required when finished is given"),
+        (dict(finished=fin.int(), eos_id=1), TypeError, "finished: expected a bool tensor"),
+        (dict(finished=fin[:, :2], eos_id=1), ValueError, "finished: expected shape (2, 3)"),
+        (dict(eos_id=5), ValueError, "eos_id: expected 0 <= eos_id < V = 5, got 5"),
+        (dict(eos_id=-1), ValueError, "eos_id: expected 0 <= eos_id < V = 5, got -1"),
+    ]
+    for kw, exc, msg in cases:
+        args = dict(logits=x, beam_scores=s, k=2, finished=None, eos_id=None)
+        args.update(kw)
+        with pytest.raises(exc, match=msg.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+            s2s_fused.beam_search_topk(args["logits"], args["beam_scores"], args["k"], finished=args["finished"],
+                                       eos_id=args["eos_id"], backend="cpu")
+    # The compiled op checks again for direct callers.
+    op = torch.ops.s2s_fused.beam_search_topk
+    with pytest.raises(RuntimeError, match="k: expected 1 <= k <= K\\*V"):
+        op(x, s, 16)
+    with pytest.raises(RuntimeError, match="eos_id: required"):
+        op(x, s, 2, fin)
+    with pytest.raises(RuntimeError, match="eos_id: expected 0 <= eos_id < V"):
+        op(x, s, 2, fin, 7)
+    with pytest.raises(RuntimeError, match="beam_scores: expected shape"):
+        op(x, s[:1], 2)
+
+
+# ----------------------------------------------------------------------------------------------- decoders
+
+
+class TinyRNN:
+    """A fixed random Elman decoder: h' = tanh(E[token] + h W), logits = h' O. State (h, {"c": h}) exercises
+    the pytree reorder."""
+
+    def __init__(self, V, H=8, seed=0, scale=2.0):
+        g = torch.Generator().manual_seed(seed)
+        self.E = torch.randn(V, H, generator=g)
+        self.W = torch.randn(H, H, generator=g) * 0.5
+        self.O = torch.randn(H, V, generator=g) * scale
+        self.H = H
+
+    def init(self, B, seed=1):
+        h = torch.randn(B, self.H, generator=torch.Generator().manual_seed(seed))
+        return (h, {"c": h * 2})
+
+    def step(self, tokens, state):
+        h, extra = state
+        h = torch.tanh(self.E[tokens] + h @ self.W + 0.1 * extra["c"])
+        return h @ self.O, (h, {"c": extra["c"]})
+
+    def log_prob(self, state_row, seq, bos):
+        state, tok, total = state_row, torch.tensor([bos]), 0.0
+        for t in seq:
+            logits, state = self.step(tok, state)
+            total += torch.log_softmax(logits.double(), -1)[0, t].item()
+            tok = torch.tensor([t])
+        return total
+
+
+def _row(state, b):
+    h, extra = state
+    return (h[b:b + 1], {"c": extra["c"][b:b + 1]})
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_greedy_equals_beam_one(backend):
+    m = TinyRNN(V=11, seed=3)
+    init = m.init(9)
+    g = greedy_decode(m.step, init, 0, 1, 12, backend=backend)
+    b1 = beam_search(m.step, init, 0, 1, 1, 12, backend=backend)
+    assert g == b1
+    assert all(len(h) == 1 and isinstance(h[0], Hypothesis) for h in g)
+    assert any(h[0].finished for h in g) and any(not h[0].finished for h in g)  # both endings covered
+    for b, (hyp,) in enumerate(g):  # greedy follows the argmax path
+        state, tok = _row(init, b), torch.tensor([0])
+        for t in hyp.tokens + ([1] if hyp.finished else []):
+            logits, state = m.step(tok, state)
+            assert t == int(torch.argmax(logits[0]))
+            tok = torch.tensor([t])
+
+
+def _exhaustive(m, state_row, V, eos, max_len, lp=None, alpha=0.75):
+    out = []
+    for L in range(1, max_len + 1):
+        for seq in itertools.product(range(V), repeat=L):
+            if eos in seq[:-1] or (L < max_len and seq[-1] != eos):
+                continue
+            fin = seq[-1] == eos
+            logp = m.log_prob(state_row, seq, 0)
+            Lf = torch.tensor(float(L))
+            div = 1.0 if lp is None else float(Lf ** alpha if lp == "avg" else ((5 + Lf) / 6) ** alpha)
+            out.append((logp / div, list(seq[:-1]) if fin else list(seq)))
+    out.sort(key=lambda p: -p[0])
+    return out
+
+
+@pytest.mark.parametrize("lp", [None, "avg", "gnmt"])
+def test_beam_search_is_exhaustive_with_full_beam(lp):
+    V, T, eos = 4, 4, 1
+    m = TinyRNN(V=V, seed=5, scale=1.5)
+    init = m.init(3, seed=7)
+    res = beam_search(m.step, init, 0, eos, V ** T, T, length_penalty=lp, n_best=3, backend="cpu")
+    for b in range(3):
+        best = _exhaustive(m, _row(init, b), V, eos, T, lp)
+        got = res[b]
+        assert [h.tokens for h in got] == [p[1] for p in best[:3]], f"row {b}"
+        assert all(abs(h.score - p[0]) < 1e-5 for h, p in zip(got, best))
+        assert [h.score for h in got] == sorted((h.score for h in got), reverse=True)
+
+
+def test_beam_search_exhaustive_v6_len3():
+    V, T, eos = 6, 3, 2
+    m = TinyRNN(V=V, seed=11, scale=1.0)
+    init = m.init(2, seed=3)
+    res = beam_search(m.step, init, 0, eos, V ** T, T, backend="cpu")
+    for b in range(2):
+        assert res[b][0].tokens == _exhaustive(m, _row(init, b), V, eos, T)[0][1]
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(length_penalty="gnmt", n_best=2), dict(min_len=3),
+                                dict(no_repeat_ngram_size=2)])
+def test_beam_search_batch_composition_independent(kw):
+    m = TinyRNN(V=13, seed=2)
+    init = m.init(6, seed=4)
+    full = beam_search(m.step, init, 0, 1, 4, 10, backend="cpu", **kw)
+    for b in range(6):
+        alone = beam_search(m.step, _row(init, b), 0, 1, 4, 10, backend="cpu", **kw)
+        assert alone[0] == full[b], f"row {b}"
+    perm = [3, 0, 5]
+    sub = (init[0][perm], {"c": init[1]["c"][perm]})
+    part = beam_search(m.step, sub, 0, 1, 4, 10, backend="cpu", **kw)
+    assert part == [full[p] for p in perm]
+
+
+def test_beam_search_min_len_and_ngram():
+    m = TinyRNN(V=7, seed=8, scale=3.0)
+    init = m.init(5)
+    free = beam_search(m.step, init, 0, 1, 3, 9, n_best=3, backend="cpu")
+    assert any(h.finished and len(h.tokens) < 4 for hs in free for h in hs)  # min_len below changes things
+    res = beam_search(m.step, init, 0, 1, 3, 9, min_len=4, n_best=3, backend="cpu")
+    assert all(len(h.tokens) >= 4 for hs in res for h in hs)
+    reps = beam_search(m.step, init, 0, 1, 3, 9, no_repeat_ngram_size=2, n_best=3, backend="cpu")
+    for hs in reps:
+        for h in hs:
+            grams = list(zip(h.tokens, h.tokens[1:]))
+            assert len(grams) == len(set(grams)), h.tokens
+    assert any(len(set(zip(h.tokens, h.tokens[1:]))) < len(h.tokens) - 1 for hs in free for h in hs)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_best=2), dict(length_penalty="avg", n_best=2),
+                                dict(length_penalty="gnmt")])
+def test_beam_search_early_stop_matches_full_run(kw, monkeypatch):
+    from s2s_fused.seq2seq import decode
+    m = TinyRNN(V=9, seed=4, scale=3.0)
+    init = m.init(4)
+    calls = []
+
+    eos_bonus = torch.zeros(9)
+    eos_bonus[1] = 1.5  # EOS likely enough that every row finishes
+
+    def counting(tokens, state):
+        calls.append(1)
+        logits, state = m.step(tokens, state)
+        return logits + eos_bonus, state
+
+    res = beam_search(counting, init, 0, 1, 3, 25, backend="cpu", **kw)
+    if not kw:
+        assert len(calls) < 25  # stopped early
+    n_early = len(calls)
+    monkeypatch.setattr(decode, "_rows_done", lambda scores, *a: torch.zeros_like(scores[:, 0], dtype=torch.bool))
+    calls.clear()
+    full = beam_search(counting, init, 0, 1, 3, 25, backend="cpu", **kw)
+    assert len(calls) == 25 >= n_early
+    assert res == full
+
+
+@pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON), "reference"])
+def test_decoders_other_backends(backend):
+    m = TinyRNN(V=6, seed=6)
+    init = m.init(3)
+    cpu = beam_search(m.step, init, 0, 1, 3, 5, n_best=2, backend="cpu")
+    other = beam_search(m.step, init, 0, 1, 3, 5, n_best=2, backend=backend)
+    assert [[h.tokens for h in hs] for hs in cpu] == [[h.tokens for h in hs] for hs in other]
+    assert greedy_decode(m.step, init, 0, 1, 5, backend=backend) == beam_search(m.step, init, 0, 1, 1, 5,
+                                                                              backend=backend)
+
+
+def test_decoder_state_and_reorder_hook():
+    m = TinyRNN(V=8, seed=1)
+    init = m.init(3)
+    seen = []
+
+    def reorder(state, index):
+        seen.append(index.clone())
+        h, extra = state
+        return (h[index], {"c": extra["c"][index]})
+
+    a = beam_search(m.step, init, 0, 1, 4, 6, reorder_state=reorder, backend="cpu")
+    assert a == beam_search(m.step, init, 0, 1, 4, 6, backend="cpu")
+    assert seen[0].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]  # the expansion from B to B*beam
+    assert all(i.shape == (12,) for i in seen)
+
+
+def test_decoder_bad_inputs():
+    m = TinyRNN(V=5)
+    init = m.init(2)
+    bad = [
+        (dict(beam_size=0), ValueError, "beam_size"),
+        (dict(n_best=5), ValueError, "n_best"),
+        (dict(length_penalty="wu"), ValueError, "length_penalty"),
+        (dict(min_len=11), ValueError, "min_len"),
+        (dict(alpha=-1.0), ValueError, "alpha"),
+        (dict(max_len=0), ValueError, "max_len"),
+        (dict(eos_id=5), ValueError, "eos_id"),
+        (dict(beam_size=2.0), TypeError, "beam_size"),
+    ]
+    for kw, exc, msg in bad:
+        args = dict(step_fn=m.step, init_state=init, bos_id=0, eos_id=1, beam_size=4, max_len=10)
+        args.update(kw)
+        with pytest.raises(exc, match=msg):
+            beam_search(**args, backend="cpu")
+    with pytest.raises(ValueError, match="step_fn: expected logits of shape"):
+        greedy_decode(lambda t, s: (torch.zeros(3, 5), s), init, 0, 1, 4)
+    with pytest.raises(TypeError, match="step_fn"):
+        greedy_decode(None, init, 0, 1, 4)
+    with pytest.raises(ValueError, match="batch_size"):
+        greedy_decode(m.step, None, 0, 1, 4)
