@@ -73,9 +73,11 @@ class GRUCell(torch.nn.GRUCell):
 
 
 # ---------------------------------------------------------------------------- sequence layers (rnn_layer)
-# The layers subclass torch.nn.LSTM / torch.nn.GRU in the same way (constructor, parameter names, init,
-# state_dict, flatten_parameters are torch's); forward runs one fused op per layer and direction, so the time loop
-# never runs in Python.
+# The layers subclass torch.nn.RNNBase with mode "LSTM" / "GRU", exactly what torch.nn.LSTM / GRU's constructors
+# do, so the constructor, parameter names, initialisation (same random stream), state_dict and flatten_parameters
+# are torch's own. Not torch.nn.LSTM / GRU themselves: Dynamo refuses any isinstance(m, nn.LSTM / GRU / RNN)
+# module (torch._dynamo.config.allow_rnn), which would rule out torch.compile(fullgraph=True). forward runs one
+# fused op per layer and direction, so the time loop never runs in Python.
 from torch.nn.utils.rnn import PackedSequence  # noqa: E402
 
 from ..ops.rnn_layer import gru_layer, lstm_layer  # noqa: E402
@@ -195,10 +197,10 @@ class _FusedRNNBase:
         return out, h_n, c_n
 
 
-class LSTM(_FusedRNNBase, torch.nn.LSTM):
+class LSTM(_FusedRNNBase, torch.nn.RNNBase):
     """``torch.nn.LSTM`` with a fused forward/backward over whole sequences. Extra argument: ``backend``.
 
-    Same constructor, parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...), initialisation and
+    A ``torch.nn.RNNBase`` (not an ``nn.LSTM``, which Dynamo refuses to compile). Same constructor, parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...), initialisation and
     ``state_dict`` as torch's; forward(input (T, B, I) / (B, T, I) with batch_first / (T, I) / PackedSequence,
     hx = (h_0, c_0) each (num_layers * num_directions, B, H), or None) -> (output, (h_n, c_n)).
     ``proj_size > 0`` is not implemented yet.
@@ -211,8 +213,9 @@ class LSTM(_FusedRNNBase, torch.nn.LSTM):
         if proj_size:
             raise NotImplementedError("s2s_fused.nn.LSTM: proj_size > 0 is not implemented yet; use "
                                       "torch.nn.LSTM for projected LSTMs")
-        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                         dropout=dropout, bidirectional=bidirectional, proj_size=0, device=device, dtype=dtype)
+        super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, proj_size=0,
+                         device=device, dtype=dtype)
         self.backend = _check_backend_arg(backend)
 
     def _layer_call(self, x, h0, c0, weights, lengths, reverse):
@@ -227,7 +230,7 @@ class LSTM(_FusedRNNBase, torch.nn.LSTM):
         return out, (h_n, c_n)
 
 
-class GRU(_FusedRNNBase, torch.nn.GRU):
+class GRU(_FusedRNNBase, torch.nn.RNNBase):
     """``torch.nn.GRU`` with a fused forward/backward over whole sequences. Extra arguments: ``reset_after``
     (True: torch/cuDNN's GRU; False: Cho et al. / d2l's, which torch does not offer) and ``backend``.
 
@@ -238,8 +241,9 @@ class GRU(_FusedRNNBase, torch.nn.GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, device=None, dtype=None, *, reset_after=True, backend=None):
-        super().__init__(input_size, hidden_size, num_layers=num_layers, bias=bias, batch_first=batch_first,
-                         dropout=dropout, bidirectional=bidirectional, device=device, dtype=dtype)
+        super().__init__("GRU", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype)
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
         self.reset_after = reset_after
