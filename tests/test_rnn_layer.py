@@ -377,7 +377,7 @@ def test_triton_backend_tiny(kind):
                 out, hn = s2s_fused.gru_layer(leaves[0], leaves[1], *leaves[2:], lengths=lens, reverse=reverse,
                                               reset_after=kind == "gru", backend=be)
                 outs = [out, hn]
-            g = torch.Generator().manual_seed(reverse)
+            g = torch.Generator().manual_seed(int(reverse))
             loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
             res.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
     n = len(res) // 2
