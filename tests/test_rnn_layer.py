@@ -414,3 +414,16 @@ def test_cuda_matches_torch(kind, backend):
     o, g = _run(ours, x, hx, packed_lengths=lens)
     for a, b in zip(o_ref + g_ref, o + g):
         assert_close(b, a, 1e-9, f"{backend} {kind}")
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_triton_opcheck_and_compile(kind):
+    from s2s_fused.triton import rnn_layer as tri  # noqa: F401  (registers the *_triton ops)
+    op = getattr(torch.ops.s2s_fused, f"{kind}_layer_forward_triton")
+    args = _op_args(kind, T=2, B=2, I=2, H=3, lengths=True, requires_grad=True, dtype=torch.float32)
+    extra = [True] if kind == "lstm" else [True, False]
+    torch.library.opcheck(op, tuple(args + extra))
+    m = getattr(snn, kind.upper())(2, 3, backend="triton")
+    x = torch.randn(3, 2, 2)
+    assert_close(torch.compile(m, fullgraph=True, backend="aot_eager")(x)[0], m(x)[0], 1e-6, "compiled triton")
