@@ -1,7 +1,9 @@
 // One LSTM / GRU layer in one direction over a whole (T, B, I) sequence, forward and backward, written once for
 // every device (as rnn_cell_impl.h is for one step): GEMMs through ATen (BLAS on CPU, cuBLAS on CUDA), the
 // pointwise work through the device policy `PW` of rnn_cell_impl.h (csrc/cpu/rnn_pointwise_cpu.h on CPU, the
-// launchers of csrc/cuda/rnn_pointwise.cuh on CUDA).
+// launchers of csrc/cuda/rnn_pointwise.cuh on CUDA), which for the layers also provides
+//   gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate)   out (+)= a @ b
+// (out a contiguous 2-D tensor, possibly a slice of a larger buffer), so each device picks its GEMM library.
 //
 // Structure (haste's): the input projection of all T steps is one GEMM; per step one recurrent GEMM into the gate
 // buffer and one pointwise pass; backward per step one pointwise pass and one dh GEMM, then the weight
@@ -109,6 +111,13 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
   TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
 }
 
+template <class PW>
+at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  pw.gemm(out, a, b, false);
+  return out;
+}
+
 // ------------------------------------------------------------------------------------------------ LSTM
 
 // Returns (output (T, B, H), h_n, c_n, hs (T+1, B, H), cs (T+1, B, H), workspace (T, B, 4H) = activated gates).
@@ -124,7 +133,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto opts = a.input.options();
   // The gate buffer starts as the input projection of all steps (one GEMM), takes each step's recurrent GEMM in
   // place and is then activated in place: it is also the workspace backward reads.
-  at::Tensor gates = at::mm(a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 4 * H});
+  at::Tensor gates = mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 4 * H});
   at::Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
   at::Tensor output = at::empty({T, B, H}, opts);
   state_prev(hs, reverse ? T - 1 : 0, reverse).copy_(a.h0);
@@ -139,7 +148,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const int64_t t = time_of_step(s, T, reverse);
     at::Tensor g = gates.select(0, t);
     const at::Tensor hprev = state_prev(hs, t, reverse);
-    g.addmm_(hprev, w_hh_t);
+    pw.gemm(g, hprev, w_hh_t, /*accumulate=*/true);
     p.g1 = cmat(g);
     p.ws = mat(g);
     p.cx = cmat(state_prev(cs, t, reverse));
@@ -190,13 +199,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     p.dhx = mat(dh_next);
     if (p.active) dh_next.zero_();  // finished rows get dh passed through by the kernel, the others dg @ W_hh
     pw.lstm_backward(p, B);
-    if (p.active) dh_next.addmm_(dg, a.w_hh); else at::mm_out(dh_next, dg, a.w_hh);
+    pw.gemm(dh_next, dg, a.w_hh, /*accumulate=*/p.active != nullptr);
     std::swap(dh, dh_next);
   }
   const at::Tensor dg2 = dgates.view({T * B, 4 * H});
-  at::Tensor grad_input = at::mm(dg2, a.w_ih).view({T, B, a.I});
-  at::Tensor grad_w_ih = at::mm(dg2.t(), a.input.view({T * B, a.I}));
-  at::Tensor grad_w_hh = at::mm(dg2.t(), states_read(hsc, T, reverse));
+  at::Tensor grad_input = mm(pw, dg2, a.w_ih).view({T, B, a.I});
+  at::Tensor grad_w_ih = mm(pw, dg2.t(), a.input.view({T * B, a.I}));
+  at::Tensor grad_w_hh = mm(pw, dg2.t(), states_read(hsc, T, reverse));
   at::Tensor grad_bias = dg2.sum(0);
   return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias};
 }
@@ -212,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
   const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3);
   const int64_t T = a.T, B = a.B, H = a.H;
   const auto opts = a.input.options();
-  const at::Tensor gi = at::mm(a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 3 * H});
+  const at::Tensor gi = mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 3 * H});
   at::Tensor hs = at::empty({T + 1, B, H}, opts), output = at::empty({T, B, H}, opts);
   state_prev(hs, reverse ? T - 1 : 0, reverse).copy_(a.h0);
   // Rows of finished steps are never written by the kernels; zeros keep the returned workspace deterministic.
@@ -236,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of_step(s, T, reverse);
     const at::Tensor hprev = state_prev(hs, t, reverse);
-    at::mm_out(gh, hprev, w_rz_t);
+    pw.gemm(gh, hprev, w_rz_t, false);
     p.gi = cmat(gi.select(0, t));
     p.gh = cmat(gh);
     p.hx = cmat(hprev);
@@ -249,7 +258,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
     } else {
       p.rh = mat(rh);
       pw.gru_forward(p, B);
-      at::mm_out(ghn, rh, w_hn_t);
+      pw.gemm(ghn, rh, w_hn_t, false);
       p.ghn = cmat(ghn);
       pw.gru_forward_stage2(p, B);
     }
@@ -301,28 +310,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     p.active = active_row(a.active, t);
     pw.gru_backward(p, B);
     if (reset_after) {
-      dh_next.addmm_(dgh_t, w_rz);
+      pw.gemm(dh_next, dgh_t, w_rz, true);
     } else {
-      at::mm_out(drh, dgi_t.narrow(1, 2 * H, H), w_hn);
+      pw.gemm(drh, dgi_t.narrow(1, 2 * H, H), w_hn, false);
       p.drh = cmat(drh);
       p.rh = mat(rh_all.select(0, t));
       pw.gru_backward_stage2(p, B);
-      dh_next.addmm_(dgi_t.narrow(1, 0, 2 * H), w_rz);
+      pw.gemm(dh_next, dgi_t.narrow(1, 0, 2 * H), w_rz, true);
     }
     std::swap(dh, dh_next);
   }
   const at::Tensor dgi2 = dgi.view({T * B, 3 * H}), dgh2 = dgh.view({T * B, 3 * H});
   const at::Tensor h_read = states_read(hsc, T, reverse);
-  at::Tensor grad_input = at::mm(dgi2, a.w_ih).view({T, B, a.I});
-  at::Tensor grad_w_ih = at::mm(dgi2.t(), a.input.view({T * B, a.I}));
+  at::Tensor grad_input = mm(pw, dgi2, a.w_ih).view({T, B, a.I});
+  at::Tensor grad_w_ih = mm(pw, dgi2.t(), a.input.view({T * B, a.I}));
   at::Tensor grad_w_hh;
   if (reset_after) {
-    grad_w_hh = at::mm(dgh2.t(), h_read);
+    grad_w_hh = mm(pw, dgh2.t(), h_read);
   } else {
     grad_w_hh = at::empty({3 * H, H}, opts);
     at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
-    at::mm_out(g_rz, dgi2.narrow(1, 0, 2 * H).t(), h_read);
-    at::mm_out(g_n, dgi2.narrow(1, 2 * H, H).t(), rh_all.view({T * B, H}));
+    pw.gemm(g_rz, dgi2.narrow(1, 0, 2 * H).t(), h_read, false);
+    pw.gemm(g_n, dgi2.narrow(1, 2 * H, H).t(), rh_all.view({T * B, H}), false);
   }
   at::Tensor grad_b_ih = dgi2.sum(0);
   at::Tensor grad_b_hh = reset_after ? dgh2.sum(0) : grad_b_ih.clone();

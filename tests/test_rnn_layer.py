@@ -349,9 +349,12 @@ print(build_info()["cpu_capability"])
 """
 
 
-@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512", "avx512-blas"])
 def test_each_cpu_capability(cap):
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=os.getcwd())
+    """Each capability's pointwise kernels; "blas": fp32 GEMMs through ATen's BLAS instead of oneDNN."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap.split("-")[0], PYTHONPATH=os.getcwd())
+    if cap.endswith("blas"):
+        env["S2S_FUSED_NO_ONEDNN"] = "1"
     r = subprocess.run([sys.executable, "-c", _CAP_SCRIPT], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 

@@ -38,6 +38,10 @@ struct LayerCudaPointwise {
   void gru_backward_stage2(const GruBackwardParams& p, int64_t B) const {
     check_launch(cuda::gru_backward_stage2(p, B, stream()), "gru_backward_stage2");
   }
+  // cuBLAS through ATen, on the current stream.
+  void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
+    if (accumulate) out.addmm_(a, b); else at::mm_out(out, a, b);
+  }
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_forward_cuda(
