@@ -200,8 +200,8 @@ class _FusedRNNBase:
 class LSTM(_FusedRNNBase, torch.nn.RNNBase):
     """``torch.nn.LSTM`` with a fused forward/backward over whole sequences. Extra argument: ``backend``.
 
-    A ``torch.nn.RNNBase`` (not an ``nn.LSTM``, which Dynamo refuses to compile). Same constructor, parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...), initialisation and
-    ``state_dict`` as torch's; forward(input (T, B, I) / (B, T, I) with batch_first / (T, I) / PackedSequence,
+    A ``torch.nn.RNNBase`` (not an ``nn.LSTM``, which Dynamo refuses to compile) with torch's constructor,
+    parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...), initialisation and ``state_dict``; forward(input (T, B, I) / (B, T, I) with batch_first / (T, I) / PackedSequence,
     hx = (h_0, c_0) each (num_layers * num_directions, B, H), or None) -> (output, (h_n, c_n)).
     ``proj_size > 0`` is not implemented yet.
     """
