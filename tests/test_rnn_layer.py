@@ -131,6 +131,25 @@ def test_matches_torch(cfg):
         assert_close(o, t, tol, n)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_low_precision(kind, dtype):
+    """bf16/fp16 (fp32 math inside): outputs and input gradients within 2x torch's own error in that dtype
+    (floor 1e-2) against fp64, per ARCHITECTURE.md."""
+    ref64, _ = _pair(kind, 8, 16, 2, True, False, True, torch.float64)
+    ref_lp, ours = _pair(kind, 8, 16, 2, True, False, True, dtype, backend="cpu")
+    x = _make_input(7, 3, 8, False, torch.float64)
+    hx = _hx(kind, 2, 2, 3, 16, torch.float64)
+    lens = _lengths(7, 3)
+    t_out, t_grads = _run(ref64, x, hx, packed_lengths=lens)
+    hx_lp = tuple(h.to(dtype) for h in hx) if kind == "LSTM" else hx.to(dtype)
+    r_out, r_grads = _run(ref_lp, x.to(dtype), hx_lp, packed_lengths=lens)
+    o_out, o_grads = _run(ours, x.to(dtype), hx_lp, packed_lengths=lens)
+    for name, o, r, t in zip(["output", "h_n", "grad input"], o_out[:2] + o_grads[:1], r_out[:2] + r_grads[:1],
+                             t_out[:2] + t_grads[:1]):
+        assert_close(o, t, max(2 * rel_err(r, t), 1e-2), f"{dtype} {name}")
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 def test_hx_none_unbatched_and_sorted_packing(kind):
     ref, ours = _pair(kind, 4, 6, 2, True, False, True, torch.float64)
