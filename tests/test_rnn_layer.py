@@ -308,6 +308,9 @@ def test_torch_compile_fullgraph(kind):
     assert_close(out, eager, 1e-6, "compiled")
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    # PackedSequence input (unsorted lengths) through the compiled module
+    p = pack_padded_sequence(x.detach(), torch.tensor([6, 2]), batch_first=True, enforce_sorted=False)
+    assert_close(compiled(p)[0].data, m(p)[0].data, 1e-6, "compiled packed")
 
 
 # ------------------------------------------------------------------------------------------------ errors
