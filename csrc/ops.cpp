@@ -32,7 +32,26 @@ TORCH_LIBRARY(s2s_fused, m) {
       "Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---------------------------------------------------------------- rnn_layer (whole sequences)
-  // (schemas added by the rnn_layer issue)
+  // One layer in one direction over a whole (T, B, I) sequence (the modules stack layers and directions).
+  // lengths (B,) optional: step t of row b runs when t < lengths[b]; other steps keep the state and output zeros.
+  // reverse runs t = T-1 .. 0. hs, cs (T+1, B, H): the states in time layout (see csrc/rnn_layer_impl.h);
+  // workspace: the activated gates of every step, as the rnn_cell ops define it, (T, B, 4H) or (T, B, 3H).
+  m.def(
+      "lstm_layer_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor hs, "
+      "Tensor cs, Tensor workspace)");
+  m.def(
+      "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor w_ih, "
+      "Tensor w_hh, Tensor hs, Tensor cs, Tensor workspace, Tensor? lengths, bool reverse) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+  m.def(
+      "gru_layer_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, bool reverse, bool reset_after) -> (Tensor output, Tensor h_n, Tensor hs, "
+      "Tensor workspace)");
+  m.def(
+      "gru_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor w_ih, Tensor w_hh, "
+      "Tensor hs, Tensor workspace, Tensor? lengths, bool reverse, bool reset_after) -> (Tensor grad_input, "
+      "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---------------------------------------------------------------- cross_entropy
   // (schemas added by the cross-entropy issue)

@@ -9,6 +9,7 @@ from .backend import available_backends, get_backend, set_backend, use_backend
 from .ops.rnn_cell import gru_cell, lstm_cell
 
 # ---- rnn_layer
+from .ops.rnn_layer import gru_layer, lstm_layer
 
 # ---- cross_entropy
 

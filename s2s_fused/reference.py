@@ -45,7 +45,40 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, reset_after=True):
 
 
 # ---------------------------------------------------------------------------------------------- rnn_layer
-# (the sequence-layer reference goes here)
+
+
+def _layer_loop(step, input, state, lengths, reverse):
+    """Run ``step(x_t, state) -> state`` over time (t = T-1..0 when reverse); step t of row b runs only when
+    t < lengths[b]; other rows keep their state and output zeros. Returns (output (T, B, H), final state)."""
+    T = input.shape[0]
+    outs = [None] * T
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        new = step(input[t], state)
+        if lengths is not None:
+            keep = (lengths.to(input.device) > t).unsqueeze(1)
+            new = tuple(torch.where(keep, n, s) for n, s in zip(new, state))
+            outs[t] = torch.where(keep, new[0], torch.zeros_like(new[0]))
+        else:
+            outs[t] = new[0]
+        state = new
+    out = torch.stack(outs) if T else input.new_zeros(0, input.shape[1], state[0].shape[-1])
+    return out, state
+
+
+def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+    """One LSTM layer, one direction, over a whole sequence. input (T, B, I); hx = (h0, c0), each (B, H); lengths
+    (B,) or None (all T). Returns (output (T, B, H), (h_n, c_n)), h_n/c_n at each row's own last step."""
+    out, (h, c) = _layer_loop(lambda x, s: lstm_cell(x, s, w_ih, w_hh, b_ih, b_hh), input, tuple(hx), lengths,
+                              reverse)
+    return out, (h, c)
+
+
+def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, reset_after=True):
+    """One GRU layer, one direction (see :func:`gru_cell` for ``reset_after``). input (T, B, I); hx (B, H).
+    Returns (output (T, B, H), h_n)."""
+    out, (h,) = _layer_loop(lambda x, s: (gru_cell(x, s[0], w_ih, w_hh, b_ih, b_hh, reset_after),), input,
+                            (hx,), lengths, reverse)
+    return out, h
 
 
 # ------------------------------------------------------------------------------------------ cross_entropy

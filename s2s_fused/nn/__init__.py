@@ -3,6 +3,7 @@
 from .rnn import GRUCell, LSTMCell
 
 # ---- layers (rnn_layer issue)
+from .rnn import GRU, LSTM
 
 # ---- losses
 

@@ -73,4 +73,193 @@ class GRUCell(torch.nn.GRUCell):
 
 
 # ---------------------------------------------------------------------------- sequence layers (rnn_layer)
-# (LSTM and GRU go here)
+# The layers subclass torch.nn.RNNBase with mode "LSTM" / "GRU", exactly what torch.nn.LSTM / GRU's constructors
+# do, so the constructor, parameter names, initialisation (same random stream), state_dict and flatten_parameters
+# are torch's own. Not torch.nn.LSTM / GRU themselves: Dynamo refuses any isinstance(m, nn.LSTM / GRU / RNN)
+# module (torch._dynamo.config.allow_rnn), which would rule out torch.compile(fullgraph=True). forward runs one
+# fused op per layer and direction, so the time loop never runs in Python.
+from torch.nn.utils.rnn import PackedSequence  # noqa: E402
+
+from ..ops.rnn_layer import gru_layer, lstm_layer  # noqa: E402
+
+
+def _packed_layout(batch_sizes: torch.Tensor):
+    """For a PackedSequence's (T,) batch sizes (CPU): each row's length (B,) and the positions of the packed rows
+    in a (T * B) time-major padded layout (the packed data is that layout's active rows, in order)."""
+    T = batch_sizes.shape[0]
+    B = int(batch_sizes[0]) if T else 0
+    rows = torch.arange(B)
+    lengths = (batch_sizes.unsqueeze(0) > rows.unsqueeze(1)).sum(1)
+    positions = (rows.unsqueeze(0) < batch_sizes.unsqueeze(1)).reshape(-1).nonzero().squeeze(1)
+    return T, B, lengths, positions
+
+
+class _FusedRNNBase:
+    """The forward shared by LSTM and GRU: torch's input conventions (batch_first, unbatched, PackedSequence, hx
+    None) around one fused op call per layer and direction; inter-layer dropout in training only, as torch."""
+
+    _kind = ""  # "LSTM" or "GRU"
+
+    def _layer_call(self, x, h0, c0, weights, lengths, reverse):
+        raise NotImplementedError
+
+    def _check_hidden(self, h, name, expected, input):
+        _checks.tensor(h, name)
+        if tuple(h.shape) != tuple(expected):
+            raise ValueError(f"{self._kind}: {name}: expected shape {tuple(expected)}, got {tuple(h.shape)}")
+        if h.dtype != input.dtype:
+            raise TypeError(f"{self._kind}: {name}: expected dtype {input.dtype} (as input), got {h.dtype}")
+        if h.device != input.device:
+            raise RuntimeError(f"{self._kind}: {name}: expected device {input.device} (as input), got {h.device}")
+
+    def _run(self, input, hx):
+        """Returns (output, h_n, c_n or None) in the caller's layout."""
+        packed = isinstance(input, PackedSequence)
+        D = 2 if self.bidirectional else 1
+        L, H = self.num_layers, self.hidden_size
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            _checks.tensor(data, "input.data", dims=2)
+            T, B, lengths, positions = _packed_layout(batch_sizes)
+            x = data.new_zeros(T * B, data.shape[-1]).index_copy(0, positions.to(data.device), data)
+            x = x.view(T, B, data.shape[-1])
+            unbatched = False
+        else:
+            _checks.tensor(input, "input")
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{self._kind}: input: expected a 2-D (unbatched) or 3-D tensor, got "
+                                 f"{input.dim()}-D with shape {tuple(input.shape)}")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            T, B = x.shape[0], x.shape[1]
+            lengths = sorted_indices = unsorted_indices = None
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"{self._kind}: input: expected input_size {self.input_size} in the last dim, got "
+                             f"shape {tuple(x.shape if packed else input.shape)}")
+        w0 = self._flat_weights[0]
+        if not x.is_floating_point() or x.dtype != w0.dtype:
+            raise TypeError(f"{self._kind}: input: expected dtype {w0.dtype} (as the module's parameters), got "
+                            f"{x.dtype}")
+        if x.device != w0.device:
+            raise RuntimeError(f"{self._kind}: input: expected device {w0.device} (as the module's parameters), "
+                               f"got {x.device}")
+        state_shape = (L * D, H) if unbatched else (L * D, B, H)
+        lstm = self._kind == "LSTM"
+        if hx is None:
+            h0 = x.new_zeros(L * D, B, H)
+            c0 = h0 if lstm else None
+        else:
+            if lstm:
+                if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                    raise TypeError(f"LSTM: hx: expected a tuple (h_0, c_0), got {type(hx).__name__}")
+                h0, c0 = hx
+                self._check_hidden(h0, "hx[0]", state_shape, x)
+                self._check_hidden(c0, "hx[1]", state_shape, x)
+            else:
+                h0, c0 = hx, None
+                self._check_hidden(h0, "hx", state_shape, x)
+            if unbatched:
+                h0 = h0.unsqueeze(1)
+                c0 = c0.unsqueeze(1) if lstm else None
+            elif sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = c0.index_select(1, sorted_indices) if lstm else None
+        weights = self._flat_weights
+        per_dir = len(weights) // (L * D)
+        h_n, c_n = [], []
+        layer_in = x
+        for layer in range(L):
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                out, h, c = self._layer_call(layer_in, h0[k], c0[k] if lstm else None,
+                                             weights[k * per_dir:(k + 1) * per_dir], lengths, d == 1)
+                outs.append(out)
+                h_n.append(h)
+                c_n.append(c)
+            layer_in = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+            if self.dropout > 0 and self.training and layer < L - 1:
+                layer_in = torch.nn.functional.dropout(layer_in, self.dropout, training=True)
+        out = layer_in
+        h_n = torch.stack(h_n)
+        c_n = torch.stack(c_n) if lstm else None
+        if packed:
+            out = PackedSequence(out.reshape(T * B, -1).index_select(0, positions.to(out.device)), batch_sizes,
+                                 sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n = h_n.index_select(1, unsorted_indices)
+                c_n = c_n.index_select(1, unsorted_indices) if lstm else None
+        elif unbatched:
+            out, h_n = out.squeeze(1), h_n.squeeze(1)
+            c_n = c_n.squeeze(1) if lstm else None
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, h_n, c_n
+
+
+class LSTM(_FusedRNNBase, torch.nn.RNNBase):
+    """``torch.nn.LSTM`` with a fused forward/backward over whole sequences. Extra argument: ``backend``.
+
+    A ``torch.nn.RNNBase`` (not an ``nn.LSTM``, which Dynamo refuses to compile) with torch's constructor,
+    parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...), initialisation and ``state_dict``; forward(input (T, B, I) / (B, T, I) with batch_first / (T, I) / PackedSequence,
+    hx = (h_0, c_0) each (num_layers * num_directions, B, H), or None) -> (output, (h_n, c_n)).
+    ``proj_size > 0`` is not implemented yet.
+    """
+
+    _kind = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, backend=None):
+        if proj_size:
+            raise NotImplementedError("s2s_fused.nn.LSTM: proj_size > 0 is not implemented yet; use "
+                                      "torch.nn.LSTM for projected LSTMs")
+        super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, proj_size=0,
+                         device=device, dtype=dtype)
+        self.backend = _check_backend_arg(backend)
+
+    def _layer_call(self, x, h0, c0, weights, lengths, reverse):
+        w_ih, w_hh, *b = weights
+        b_ih, b_hh = b if b else (None, None)
+        out, (h, c) = lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+                                 backend=self.backend)
+        return out, h, c
+
+    def forward(self, input, hx=None):
+        out, h_n, c_n = self._run(input, hx)
+        return out, (h_n, c_n)
+
+
+class GRU(_FusedRNNBase, torch.nn.RNNBase):
+    """``torch.nn.GRU`` with a fused forward/backward over whole sequences. Extra arguments: ``reset_after``
+    (True: torch/cuDNN's GRU; False: Cho et al. / d2l's, which torch does not offer) and ``backend``.
+
+    forward(input as :class:`LSTM`, hx (num_layers * num_directions, B, H) or None) -> (output, h_n).
+    """
+
+    _kind = "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, device=None, dtype=None, *, reset_after=True, backend=None):
+        super().__init__("GRU", input_size, hidden_size, num_layers=num_layers, bias=bias,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device,
+                         dtype=dtype)
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
+        self.reset_after = reset_after
+        self.backend = _check_backend_arg(backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"
+
+    def _layer_call(self, x, h0, c0, weights, lengths, reverse):
+        w_ih, w_hh, *b = weights
+        b_ih, b_hh = b if b else (None, None)
+        out, h = gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+                           reset_after=self.reset_after, backend=self.backend)
+        return out, h, None
+
+    def forward(self, input, hx=None):
+        out, h_n, _ = self._run(input, hx)
+        return out, h_n

@@ -1,0 +1,145 @@
+"""Benchmark: s2s_fused.nn.LSTM / GRU (whole sequences) vs torch.nn.LSTM / GRU, forward and forward+backward.
+
+CPU shapes (issue 3): the fastrnns shape scaled down (T=32, B=64, I=H=256) and (T=64, B=16, I=H=512), 1 layer.
+GPU shapes (when --device cuda): fastrnns (T=100, B=64, I=H=512), FlashRNN's (T=1024, B=16, H=768), d2l (T=10,
+B=64, H=256), small-batch inference (B in 1, 4, 8; T=100, H=512), bidirectional and 2-layer variants.
+
+  PYTHONPATH=. python benchmarks/bench_rnn_layer.py [--smoke] [--device cpu|cuda] [--out DIR]
+
+"fwd" runs under torch.no_grad() (inference); "fwd+bwd" runs forward then backward of output.sum() + h_n.sum().
+The ratio column is torch's time / ours, measured in the same run (> 1: faster than torch); providers are timed
+in alternation, one call each per round, so load from other processes on a shared machine hits them alike.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+import time
+
+import torch
+
+try:
+    from common import Row, base_parser, device_name, fill_ratios, markdown_table, versions, write_results
+except ImportError:  # run as a module from the repository root
+    from benchmarks.common import Row, base_parser, device_name, fill_ratios, markdown_table, versions, write_results
+
+import s2s_fused
+from s2s_fused import nn as snn
+from s2s_fused.backend import is_available
+
+CPU_SHAPES = [  # (T, B, I, H, layers, bidirectional)
+    (32, 64, 256, 256, 1, False),
+    (64, 16, 512, 512, 1, False),
+]
+GPU_SHAPES = [
+    (100, 64, 512, 512, 1, False),
+    (100, 64, 512, 512, 2, True),
+    (1024, 16, 768, 768, 1, False),
+    (10, 64, 256, 256, 1, False),
+    (100, 1, 512, 512, 1, False),
+    (100, 4, 512, 512, 1, False),
+    (100, 8, 512, 512, 1, False),
+]
+SMOKE_SHAPES = [(4, 3, 8, 8, 1, False)]
+
+
+def _providers(device):
+    base = "torch-cudnn" if device.type == "cuda" else "torch-eager"
+    out = [(base, None)]
+    if device.type == "cpu":
+        out.append(("s2s_fused-cpu", "cpu"))
+    else:
+        if is_available("cuda"):
+            out.append(("s2s_fused-cuda", "cuda"))
+        if is_available("triton"):
+            out.append(("s2s_fused-triton", "triton"))
+    return base, out
+
+
+def _interleaved(fns, device, repeats, warmup=2):
+    """Time several providers' callables in alternation (one call each per round), so that load from other
+    processes on a shared machine hits them alike; returns {name: (median, p20, p80)} in ms."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                stop.record()
+                stop.synchronize()
+                times[name].append(start.elapsed_time(stop))
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        q = statistics.quantiles(ts, n=5) if len(ts) >= 5 else [ts[0]] * 4
+        out[name] = (statistics.median(ts), q[0], q[3])
+    return out
+
+
+def bench(device, shapes, dtype, repeats):
+    base, providers = _providers(device)
+    rows: list[Row] = []
+    for kind in ("LSTM", "GRU"):
+        for T, B, I, H, L, bi in shapes:
+            torch.manual_seed(0)
+            ref = getattr(torch.nn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype)
+            x = torch.randn(T, B, I, device=device, dtype=dtype)
+            xg = x.clone().requires_grad_()
+            shape = f"T={T} B={B} I={I} H={H}" + (f" L={L}" if L > 1 else "") + (" bi" if bi else "")
+            fwd, fwd_bwd = {}, {}
+            for name, backend in providers:
+                if backend is None:
+                    mod = ref
+                else:
+                    mod = getattr(snn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype,
+                                             backend=backend)
+                    mod.load_state_dict(ref.state_dict())
+
+                def run_fwd(mod=mod):
+                    with torch.no_grad():
+                        mod(x)
+
+                def run_fwd_bwd(mod=mod):
+                    out, h = mod(xg)
+                    h_n = h[0] if isinstance(h, tuple) else h
+                    (out.sum() + h_n.sum()).backward()
+
+                fwd[name], fwd_bwd[name] = run_fwd, run_fwd_bwd
+            for mode, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
+                for name, (med, p20, p80) in _interleaved(fns, device, repeats).items():
+                    rows.append(Row(op=f"{kind.lower()}_layer", provider=name, shape=shape,
+                                    dtype=str(dtype).replace("torch.", ""), mode=mode, median_ms=med, p20_ms=p20,
+                                    p80_ms=p80, device=device_name(device), versions=versions(),
+                                    date=_dt.date.today().isoformat()))
+                    print(f"{kind} {shape} {mode:8s} {name:18s} {med:9.3f} ms (p20 {p20:.3f}, p80 {p80:.3f})",
+                          flush=True)
+    return fill_ratios(rows, base)
+
+
+def main(argv=None):
+    p = base_parser(__doc__.splitlines()[0])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    shapes = SMOKE_SHAPES if args.smoke else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
+    repeats = args.repeats or (3 if args.smoke else 21)
+    print(f"s2s_fused {s2s_fused.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = bench(device, shapes, dtype, repeats)
+    print(markdown_table(rows))
+    write_results(rows, "rnn_layer", args.out, plot=not args.no_plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+// One LSTM / GRU layer in one direction over a whole (T, B, I) sequence, forward and backward, written once for
+// every device (as rnn_cell_impl.h is for one step): GEMMs through ATen (BLAS on CPU, cuBLAS on CUDA), the
+// pointwise work through the device policy `PW` of rnn_cell_impl.h (csrc/cpu/rnn_pointwise_cpu.h on CPU, the
+// launchers of csrc/cuda/rnn_pointwise.cuh on CUDA), which for the layers also provides
+//   gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate)   out (+)= a @ b
+// (out a contiguous 2-D tensor, possibly a slice of a larger buffer), so each device picks its GEMM library.
+//
+// Structure (haste's): the input projection of all T steps is one GEMM; per step one recurrent GEMM into the gate
+// buffer and one pointwise pass; backward per step one pointwise pass and one dh GEMM, then the weight
+// gradients as GEMMs over all T*B rows and bias gradients as column sums (no atomics: deterministic).
+//
+// Variable lengths: `lengths` (B,) gives each sequence's length; step t of row b is active when t < lengths[b].
+// Inactive rows keep their state and write zeros to the output, so the forward direction's final state is each
+// sequence's state at its own last step and the reverse direction starts there (its steps t >= length are no-ops).
+//
+// State buffers in time layout: hs, cs are (T+1, B, H). Forward direction: hs[0] = h0, hs[t+1] = state after
+// time t. Reverse: hs[T] = h0, hs[t] = state after time t. So the state a time step t reads is hs[t] (forward) or
+// hs[t+1] (reverse), and those T slices are one contiguous (T*B, H) block for the dW_hh GEMM.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+#include "checks.h"
+
+namespace s2s_fused {
+
+struct LayerArgs {
+  at::Tensor input, h0, w_ih, w_hh, b_ih, b_hh, active;  // input (T, B, I) contiguous; active (T, B) uint8 or undefined
+  int64_t T, B, I, H;
+};
+
+// (T, B) uint8 mask of the active steps, on the input's device (no host sync).
+inline at::Tensor active_mask(const std::optional<at::Tensor>& lengths, const at::Tensor& input, int64_t T,
+                              int64_t B) {
+  if (!lengths.has_value() || !lengths->defined()) return at::Tensor();
+  const at::Tensor& len = *lengths;
+  TORCH_CHECK(len.dim() == 1 && len.size(0) == B, "lengths: expected shape (", B, ",), got ", len.sizes());
+  TORCH_CHECK(!at::isFloatingType(len.scalar_type()) && len.scalar_type() != at::kBool,
+              "lengths: expected an integer tensor, got ", len.scalar_type());
+  const at::Tensor l = len.to(input.device(), at::kLong, /*non_blocking=*/true);
+  const at::Tensor steps = at::arange(T, l.options());
+  return steps.unsqueeze(1).lt(l.unsqueeze(0)).to(at::kByte).contiguous();
+}
+
+inline LayerArgs check_layer_args(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih,
+                                  const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                                  const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
+                                  int64_t gates) {
+  check_dim(input, 3, "input");
+  check_dim(h0, 2, "h0");
+  check_floating(input, "input");
+  check_same(h0, input, "h0", "input");
+  check_same(w_ih, input, "w_ih", "input");
+  check_same(w_hh, input, "w_hh", "input");
+  const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = h0.size(1);
+  check_size(h0, 0, B, "h0");
+  check_dim(w_ih, 2, "w_ih");
+  check_dim(w_hh, 2, "w_hh");
+  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, "w_ih: expected shape (", gates * H, ", ", I,
+              "), got ", w_ih.sizes());
+  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, "w_hh: expected shape (", gates * H, ", ", H,
+              "), got ", w_hh.sizes());
+  LayerArgs a{input.contiguous(), h0.contiguous(), w_ih, w_hh, contiguous_or_undefined(b_ih),
+              contiguous_or_undefined(b_hh), active_mask(lengths, input, T, B), T, B, I, H};
+  for (auto [t, name] : {std::pair{a.b_ih, "b_ih"}, std::pair{a.b_hh, "b_hh"}}) {
+    if (!t.defined()) continue;
+    check_same(t, input, name, "input");
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == gates * H, name, ": expected shape (", gates * H, ",), got ",
+                t.sizes());
+  }
+  return a;
+}
+
+inline const uint8_t* active_row(const at::Tensor& active, int64_t t) {
+  return active.defined() ? active.const_data_ptr<uint8_t>() + t * active.size(1) : nullptr;
+}
+
+// The slice of a (T+1, B, H) state buffer that time step t reads (prev) and writes (next).
+inline at::Tensor state_prev(const at::Tensor& s, int64_t t, bool reverse) { return s.select(0, reverse ? t + 1 : t); }
+inline at::Tensor state_next(const at::Tensor& s, int64_t t, bool reverse) { return s.select(0, reverse ? t : t + 1); }
+// The (T*B, H) block of the states read by the T steps, in time order.
+inline at::Tensor states_read(const at::Tensor& s, int64_t T, bool reverse) {
+  return s.narrow(0, reverse ? 1 : 0, T).flatten(0, 1);
+}
+inline int64_t time_of_step(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+// Incoming gradient of the output: zero at inactive steps (the output there is a constant zero, and the pointwise
+// backward passes whatever it is given straight into the state gradient of a finished row).
+inline at::Tensor masked_grad_output(const std::optional<at::Tensor>& grad_output, const LayerArgs& a) {
+  if (!grad_output.has_value() || !grad_output->defined()) return at::Tensor();
+  const at::Tensor& g = *grad_output;
+  check_same(g, a.input, "grad_output", "input");
+  TORCH_CHECK(g.dim() == 3 && g.size(0) == a.T && g.size(1) == a.B && g.size(2) == a.H,
+              "grad_output: expected shape (", a.T, ", ", a.B, ", ", a.H, "), got ", g.sizes());
+  if (a.active.defined()) return g.mul(a.active.unsqueeze(2).to(g.scalar_type()));
+  return g.contiguous();
+}
+
+inline at::Tensor grad_state_init(const std::optional<at::Tensor>& g, const LayerArgs& a, const char* name) {
+  if (!g.has_value() || !g->defined()) return at::zeros({a.B, a.H}, a.input.options());
+  check_same(*g, a.input, name, "input");
+  TORCH_CHECK(g->dim() == 2 && g->size(0) == a.B && g->size(1) == a.H, name, ": expected shape (", a.B, ", ", a.H,
+              "), got ", g->sizes());
+  return g->contiguous().clone();
+}
+
+inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& input, const char* name) {
+  check_same(t, input, name, "input");
+  TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
+}
+
+template <class PW>
+at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  pw.gemm(out, a, b, false);
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------ LSTM
+
+// Returns (output (T, B, H), h_n, c_n, hs (T+1, B, H), cs (T+1, B, H), workspace (T, B, 4H) = activated gates).
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_forward_impl(
+    const PW& pw, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
+  check_same(c0, input, "c0", "input");
+  TORCH_CHECK(c0.sizes() == h0.sizes(), "c0: expected shape ", h0.sizes(), " (as h0), got ", c0.sizes());
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const auto opts = a.input.options();
+  // The gate buffer starts as the input projection of all steps (one GEMM), takes each step's recurrent GEMM in
+  // place and is then activated in place: it is also the workspace backward reads.
+  at::Tensor gates = mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 4 * H});
+  at::Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
+  at::Tensor output = at::empty({T, B, H}, opts);
+  state_prev(hs, reverse ? T - 1 : 0, reverse).copy_(a.h0);
+  state_prev(cs, reverse ? T - 1 : 0, reverse).copy_(c0);
+  const at::Tensor w_hh_t = a.w_hh.t();
+  LstmForwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  p.b1 = ptr_or_null(a.b_ih);
+  p.b2 = ptr_or_null(a.b_hh);
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of_step(s, T, reverse);
+    at::Tensor g = gates.select(0, t);
+    const at::Tensor hprev = state_prev(hs, t, reverse);
+    pw.gemm(g, hprev, w_hh_t, /*accumulate=*/true);
+    p.g1 = cmat(g);
+    p.ws = mat(g);
+    p.cx = cmat(state_prev(cs, t, reverse));
+    p.hx = cmat(hprev);
+    p.h1 = mat(state_next(hs, t, reverse));
+    p.c1 = mat(state_next(cs, t, reverse));
+    p.out = mat(output.select(0, t));
+    p.active = active_row(a.active, t);
+    pw.lstm_forward(p, B);
+  }
+  const int64_t last = reverse ? 0 : T;
+  return {output, hs.select(0, last).clone(), cs.select(0, last).clone(), hs, cs, gates};
+}
+
+// Returns (grad_input, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_bias).
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_impl(
+    const PW& pw, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& workspace,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  check_dim(hs, 3, "hs");
+  const LayerArgs a = check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 4);
+  const int64_t T = a.T, B = a.B, H = a.H;
+  check_saved(hs, {T + 1, B, H}, input, "hs");
+  check_saved(cs, {T + 1, B, H}, input, "cs");
+  check_saved(workspace, {T, B, 4 * H}, input, "workspace");
+  const at::Tensor go = masked_grad_output(grad_output, a);
+  const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous(), csc = cs.contiguous();
+  at::Tensor dh = grad_state_init(grad_h_n, a, "grad_h_n"), dh_next = at::empty_like(dh);
+  at::Tensor dc = grad_state_init(grad_c_n, a, "grad_c_n");
+  at::Tensor dgates = at::empty({T, B, 4 * H}, a.input.options());
+  LstmBackwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of_step(s, T, reverse);
+    at::Tensor dg = dgates.select(0, t);
+    p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
+    p.dh2 = cmat(dh);
+    p.dc1 = cmat(dc);
+    p.ws = cmat(ws.select(0, t));
+    p.cx = cmat(state_prev(csc, t, reverse));
+    p.c1 = cmat(state_next(csc, t, reverse));
+    p.dgates = mat(dg);
+    p.dcx = mat(dc);  // in place: each element of dc is read before it is overwritten
+    p.active = active_row(a.active, t);
+    p.dhx = mat(dh_next);
+    if (p.active) dh_next.zero_();  // finished rows get dh passed through by the kernel, the others dg @ W_hh
+    pw.lstm_backward(p, B);
+    pw.gemm(dh_next, dg, a.w_hh, /*accumulate=*/p.active != nullptr);
+    std::swap(dh, dh_next);
+  }
+  const at::Tensor dg2 = dgates.view({T * B, 4 * H});
+  at::Tensor grad_input = mm(pw, dg2, a.w_ih).view({T, B, a.I});
+  at::Tensor grad_w_ih = mm(pw, dg2.t(), a.input.view({T * B, a.I}));
+  at::Tensor grad_w_hh = mm(pw, dg2.t(), states_read(hsc, T, reverse));
+  at::Tensor grad_bias = dg2.sum(0);
+  return {grad_input, dh, dc, grad_w_ih, grad_w_hh, grad_bias};
+}
+
+// ------------------------------------------------------------------------------------------------- GRU
+
+// Returns (output (T, B, H), h_n, hs (T+1, B, H), workspace (T, B, 4H) reset_after / (T, B, 3H) reset_before).
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_impl(
+    const PW& pw, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
+  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3);
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const auto opts = a.input.options();
+  const at::Tensor gi = mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 3 * H});
+  at::Tensor hs = at::empty({T + 1, B, H}, opts), output = at::empty({T, B, H}, opts);
+  state_prev(hs, reverse ? T - 1 : 0, reverse).copy_(a.h0);
+  // Rows of finished steps are never written by the kernels; zeros keep the returned workspace deterministic.
+  const int64_t ws_cols = reset_after ? 4 * H : 3 * H;
+  at::Tensor ws = a.active.defined() ? at::zeros({T, B, ws_cols}, opts) : at::empty({T, B, ws_cols}, opts);
+  GruForwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  p.reset_after = reset_after;
+  p.b_ih = ptr_or_null(a.b_ih);
+  p.b_hh = ptr_or_null(a.b_hh);
+  // reset_before: the r, z columns of W_hh act on h, the n columns on r * h (a second GEMM per step).
+  const at::Tensor w_rz_t = reset_after ? a.w_hh.t() : a.w_hh.narrow(0, 0, 2 * H).t();
+  const at::Tensor w_hn_t = a.w_hh.narrow(0, 2 * H, H).t();
+  at::Tensor gh = at::empty({B, (reset_after ? 3 : 2) * H}, opts);
+  at::Tensor rh, ghn;
+  if (!reset_after) {
+    rh = at::empty({B, H}, opts);
+    ghn = at::empty({B, H}, opts);
+  }
+  for (int64_t s = 0; s < T; ++s) {
+    const int64_t t = time_of_step(s, T, reverse);
+    const at::Tensor hprev = state_prev(hs, t, reverse);
+    pw.gemm(gh, hprev, w_rz_t, false);
+    p.gi = cmat(gi.select(0, t));
+    p.gh = cmat(gh);
+    p.hx = cmat(hprev);
+    p.h1 = mat(state_next(hs, t, reverse));
+    p.ws = mat(ws.select(0, t));
+    p.out = mat(output.select(0, t));
+    p.active = active_row(a.active, t);
+    if (reset_after) {
+      pw.gru_forward(p, B);
+    } else {
+      p.rh = mat(rh);
+      pw.gru_forward(p, B);
+      pw.gemm(ghn, rh, w_hn_t, false);
+      p.ghn = cmat(ghn);
+      pw.gru_forward_stage2(p, B);
+    }
+  }
+  const int64_t last = reverse ? 0 : T;
+  return {output, hs.select(0, last).clone(), hs, ws};
+}
+
+// Returns (grad_input, grad_h0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh).
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_backward_impl(
+    const PW& pw, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
+    const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& hs,
+    const at::Tensor& workspace, const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
+  check_dim(hs, 3, "hs");
+  const LayerArgs a = check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 3);
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const auto opts = a.input.options();
+  check_saved(hs, {T + 1, B, H}, input, "hs");
+  check_saved(workspace, {T, B, (reset_after ? 4 : 3) * H}, input, "workspace");
+  const at::Tensor go = masked_grad_output(grad_output, a);
+  const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous();
+  at::Tensor dh = grad_state_init(grad_h_n, a, "grad_h_n"), dh_next = at::empty_like(dh);
+  at::Tensor dgi = at::empty({T, B, 3 * H}, opts);
+  // reset_after: dgh differs from dgi in its n columns (dn * r); reset_before: gh_n = (r h) W_hn has gradient dn,
+  // the same as gi_n, so dgi serves both and rh = r * h is kept per step for the W_hn gradient.
+  at::Tensor dgh = reset_after ? at::empty({T, B, 3 * H}, opts) : dgi;
+  at::Tensor rh_all, drh;
+  if (!reset_after) {
+    rh_all = at::empty({T, B, H}, opts);
+    drh = at::empty({B, H}, opts);
+  }
+  const at::Tensor w_rz = reset_after ? a.w_hh : a.w_hh.narrow(0, 0, 2 * H);
+  const at::Tensor w_hn = a.w_hh.narrow(0, 2 * H, H);
+  GruBackwardParams p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  p.reset_after = reset_after;
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_of_step(s, T, reverse);
+    at::Tensor dgi_t = dgi.select(0, t), dgh_t = dgh.select(0, t);
+    p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
+    p.dh2 = cmat(dh);
+    p.ws = cmat(ws.select(0, t));
+    p.hx = cmat(state_prev(hsc, t, reverse));
+    p.dgi = mat(dgi_t);
+    p.dgh = mat(dgh_t);
+    p.dhx = mat(dh_next);
+    p.active = active_row(a.active, t);
+    pw.gru_backward(p, B);
+    if (reset_after) {
+      pw.gemm(dh_next, dgh_t, w_rz, true);
+    } else {
+      pw.gemm(drh, dgi_t.narrow(1, 2 * H, H), w_hn, false);
+      p.drh = cmat(drh);
+      p.rh = mat(rh_all.select(0, t));
+      pw.gru_backward_stage2(p, B);
+      pw.gemm(dh_next, dgi_t.narrow(1, 0, 2 * H), w_rz, true);
+    }
+    std::swap(dh, dh_next);
+  }
+  const at::Tensor dgi2 = dgi.view({T * B, 3 * H}), dgh2 = dgh.view({T * B, 3 * H});
+  const at::Tensor h_read = states_read(hsc, T, reverse);
+  at::Tensor grad_input = mm(pw, dgi2, a.w_ih).view({T, B, a.I});
+  at::Tensor grad_w_ih = mm(pw, dgi2.t(), a.input.view({T * B, a.I}));
+  at::Tensor grad_w_hh;
+  if (reset_after) {
+    grad_w_hh = mm(pw, dgh2.t(), h_read);
+  } else {
+    grad_w_hh = at::empty({3 * H, H}, opts);
+    at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
+    pw.gemm(g_rz, dgi2.narrow(1, 0, 2 * H).t(), h_read, false);
+    pw.gemm(g_n, dgi2.narrow(1, 2 * H, H).t(), rh_all.view({T * B, H}), false);
+  }
+  at::Tensor grad_b_ih = dgi2.sum(0);
+  at::Tensor grad_b_hh = reset_after ? dgh2.sum(0) : grad_b_ih.clone();
+  return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+}  // namespace s2s_fused

@@ -1,0 +1,224 @@
+"""Fused LSTM / GRU layers: one layer in one direction over a whole sequence, forward and backward.
+
+Public: :func:`lstm_layer`, :func:`gru_layer` (the modules ``s2s_fused.nn.LSTM`` / ``GRU`` stack them over layers and
+directions). The compiled ops ``torch.ops.s2s_fused.{lstm,gru}_layer_forward`` / ``_backward`` (CPU and CUDA: the
+time loop in C++) and their Triton twins ``..._triton`` get their fake kernels and autograd here; the
+``reference`` backend is plain torch (s2s_fused.reference).
+
+Shapes: input (T, B, I); h0, c0, h_n, c_n (B, H); output (T, B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,);
+lengths (B,) integer or None; G = 4 (LSTM: i, f, g, o) or 3 (GRU: r, z, n). Step t of row b runs when
+t < lengths[b] (a finished row keeps its state and outputs zeros); ``reverse`` runs t = T-1 .. 0, so the reverse
+direction of a packed batch starts at each row's own last step.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import _checks, reference
+from ..backend import _extension, resolve
+
+_extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
+_ops = torch.ops.s2s_fused
+
+# --------------------------------------------------------------------------------------------- fake kernels
+
+
+def _fake_layer_common(input, h0, w_ih, w_hh, gates):
+    torch._check(input.dim() == 3 and h0.dim() == 2, lambda: "input must be 3-D and h0 2-D")
+    T, B, _ = input.shape
+    H = h0.shape[1]
+    torch._check(h0.shape[0] == B, lambda: "input and h0 batch sizes differ")
+    torch._check(w_ih.shape[0] == gates * H and w_hh.shape[0] == gates * H, lambda: "weight shapes")
+    return T, B, H
+
+
+@torch.library.register_fake("s2s_fused::lstm_layer_forward")
+def _lstm_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 4)
+    new = input.new_empty
+    return (new(T, B, H), new(B, H), new(B, H), new(T + 1, B, H), new(T + 1, B, H), new(T, B, 4 * H))
+
+
+@torch.library.register_fake("s2s_fused::lstm_layer_backward")
+def _lstm_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse):
+    B, H = hs.shape[1], hs.shape[2]
+    return (input.new_empty(input.shape), hs.new_empty(B, H), hs.new_empty(B, H), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]))
+
+
+@torch.library.register_fake("s2s_fused::gru_layer_forward")
+def _gru_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
+    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 3)
+    new = input.new_empty
+    return new(T, B, H), new(B, H), new(T + 1, B, H), new(T, B, (4 if reset_after else 3) * H)
+
+
+@torch.library.register_fake("s2s_fused::gru_layer_backward")
+def _gru_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths, reverse, reset_after):
+    B, H = hs.shape[1], hs.shape[2]
+    return (input.new_empty(input.shape), hs.new_empty(B, H), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]), w_ih.new_empty(w_ih.shape[0]))
+
+
+# ------------------------------------------------------------------------------------------------ autograd
+# The same glue serves the compiled ops and their Triton twins: `suffix` picks the backward op.
+
+
+def _register_lstm_autograd(suffix: str):
+    backward_op = getattr(_ops, "lstm_layer_backward" + suffix)
+
+    def setup_context(ctx, inputs, output):
+        input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse = inputs
+        _, _, _, hs, cs, workspace = output
+        ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.reverse = reverse
+        ctx.mark_non_differentiable(hs, cs, workspace)
+
+    def backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
+        input, w_ih, w_hh, hs, cs, workspace, lengths = ctx.saved_tensors
+        if grad_output is None and grad_h_n is None and grad_c_n is None:
+            return (None,) * 9
+        g_in, g_h0, g_c0, g_wih, g_whh, g_b = backward_op(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs,
+                                                          cs, workspace, lengths, ctx.reverse)
+        return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if ctx.has_bias[0] else None,
+                g_b if ctx.has_bias[1] else None, None, None)
+
+    torch.library.register_autograd("s2s_fused::lstm_layer_forward" + suffix, backward,
+                                    setup_context=setup_context)
+
+
+def _register_gru_autograd(suffix: str):
+    backward_op = getattr(_ops, "gru_layer_backward" + suffix)
+
+    def setup_context(ctx, inputs, output):
+        input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after = inputs
+        _, _, hs, workspace = output
+        ctx.save_for_backward(input, w_ih, w_hh, hs, workspace, lengths)
+        ctx.has_bias = (b_ih is not None, b_hh is not None)
+        ctx.reverse = reverse
+        ctx.reset_after = reset_after
+        ctx.mark_non_differentiable(hs, workspace)
+
+    def backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
+        input, w_ih, w_hh, hs, workspace, lengths = ctx.saved_tensors
+        if grad_output is None and grad_h_n is None:
+            return (None,) * 9
+        g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = backward_op(grad_output, grad_h_n, input, w_ih, w_hh, hs,
+                                                            workspace, lengths, ctx.reverse, ctx.reset_after)
+        return (g_in, g_h0, g_wih, g_whh, g_bih if ctx.has_bias[0] else None,
+                g_bhh if ctx.has_bias[1] else None, None, None, None)
+
+    torch.library.register_autograd("s2s_fused::gru_layer_forward" + suffix, backward, setup_context=setup_context)
+
+
+_register_lstm_autograd("")
+_register_gru_autograd("")
+
+# ---------------------------------------------------------------------------------------- public functions
+
+
+@torch.compiler.assume_constant_result
+def _resolve(op: str, backend, device: torch.device) -> str:
+    # Dynamo cannot trace the ContextVar read behind the process default; the choice is fixed for a compiled
+    # graph anyway (as it is for a CUDA graph), so it is made once, at trace time.
+    return resolve(op, backend, device)
+
+
+def check_lengths(lengths, T: int, B: int, device: torch.device, name: str = "lengths"):
+    """lengths: None or an integer (B,) tensor with 1 <= lengths[b] <= T. Values are checked only where that
+    costs no host sync (CPU tensors, outside torch.compile)."""
+    if lengths is None:
+        return None
+    _checks.tensor(lengths, name, dims=1, integer=True)
+    if lengths.shape[0] != B:
+        raise ValueError(f"{name}: expected shape ({B},) (the batch size), got {tuple(lengths.shape)}")
+    if lengths.device.type == "cpu" and not torch.compiler.is_compiling() and B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > T:
+            raise ValueError(f"{name}: expected every length in [1, {T}] (T = input.shape[0]), got values in "
+                             f"[{lo}, {hi}]")
+    elif lengths.device.type != "cpu" and lengths.device != device:
+        raise RuntimeError(f"{name}: expected a CPU tensor or one on {device} (as input), got {lengths.device}")
+    return lengths
+
+
+def _check_layer(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, lengths, *, c=None):
+    _checks.tensor(input, "input", dims=3, floating=True)
+    hname = "hx[0]" if kind == "lstm" else "hx"
+    _checks.tensor(h, hname, dims=2, floating=True)
+    _checks.tensor(w_ih, "w_ih", dims=2, floating=True)
+    _checks.tensor(w_hh, "w_hh", dims=2, floating=True)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _checks.tensor(b, name, dims=1, floating=True)
+    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    if c is not None:
+        _checks.tensor(c, "hx[1]", dims=2, floating=True)
+        others["hx[1]"] = c
+    _checks.same_dtype_device(input, "input", **others)
+    T, B, I = input.shape
+    H = h.shape[-1]
+    if h.shape[0] != B:
+        raise ValueError(f"{hname}: expected batch size {B} (input.shape[1]), got shape {tuple(h.shape)}")
+    if c is not None and c.shape != h.shape:
+        raise ValueError(f"hx[1]: expected shape {tuple(h.shape)} (as hx[0]), got {tuple(c.shape)}")
+    _checks.shape(w_ih, "w_ih", (gates * H, I))
+    _checks.shape(w_hh, "w_hh", (gates * H, H))
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _checks.shape(b, name, (gates * H,))
+    check_lengths(lengths, T, B, input.device)
+
+
+def _check_flag(value, name):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
+    """One fused LSTM layer in one direction over a whole sequence (gate order i, f, g, o as torch).
+
+    input (T, B, I); hx = (h0, c0), each (B, H); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or None; lengths
+    (B,) integer or None; reverse: run t = T-1 .. 0. Returns (output (T, B, H), (h_n, c_n)); output is zero at
+    steps t >= lengths[b], and h_n, c_n are each row's state after its own last step.
+    """
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx: expected a tuple (h0, c0) of two tensors, got {type(hx).__name__}")
+    h, c = hx
+    _check_layer("lstm", input, h, w_ih, w_hh, b_ih, b_hh, 4, lengths, c=c)
+    _check_flag(reverse, "reverse")
+    be = _resolve("lstm_layer", backend, input.device)
+    if be == "reference":
+        return reference.lstm_layer(input, (h, c), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse)
+    if be == "triton":
+        from ..triton import rnn_layer as tri
+        op = tri.lstm_layer_forward
+    else:
+        op = _ops.lstm_layer_forward
+    out, h_n, c_n, *_ = op(input, h, c, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    return out, (h_n, c_n)
+
+
+def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, reset_after=True,
+              backend=None):
+    """One fused GRU layer in one direction over a whole sequence (gate order r, z, n).
+
+    ``reset_after=True`` is torch/cuDNN's GRU, ``False`` Cho et al. / d2l's (see :func:`s2s_fused.gru_cell`).
+    input (T, B, I); hx (B, H); w_ih (3H, I); w_hh (3H, H); b_ih, b_hh (3H,) or None; lengths, reverse as
+    :func:`lstm_layer`. Returns (output (T, B, H), h_n (B, H)).
+    """
+    _check_layer("gru", input, hx, w_ih, w_hh, b_ih, b_hh, 3, lengths)
+    _check_flag(reverse, "reverse")
+    _check_flag(reset_after, "reset_after")
+    be = _resolve("gru_layer", backend, input.device)
+    if be == "reference":
+        return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+                                   reset_after=reset_after)
+    if be == "triton":
+        from ..triton import rnn_layer as tri
+        op = tri.gru_layer_forward
+    else:
+        op = _ops.gru_layer_forward
+    out, h_n, *_ = op(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
+    return out, h_n

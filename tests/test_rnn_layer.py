@@ -1,0 +1,454 @@
+"""s2s_fused.nn.LSTM / GRU and the rnn_layer ops: against torch.nn.LSTM / GRU (same weights) for outputs, final
+states and every gradient; reset_after=False against the reference; gradcheck; opcheck; torch.compile; errors."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import s2s_fused
+from s2s_fused import nn as snn
+from s2s_fused.backend import is_available
+from tests.helpers import assert_close, rel_err
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _make_input(T, B, I, batch_first, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, T, I) if batch_first else (T, B, I)
+    return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _lengths(T, B):
+    """Uneven lengths in [1, T] with T and 1 present (when B allows), not sorted."""
+    if B == 1:
+        return torch.tensor([T])
+    lens = [T, 1] + [1 + (7 * k + 3) % T for k in range(B - 2)]
+    return torch.tensor(lens[:B])
+
+
+def _run(module, x, hx, *, packed_lengths=None, batch_first=False, grad_seed=1):
+    """Forward + backward of a random linear function of (output, h_n[, c_n]); returns the outputs and the
+    gradients of (input, hx..., parameters...) in that order, all detached."""
+    x = x.clone().requires_grad_()
+    hx_leaf = None
+    if hx is not None:
+        hx_leaf = tuple(h.clone().requires_grad_() for h in hx) if isinstance(hx, tuple) else \
+            hx.clone().requires_grad_()
+    inp = x
+    if packed_lengths is not None:
+        inp = pack_padded_sequence(x, packed_lengths, batch_first=batch_first, enforce_sorted=False)
+    out, state = module(inp, hx_leaf)
+    if packed_lengths is not None:
+        out = pad_packed_sequence(out, batch_first=batch_first)[0]
+    states = list(state) if isinstance(state, tuple) else [state]
+    outs = [out] + states
+    g = torch.Generator().manual_seed(grad_seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+    leaves = [x] + (list(hx_leaf) if isinstance(hx_leaf, tuple) else ([hx_leaf] if hx_leaf is not None else []))
+    leaves += list(module.parameters())
+    grads = torch.autograd.grad(loss, leaves)
+    return [o.detach() for o in outs], list(grads)
+
+
+def _pair(kind, I, H, L, bias, batch_first, bidirectional, dtype, **kw):
+    """A torch module and ours with the same weights (loaded with strict=True)."""
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, kind)(I, H, L, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+                                  dtype=dtype)
+    ours = getattr(snn, kind)(I, H, L, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+                              dtype=dtype, **kw)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    return ref, ours
+
+
+def _hx(kind, L, D, B, H, dtype, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(L * D, B, H, generator=g, dtype=torch.float64).to(dtype)
+    if kind == "LSTM":
+        return h, torch.randn(L * D, B, H, generator=g, dtype=torch.float64).to(dtype)
+    return h
+
+
+# --------------------------------------------------------------------------- against torch.nn.LSTM / GRU
+# (kind, num_layers, bidirectional, batch_first, bias, packed, T, B, I, H, dtype): 28 configurations crossing
+# every axis of the issue; packed ones have uneven lengths including 1 (and a batch of 1).
+CONFIGS = []
+for kind in ("LSTM", "GRU"):
+    CONFIGS += [
+        (kind, 1, False, False, True, False, 37, 3, 5, 7, torch.float64),
+        (kind, 1, True, True, True, False, 2, 4, 1, 17, torch.float64),
+        (kind, 3, False, False, False, False, 2, 2, 6, 5, torch.float64),
+        (kind, 3, True, True, True, True, 37, 5, 3, 7, torch.float64),
+        (kind, 1, False, True, False, True, 37, 4, 9, 3, torch.float64),
+        (kind, 3, True, False, True, True, 2, 3, 4, 6, torch.float64),
+        (kind, 1, True, False, True, True, 1, 1, 3, 5, torch.float64),
+        (kind, 1, False, False, True, False, 1, 3, 5, 7, torch.float32),
+        (kind, 1, True, False, True, True, 37, 6, 17, 13, torch.float32),
+        (kind, 3, False, True, True, False, 37, 3, 8, 16, torch.float32),
+        (kind, 3, True, True, False, True, 2, 1, 7, 9, torch.float32),
+        (kind, 1, False, True, True, True, 37, 1, 5, 11, torch.float32),
+        (kind, 3, True, False, True, False, 1, 2, 130, 3, torch.float32),
+        (kind, 1, True, True, False, False, 37, 17, 3, 5, torch.float32),
+    ]
+
+
+def _cfg_id(c):
+    kind, L, bi, bf, bias, packed, T, B, I, H, dt = c
+    return (f"{kind}-L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tf'}-{'bias' if bias else 'nobias'}-"
+            f"{'packed' if packed else 'dense'}-T{T}-B{B}-I{I}-H{H}-{str(dt)[6:]}")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=[_cfg_id(c) for c in CONFIGS])
+def test_matches_torch(cfg):
+    kind, L, bi, bf, bias, packed, T, B, I, H, dtype = cfg
+    D = 2 if bi else 1
+    x64 = _make_input(T, B, I, bf, torch.float64)
+    hx64 = _hx(kind, L, D, B, H, torch.float64)
+    lengths = _lengths(T, B) if packed else None
+    ref64, ours64 = _pair(kind, I, H, L, bias, bf, bi, torch.float64, backend="cpu")
+    truth_out, truth_grads = _run(ref64, x64, hx64, packed_lengths=lengths, batch_first=bf)
+    names = ["output", "h_n"] + (["c_n"] if kind == "LSTM" else [])
+    gnames = ["grad input"] + (["grad h0", "grad c0"] if kind == "LSTM" else ["grad h0"])
+    gnames += [f"grad {n}" for n, _ in ref64.named_parameters()]
+    if dtype == torch.float64:
+        outs, grads = _run(ours64, x64, hx64, packed_lengths=lengths, batch_first=bf)
+        for n, o, t in zip(names + gnames, outs + grads, truth_out + truth_grads):
+            assert_close(o, t, 1e-9, n)
+        return
+    # fp32: within 2x torch's own fp32 error against fp64 (floor 1e-5), per ARCHITECTURE.md.
+    ref32, ours32 = _pair(kind, I, H, L, bias, bf, bi, dtype, backend="cpu")
+    x, hx = x64.to(dtype), (tuple(h.to(dtype) for h in hx64) if kind == "LSTM" else hx64.to(dtype))
+    t_out, t_grads = _run(ref32, x, hx, packed_lengths=lengths, batch_first=bf)
+    outs, grads = _run(ours32, x, hx, packed_lengths=lengths, batch_first=bf)
+    for n, o, t32, t in zip(names + gnames, outs + grads, t_out + t_grads, truth_out + truth_grads):
+        tol = max(2 * rel_err(t32, t), 1e-5)
+        assert_close(o, t, tol, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_low_precision(kind, dtype):
+    """bf16/fp16 (fp32 math inside): outputs and input gradients within 2x torch's own error in that dtype
+    (floor 1e-2) against fp64, per ARCHITECTURE.md."""
+    ref64, _ = _pair(kind, 8, 16, 2, True, False, True, torch.float64)
+    ref_lp, ours = _pair(kind, 8, 16, 2, True, False, True, dtype, backend="cpu")
+    x = _make_input(7, 3, 8, False, torch.float64)
+    hx = _hx(kind, 2, 2, 3, 16, torch.float64)
+    lens = _lengths(7, 3)
+    t_out, t_grads = _run(ref64, x, hx, packed_lengths=lens)
+    hx_lp = tuple(h.to(dtype) for h in hx) if kind == "LSTM" else hx.to(dtype)
+    r_out, r_grads = _run(ref_lp, x.to(dtype), hx_lp, packed_lengths=lens)
+    o_out, o_grads = _run(ours, x.to(dtype), hx_lp, packed_lengths=lens)
+    for name, o, r, t in zip(["output", "h_n", "grad input"], o_out[:2] + o_grads[:1], r_out[:2] + r_grads[:1],
+                             t_out[:2] + t_grads[:1]):
+        assert_close(o, t, max(2 * rel_err(r, t), 1e-2), f"{dtype} {name}")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_hx_none_unbatched_and_sorted_packing(kind):
+    ref, ours = _pair(kind, 4, 6, 2, True, False, True, torch.float64)
+    x = _make_input(9, 3, 4, False, torch.float64)
+    for a, b in zip(_run(ref, x, None)[0], _run(ours, x, None)[0]):
+        assert_close(b, a, 1e-9, "hx=None")
+    # unbatched (T, I) with hx (L*D, H)
+    x1 = x[:, 0]
+    hx = _hx(kind, 2, 2, 1, 6, torch.float64)
+    hx1 = tuple(h[:, 0] for h in hx) if kind == "LSTM" else hx[:, 0]
+    (o_ref, *s_ref), g_ref = _run(ref, x1, hx1)
+    (o, *s), g = _run(ours, x1, hx1)
+    assert o.shape == o_ref.shape == (9, 12)
+    for a, b in zip([o_ref] + s_ref + g_ref, [o] + s + g):
+        assert_close(b, a, 1e-9, "unbatched")
+    # enforce_sorted=True packing (lengths sorted descending)
+    lens = torch.tensor([9, 5, 2])
+    with torch.no_grad():
+        p_ref = ref(pack_padded_sequence(x, lens), None)
+        p = ours(pack_padded_sequence(x, lens), None)
+    assert torch.equal(p[0].batch_sizes, p_ref[0].batch_sizes)
+    assert p[0].sorted_indices is None
+    assert_close(p[0].data, p_ref[0].data, 1e-9, "packed data")
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_state_dict_dropout_and_drop_in(kind):
+    ref = getattr(torch.nn, kind)(5, 7, 3, dropout=0.5, bidirectional=True)
+    ours = getattr(snn, kind)(5, 7, 3, dropout=0.5, bidirectional=True)
+    # RNNBase, as torch's modules (not nn.LSTM/GRU themselves, which Dynamo refuses to trace)
+    assert isinstance(ours, torch.nn.RNNBase) and ours.mode == kind
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    ours.flatten_parameters()
+    x = torch.randn(6, 2, 5)
+    ours.eval()
+    ref.eval()
+    with torch.no_grad():
+        assert_close(ours(x)[0], ref(x)[0], 1e-5, "eval: no dropout")
+        ours.train()
+        a, b = ours(x)[0], ours(x)[0]
+    assert not torch.equal(a, b), "training mode must apply inter-layer dropout"
+
+
+def test_proj_size_not_implemented():
+    with pytest.raises(NotImplementedError, match="proj_size"):
+        snn.LSTM(4, 8, proj_size=3)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_gru_reset_before_matches_reference(packed, bidirectional):
+    torch.manual_seed(0)
+    ours = snn.GRU(5, 6, 2, bidirectional=bidirectional, dtype=torch.float64, reset_after=False, backend="cpu")
+    ref = snn.GRU(5, 6, 2, bidirectional=bidirectional, dtype=torch.float64, reset_after=False,
+                  backend="reference")
+    ref.load_state_dict(ours.state_dict())
+    x = _make_input(11, 4, 5, False, torch.float64)
+    hx = _hx("GRU", 2, 2 if bidirectional else 1, 4, 6, torch.float64)
+    lens = _lengths(11, 4) if packed else None
+    o_ref, g_ref = _run(ref, x, hx, packed_lengths=lens)
+    o, g = _run(ours, x, hx, packed_lengths=lens)
+    for a, b in zip(o_ref + g_ref, o + g):
+        assert_close(b, a, 1e-9, "reset_before")
+    # and it is a different function from torch's GRU with the same weights (so the test above can fail)
+    torch_gru = torch.nn.GRU(5, 6, 2, bidirectional=bidirectional, dtype=torch.float64)
+    torch_gru.load_state_dict(ours.state_dict())
+    assert rel_err(o[0], _run(torch_gru, x, hx, packed_lengths=lens)[0][0]) > 1e-3
+
+
+# ------------------------------------------------------------------------------------ the ops themselves
+
+
+def _op_args(kind, T=4, B=3, I=2, H=3, bias=True, lengths=True, dtype=torch.float64, requires_grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = 4 if kind == "lstm" else 3
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+
+    args = [r(T, B, I), r(B, H)] + ([r(B, H)] if kind == "lstm" else []) + [r(G * H, I), r(G * H, H)]
+    args += [r(G * H), r(G * H)] if bias else [None, None]
+    args.append(torch.tensor([T, 1, 2][:B]) if lengths else None)
+    return args
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+def test_gradcheck(kind, lengths, reverse):
+    args = _op_args(kind.split("_")[0], lengths=lengths, requires_grad=True)
+    if kind == "lstm":
+        def f(x, h, c, wi, wh, bi, bh):
+            out, (hn, cn) = s2s_fused.lstm_layer(x, (h, c), wi, wh, bi, bh, lengths=args[-1], reverse=reverse,
+                                                 backend="cpu")
+            return out, hn, cn
+    else:
+        def f(x, h, wi, wh, bi, bh):
+            return s2s_fused.gru_layer(x, h, wi, wh, bi, bh, lengths=args[-1], reverse=reverse,
+                                       reset_after=kind == "gru", backend="cpu")
+    assert torch.autograd.gradcheck(f, tuple(args[:-1]))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_opcheck(kind):
+    op = getattr(torch.ops.s2s_fused, f"{kind}_layer_forward")
+    samples = []
+    for rg in (False, True):
+        for bias, lengths, reverse in ((True, True, False), (False, False, True)):
+            args = _op_args(kind, bias=bias, lengths=lengths, requires_grad=rg, dtype=torch.float32)
+            extra = [reverse] if kind == "lstm" else [reverse, not reverse]
+            samples.append(args + extra)
+    for s in samples:
+        torch.library.opcheck(op, tuple(s))
+    # the backward ops on their own
+    args = _op_args(kind, dtype=torch.float32)
+    if kind == "lstm":
+        out, hn, cn, hs, cs, ws = op(*args, False)
+        torch.library.opcheck(torch.ops.s2s_fused.lstm_layer_backward,
+                              (torch.randn_like(out), torch.randn_like(hn), None, args[0], args[3], args[4], hs, cs,
+                               ws, args[-1], False))
+    else:
+        out, hn, hs, ws = op(*args, False, True)
+        torch.library.opcheck(torch.ops.s2s_fused.gru_layer_backward,
+                              (torch.randn_like(out), None, args[0], args[2], args[3], hs, ws, args[-1], False, True))
+
+
+def test_non_contiguous_empty_and_stride0():
+    args = _op_args("lstm", T=5, B=3, I=4, H=5, lengths=False)
+    x, h, c, wi, wh, bi, bh, _ = args
+    xs = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous
+    wis = wi.t().contiguous().t()
+    out, (hn, cn) = s2s_fused.lstm_layer(xs, (h, c), wis, wh, bi, bh, backend="cpu")
+    ref, (rh, rc) = s2s_fused.lstm_layer(x, (h, c), wi, wh, bi, bh, backend="reference")
+    assert_close(out, ref, 1e-12, "non-contiguous")
+    # empty batch
+    e = s2s_fused.gru_layer(torch.zeros(4, 0, 3, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64),
+                            torch.randn(6, 3, dtype=torch.float64), torch.randn(6, 2, dtype=torch.float64),
+                            backend="cpu")
+    assert e[0].shape == (4, 0, 2) and e[1].shape == (0, 2)
+    # stride-0 incoming gradient (out.sum()) through the module
+    m = snn.GRU(4, 5, dtype=torch.float64)
+    xg = x.clone().requires_grad_()
+    m(xg)[0].sum().backward()
+    assert torch.isfinite(xg.grad).all()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_torch_compile_fullgraph(kind):
+    torch.manual_seed(0)
+    m = getattr(snn, kind)(3, 5, 2, bidirectional=True, batch_first=True)
+    x = torch.randn(2, 6, 3, requires_grad=True)
+    eager = m(x)[0]
+    compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+    out = compiled(x)[0]
+    assert_close(out, eager, 1e-6, "compiled")
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # PackedSequence input (unsorted lengths) through the compiled module
+    p = pack_padded_sequence(x.detach(), torch.tensor([6, 2]), batch_first=True, enforce_sorted=False)
+    assert_close(compiled(p)[0].data, m(p)[0].data, 1e-6, "compiled packed")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_bad_input(kind):
+    m = getattr(snn, kind)(4, 5, 2)
+    with pytest.raises(ValueError, match="2-D .*or 3-D"):
+        m(torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="input_size 4"):
+        m(torch.randn(6, 2, 3))
+    h_bad = torch.zeros(2, 3, 5)  # batch 3, input batch 2
+    with pytest.raises(ValueError, match=r"hx.*expected shape \(2, 2, 5\)"):
+        m(torch.randn(6, 2, 4), (h_bad, h_bad) if kind == "LSTM" else h_bad)
+    with pytest.raises(TypeError, match="dtype"):
+        m(torch.randn(6, 2, 4, dtype=torch.float64))
+    h64 = torch.zeros(2, 2, 5, dtype=torch.float64)
+    with pytest.raises(TypeError, match="dtype"):
+        m(torch.randn(6, 2, 4), (h64, h64) if kind == "LSTM" else h64)
+    if kind == "LSTM":
+        with pytest.raises(TypeError, match="tuple"):
+            m(torch.randn(6, 2, 4), torch.zeros(2, 2, 5))
+
+
+def test_bad_lengths_and_devices():
+    x, h, wi, wh, bi, bh, _ = _op_args("gru", T=4, B=3, lengths=False)
+    for lens, msg in ((torch.tensor([4, 5, 1]), r"\[1, 4\]"), (torch.tensor([4, 0, 1]), r"\[1, 4\]"),
+                      (torch.tensor([4, 1]), r"shape \(3,\)"), (torch.tensor([4.0, 1.0, 2.0]), "integer")):
+        with pytest.raises((ValueError, TypeError), match=msg):
+            s2s_fused.gru_layer(x, h, wi, wh, bi, bh, lengths=lens, backend="cpu")
+    with pytest.raises(RuntimeError, match="device"):
+        s2s_fused.gru_layer(x, h.to("meta"), wi, wh, bi, bh, backend="cpu")
+    with pytest.raises(ValueError, match="w_hh"):
+        s2s_fused.gru_layer(x, h, wi, wh[:, :2], bi, bh, backend="cpu")
+    # direct op callers get the C++ checks
+    with pytest.raises(RuntimeError, match="w_ih: expected shape"):
+        torch.ops.s2s_fused.gru_layer_forward(x, h, wi[:, :1], wh, bi, bh, None, False, True)
+
+
+# ------------------------------------------------------------------------------- every CPU capability copy
+
+_CAP_SCRIPT = """
+import torch, s2s_fused
+from s2s_fused.backend import build_info
+torch.manual_seed(0)
+for kind in ("lstm", "gru"):
+    G = 4 if kind == "lstm" else 3
+    x, h, c = torch.randn(7, 5, 3), torch.randn(5, 19), torch.randn(5, 19)
+    w = (torch.randn(G * 19, 3), torch.randn(G * 19, 19), torch.randn(G * 19), torch.randn(G * 19))
+    lens = torch.tensor([7, 1, 3, 7, 2])
+    hx = (h, c) if kind == "lstm" else h
+    f = getattr(s2s_fused, kind + "_layer")
+    a = f(x, hx, *w, lengths=lens, reverse=True, backend="cpu")[0]
+    b = f(x, hx, *w, lengths=lens, reverse=True, backend="reference")[0]
+    assert (a - b).abs().max() < 1e-5, (kind, (a - b).abs().max())
+print(build_info()["cpu_capability"])
+"""
+
+
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512", "avx512-blas"])
+def test_each_cpu_capability(cap):
+    """Each capability's pointwise kernels; "blas": fp32 GEMMs through ATen's BLAS instead of oneDNN."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap.split("-")[0], PYTHONPATH=os.getcwd())
+    if cap.endswith("blas"):
+        env["S2S_FUSED_NO_ONEDNN"] = "1"
+    r = subprocess.run([sys.executable, "-c", _CAP_SCRIPT], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------------------------------- triton backend
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+def test_triton_backend_tiny(kind):
+    base = kind.split("_")[0]
+    args = _op_args(base, T=3, B=2, I=3, H=5, lengths=True, requires_grad=True)
+    lens = torch.tensor([3, 1])
+    res = []
+    for be in ("triton", "reference"):
+        leaves = [a.detach().clone().requires_grad_() for a in args[:-1]]
+        for reverse in (False, True):
+            if base == "lstm":
+                out, (hn, cn) = s2s_fused.lstm_layer(leaves[0], (leaves[1], leaves[2]), *leaves[3:], lengths=lens,
+                                                     reverse=reverse, backend=be)
+                outs = [out, hn, cn]
+            else:
+                out, hn = s2s_fused.gru_layer(leaves[0], leaves[1], *leaves[2:], lengths=lens, reverse=reverse,
+                                              reset_after=kind == "gru", backend=be)
+                outs = [out, hn]
+            g = torch.Generator().manual_seed(int(reverse))
+            loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+            res.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
+    n = len(res) // 2
+    for a_list, b_list in zip(res[:n], res[n:]):
+        for a, b in zip(a_list, b_list):
+            assert_close(a, b, 1e-9, f"triton {kind}")
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+def test_triton_module():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 4, 1, bidirectional=True)
+    ours = snn.LSTM(3, 4, 1, bidirectional=True, backend="triton")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(3, 2, 3)
+    with torch.no_grad():
+        assert_close(ours(x)[0], ref(x)[0], 1e-5, "triton module")
+
+
+# ------------------------------------------------------------------------------------------------ CUDA
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_cuda_matches_torch(kind, backend):
+    ref, ours = _pair(kind, 9, 33, 2, True, False, True, torch.float64, backend=backend)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = _make_input(13, 5, 9, False, torch.float64).cuda()
+    hx = _hx(kind, 2, 2, 5, 33, torch.float64)
+    hx = tuple(h.cuda() for h in hx) if kind == "LSTM" else hx.cuda()
+    lens = _lengths(13, 5)
+    o_ref, g_ref = _run(ref, x, hx, packed_lengths=lens)
+    o, g = _run(ours, x, hx, packed_lengths=lens)
+    for a, b in zip(o_ref + g_ref, o + g):
+        assert_close(b, a, 1e-9, f"{backend} {kind}")
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_triton_opcheck_and_compile(kind):
+    from s2s_fused.triton import rnn_layer as tri  # noqa: F401  (registers the *_triton ops)
+    op = getattr(torch.ops.s2s_fused, f"{kind}_layer_forward_triton")
+    args = _op_args(kind, T=2, B=2, I=2, H=3, lengths=True, requires_grad=True, dtype=torch.float32)
+    extra = [True] if kind == "lstm" else [True, False]
+    torch.library.opcheck(op, tuple(args + extra))
+    m = getattr(snn, kind.upper())(2, 3, backend="triton")
+    x = torch.randn(3, 2, 2)
+    assert_close(torch.compile(m, fullgraph=True, backend="aot_eager")(x)[0], m(x)[0], 1e-6, "compiled triton")
