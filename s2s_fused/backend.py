@@ -8,7 +8,6 @@ CPU tensors get ``cpu``.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib.util
 import os
 
@@ -21,7 +20,9 @@ _CHOICES = BACKENDS + ("auto",)
 # the CUDA C++ kernels are the default where compiled, as they need no JIT warm-up.
 AUTO_CUDA: dict[str, str] = {}
 
-_default: contextvars.ContextVar[str] = contextvars.ContextVar("s2s_fused_backend", default="auto")
+# The process default: a plain module global, so torch.compile reads it while tracing and guards on its value
+# (a compiled graph is re-traced after set_backend changes it). A ContextVar would be invisible to Dynamo.
+_default_backend = "auto"
 
 
 def _load_extension():
@@ -91,21 +92,23 @@ def _validate_name(name, what="backend") -> str:
 
 def set_backend(name: str) -> None:
     """Set the process-wide default backend (``"auto"`` restores the automatic choice)."""
-    _default.set(_validate_name(name))
+    global _default_backend
+    _default_backend = _validate_name(name)
 
 
 def get_backend() -> str:
-    return _default.get()
+    return _default_backend
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
     """``with s2s_fused.use_backend("triton"): ...`` runs the block's op calls on that backend."""
-    token = _default.set(_validate_name(name))
+    global _default_backend
+    previous, _default_backend = _default_backend, _validate_name(name)
     try:
         yield
     finally:
-        _default.reset(token)
+        _default_backend = previous
 
 
 def resolve(op: str, backend: str | None, device: torch.device) -> str:

@@ -470,3 +470,22 @@ if given is not None:
         out_r, g_r = forward_backward(kind, None, ts_r, bias)
         for a, b in list(zip(out_f, out_r)) + list(zip(g_f, g_r)):
             assert_close(a, b, 1e-9, "property")
+
+
+def test_torch_compile_with_process_default_backend():
+    """backend=None reads the process default while tracing; changing it re-traces (Dynamo guards on it)."""
+    torch.manual_seed(0)
+    cell = GRUCell(4, 3)
+    x, h = torch.randn(2, 4), torch.randn(2, 3)
+    calls = []
+
+    def counting_backend(gm, example_inputs):
+        calls.append(gm)
+        return gm.forward
+
+    fn = torch.compile(lambda x, h: cell(x, h), fullgraph=True, backend=counting_backend)
+    expected = torch.nn.GRUCell.forward(cell, x, h)
+    assert_close(fn(x, h), expected, 1e-5, "default backend")
+    with s2s_fused.use_backend("reference"):
+        assert_close(fn(x, h), expected, 1e-5, "reference backend")
+    assert len(calls) == 2, "changing the process default must re-trace"

@@ -118,13 +118,6 @@ _register_gru_autograd("")
 # ---------------------------------------------------------------------------------------- public functions
 
 
-@torch.compiler.assume_constant_result
-def _resolve(op: str, backend, device: torch.device) -> str:
-    # Dynamo cannot trace the ContextVar read behind the process default; the choice is fixed for a compiled
-    # graph anyway (as it is for a CUDA graph), so it is made once, at trace time.
-    return resolve(op, backend, device)
-
-
 def check_lengths(lengths, T: int, B: int, device: torch.device, name: str = "lengths"):
     """lengths: None or an integer (B,) tensor with 1 <= lengths[b] <= T. Values are checked only where that
     costs no host sync (CPU tensors, outside torch.compile)."""
@@ -188,7 +181,7 @@ def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, rev
     h, c = hx
     _check_layer("lstm", input, h, w_ih, w_hh, b_ih, b_hh, 4, lengths, c=c)
     _check_flag(reverse, "reverse")
-    be = _resolve("lstm_layer", backend, input.device)
+    be = resolve("lstm_layer", backend, input.device)
     if be == "reference":
         return reference.lstm_layer(input, (h, c), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse)
     if be == "triton":
@@ -211,7 +204,7 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reve
     _check_layer("gru", input, hx, w_ih, w_hh, b_ih, b_hh, 3, lengths)
     _check_flag(reverse, "reverse")
     _check_flag(reset_after, "reset_after")
-    be = _resolve("gru_layer", backend, input.device)
+    be = resolve("gru_layer", backend, input.device)
     if be == "reference":
         return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
                                    reset_after=reset_after)
