@@ -94,16 +94,26 @@ def _cmd_bench(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
-    cmd = [sys.executable, str(script), "--device", device] + list(args.extra)
+    if args.out is None:
+        import datetime
+
+        tag = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).split()[-1].lower()
+        # The naming of benchmarks/common.py's default_outdir (gitignored: local-*).
+        args.out = script.parent / "results" / f"local-{tag}-{datetime.date.today().isoformat()}"
+    cmd = [sys.executable, str(script), "--device", device, "--out", str(args.out)]
+    if args.repeats:
+        cmd += ["--repeats", str(args.repeats)]
+    if args.no_plot:
+        cmd.append("--no-plot")
     if args.smoke:
         cmd.append("--smoke")
-    if args.out:
-        cmd += ["--out", str(args.out)]
     print("running: " + " ".join(cmd), flush=True)
     rc = subprocess.call(cmd)
-    if args.out:
-        for md in sorted(Path(args.out).glob("*.md")):
-            print(f"\n{md.read_text()}")
+    tables = sorted(Path(args.out).glob("*.md"))
+    if tables:
+        print(f"\n==== tables ({args.out}) ====")
+    for md in tables:
+        print(f"\n{md.read_text()}")
     return rc
 
 
@@ -141,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     b.add_argument("--smoke", action="store_true", help="tiny shapes only (seconds)")
     b.add_argument("--out", default=None, help="results folder (default: benchmarks/results/local-<device>-<date>)")
-    b.add_argument("extra", nargs=argparse.REMAINDER, help="further arguments for the benchmark scripts")
+    b.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    b.add_argument("--no-plot", action="store_true", help="no PNG plots")
     b.set_defaults(func=_cmd_bench)
     return p
 
