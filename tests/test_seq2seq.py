@@ -21,7 +21,7 @@ from s2s_fused.seq2seq.data import (SPECIALS, Vocab, load_corpus, preprocess, re
                                     split_by_source, to_tensors, tokenize)
 from s2s_fused.seq2seq.errors import UserError
 from s2s_fused.seq2seq.model import EagerMaskedSoftmaxCELoss, Seq2Seq, make_loss
-from s2s_fused.seq2seq.train import corpus_bleu, train_step
+from s2s_fused.seq2seq.train import corpus_bleu, train_step, trim_target
 from s2s_fused.seq2seq.translate import normalize_results, translate, translate_ids
 
 from tests.helpers import assert_close
@@ -107,6 +107,30 @@ def test_shard_batches_cover_epoch_equally():
     seen = torch.cat([torch.cat(s) for s in shards]).tolist()
     assert set(seen) == set(range(103)) and len(seen) == 104  # one example wraps round to even the shards
     assert shard_batches(103, 10, epoch=2, seed=0)[0].tolist() != shard_batches(103, 10, epoch=3, seed=0)[0].tolist()
+
+
+def test_bucketed_batches_and_trimmed_target_are_exact(corpus):
+    lengths = corpus.tgt_len
+    shards = [shard_batches(len(lengths), 16, epoch=0, seed=1, rank=r, world_size=2, lengths=lengths)
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    assert set(torch.cat([torch.cat(s) for s in shards]).tolist()) == set(range(len(lengths)))
+    spread = sum(int(lengths[b].max() - lengths[b].min()) for b in shards[0]) / len(shards[0])
+    assert spread <= 1.5  # bucketed: similar lengths in a batch
+    # Trimming the all-padding target columns changes neither the loss token sum nor its gradients.
+    m = model_for(corpus, attention="bahdanau").double()
+    idx = torch.argsort(lengths)[100:116]  # short targets, not all the same length
+    b = tuple(t[idx] for t in (corpus.src, corpus.src_len, corpus.tgt, corpus.tgt_len))
+    full, trimmed = {}, {}
+    for out, batch in ((full, b), (trimmed, trim_target(b))):
+        m.zero_grad()
+        dec_in = torch.cat([torch.full_like(batch[2][:, :1], Vocab.bos), batch[2][:, :-1]], 1)
+        s = make_loss("fused")(m(batch[0], batch[1], dec_in), batch[2], batch[3]).sum() * batch[2].shape[1]
+        s.backward()
+        out["loss"], out["grad"] = s.detach(), m.decoder.dense.weight.grad.clone()
+    assert trim_target(b)[2].shape[1] < b[2].shape[1]
+    assert_close(trimmed["loss"], full["loss"], 1e-12, "loss")
+    assert_close(trimmed["grad"], full["grad"], 1e-10, "grad")
 
 
 def test_bad_lines_reported_with_line_numbers(tmp_path):

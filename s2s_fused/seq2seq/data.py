@@ -184,10 +184,15 @@ def load_corpus(path=None, *, num_steps: int = 10, min_freq: int = 2, heldout_fr
                   (hp_src, hp_src_len, hp_tgt, hp_tgt_len), bad)
 
 
-def shard_batches(n: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1):
+def shard_batches(n: int, batch_size: int, *, epoch: int, seed: int, rank: int = 0, world_size: int = 1,
+                  lengths: torch.Tensor | None = None):
     """Index batches of one epoch for one rank: the same seeded permutation on every rank, rank ``r`` takes every
     ``world_size``-th example; every rank gets the same number of batches (DDP needs equal step counts), so the
-    permutation is padded by wrapping around."""
+    permutation is padded by wrapping around.
+
+    With ``lengths`` (e.g. the target valid lengths), examples are bucketed: within pools of 16 batches, sorted by
+    length, cut into batches, and the batches shuffled; a batch of short sentences then costs only as many decoder
+    steps as its longest (the training loop trims the padding)."""
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     perm = torch.randperm(n, generator=g)
     per_rank = -(-n // world_size)
@@ -195,4 +200,13 @@ def shard_batches(n: int, batch_size: int, *, epoch: int, seed: int, rank: int =
     if total > n:
         perm = torch.cat([perm, perm[: total - n]])
     mine = perm[rank::world_size]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if lengths is None:
+        return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    pool = batch_size * 16
+    batches = []
+    for i in range(0, len(mine), pool):
+        chunk = mine[i:i + pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=g).tolist()
+    return [batches[k] for k in order]

@@ -132,6 +132,15 @@ def train_step(model, loss_fn, optimizer, batch, clip: float, bos: int = Vocab.b
     return token_sum.detach(), n_tok
 
 
+def trim_target(batch):
+    """Drop the target columns that are padding in every row: the decoder then runs max(tgt_len) steps, not
+    num_steps. Exact: outputs at step t never depend on later steps, and the token sum of the loss is the same.
+    (The source is not trimmed: the encoder's final state would then depend on the batch's padding.)"""
+    src, src_len, tgt, tgt_len = batch
+    t = max(int(tgt_len.max()), 1) if len(tgt_len) else tgt.shape[1]
+    return src, src_len, tgt[:, :t], tgt_len
+
+
 @torch.no_grad()
 def heldout_loss(model, loss_fn, tensors, device, batch_size=512) -> float:
     """Mean per-token cross-entropy (teacher forced) over every held-out (source, reference) pair."""
@@ -170,10 +179,11 @@ def corpus_bleu(hyps: list[str], refs: list[list[str]]):
 
 # ------------------------------------------------------------------------------------------------ speed
 def _batches_for_timing(corpus, batch_size, n, device, seed):
-    batches = shard_batches(len(corpus.src), batch_size, epoch=10_000, seed=seed)
+    batches = shard_batches(len(corpus.src), batch_size, epoch=10_000, seed=seed, lengths=corpus.tgt_len)
     out = []
     for idx in (batches * (n // max(len(batches), 1) + 1))[:n]:
-        out.append(tuple(t[idx].to(device) for t in (corpus.src, corpus.src_len, corpus.tgt, corpus.tgt_len)))
+        b = trim_target(tuple(t[idx] for t in (corpus.src, corpus.src_len, corpus.tgt, corpus.tgt_len)))
+        out.append(tuple(t.to(device) for t in b))
     return out
 
 
@@ -279,6 +289,12 @@ def run(args) -> int:
 def _run(args, dist: Dist, t_start: float) -> int:
     device = _device(args, dist)
     _check_backend(args.backend, device)
+    if args.backend not in ("fused", "torch", "auto"):
+        # An explicit op backend (cpu, cuda, triton, reference) becomes the process default, so every fused op of
+        # the run (layers, cells, loss, beam search) uses it; the "torch" comparison model uses no s2s_fused op.
+        from ..backend import set_backend
+
+        set_backend(args.backend)
     if args.threads > 0 or device.type == "cpu":
         torch.set_num_threads(args.threads if args.threads > 0 else 1)
     # The fused flavour used for the comparison: the one asked for, or "fused" when training on torch.
@@ -324,7 +340,7 @@ def _run(args, dist: Dist, t_start: float) -> int:
     step, tok_total, train_time = 0, 0, 0.0
     pbar = None
     n_batches = len(shard_batches(len(corpus.src), args.batch_size, epoch=0, seed=args.seed, rank=dist.rank,
-                                  world_size=dist.world))
+                                  world_size=dist.world, lengths=corpus.tgt_len))
     if dist.main and not args.no_progress:
         try:
             from tqdm import tqdm
@@ -337,10 +353,11 @@ def _run(args, dist: Dist, t_start: float) -> int:
     for epoch in range(args.epochs):
         ep_sum, ep_tok = 0.0, 0
         batches = shard_batches(len(corpus.src), args.batch_size, epoch=epoch, seed=args.seed, rank=dist.rank,
-                                world_size=dist.world)
+                                world_size=dist.world, lengths=corpus.tgt_len)
         for idx in batches:
-            batch = tuple(t[idx].to(device, non_blocking=True) for t in data)
             t0 = time.perf_counter()
+            batch = trim_target(tuple(t[idx] for t in data))
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
             token_sum, n_tok = train_step(train_model, loss_fn, optimizer, batch, args.clip)
             ls, nt = float(token_sum), int(n_tok)  # host sync once per step, for the progress report
             train_time += time.perf_counter() - t0
