@@ -6,12 +6,10 @@ Same call signatures as :mod:`s2s_fused.seq2seq.decode`:
 is the batch, ``reorder_state(state, index (N,)) -> state`` (default: ``index_select(0, index)`` on every tensor).
 Results: one list per input of ``(token ids without BOS/EOS, score)`` pairs, best first.
 
-Beam search follows fairseq's scheme: each step ranks the ``2K`` best extensions of the ``K`` live hypotheses; those
-ending in EOS are finished (scored with the length penalty), the best ``K`` others stay live. An input is done when
-it has ``K`` finished hypotheses and no live one can beat the worst of them, or at ``max_len``, where the live ones
-are finished as they are. Scores: the sum of token log-probabilities (EOS included), divided by
-``len ** alpha`` (``length_penalty="avg"``) or ``((5 + len) / 6) ** alpha`` (``"gnmt"``, Wu et al. 2016), where
-``len`` counts the generated tokens including EOS.
+Beam search uses the same scheme as the fused one (see :func:`beam_search`), so the side-by-side comparison
+times the same algorithm. Scores: the sum of token log-probabilities (EOS included), divided by ``len ** alpha``
+(``length_penalty="avg"``) or ``((5 + len) / 6) ** alpha`` (``"gnmt"``, Wu et al. 2016), where ``len`` counts
+the generated tokens including EOS.
 """
 from __future__ import annotations
 
@@ -80,77 +78,100 @@ def _blocked_ngrams(hyp, n):
 @torch.no_grad()
 def beam_search(step_fn, init_state, bos_id, eos_id, beam_size, max_len, *, min_len=0, length_penalty=None,
                 alpha=0.75, n_best=1, no_repeat_ngram_size=0, reorder_state=None, backend=None):
-    """Beam search over a batch; returns per input the ``n_best`` ``(tokens, score)`` pairs, best first."""
+    """Batched beam search; returns per input the ``n_best`` ``(tokens, score)`` pairs, best first.
+
+    The scheme of :mod:`s2s_fused.seq2seq.decode` (FasterTransformer's), with the selection done by eager
+    ``log_softmax`` + ``topk`` over all ``beam * V`` candidates: a beam that emitted EOS stays in the beam as one
+    candidate (itself, score unchanged); beams are ranked by log-probability during the search and the length
+    penalty ranks the final ones; beams cut at ``max_len`` count. A row stops once its ``n_best`` best hypotheses
+    are finished beams that no live beam can overtake."""
     del backend
     if beam_size < 1 or not 1 <= n_best <= beam_size:
         raise ValueError(f"beam_size/n_best: expected 1 <= n_best <= beam_size, got {n_best}, {beam_size}")
+    length_norm(1, length_penalty, alpha)  # validates the name
     reorder = reorder_state or default_reorder_state
     B, device = _batch_size(init_state)
-    K = beam_size
-    state = reorder(init_state, torch.arange(B, device=device).repeat_interleave(K))
-    tokens = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
-    # Only beam 0 is live at the start (all K beams are the same BOS prefix).
-    scores = torch.full((B, K), float("-inf"), device=device, dtype=torch.float32)
-    scores[:, 0] = 0.0
-    hyps = [[[] for _ in range(K)] for _ in range(B)]
-    finished = [[] for _ in range(B)]  # (normalised score, tokens)
-    done = [False] * B
-    for step in range(max_len):
+    W = beam_size
+    N = B * W
+    state = reorder(init_state, torch.arange(B, device=device).repeat_interleave(W))
+    tokens = torch.full((N,), bos_id, dtype=torch.long, device=device)
+    scores = torch.full((B, W), float("-inf"), device=device)
+    scores[:, 0] = 0.0  # the first step expands beam 0 only
+    finished = torch.zeros(B, W, dtype=torch.bool, device=device)
+    lengths = torch.zeros(B, W, dtype=torch.long, device=device)
+    hist = torch.zeros(B, W, max_len, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    same_beam = torch.arange(W, device=device).expand(B, W)
+    row_base = (torch.arange(B, device=device) * W)[:, None]
+    lp_max = length_norm(max_len, length_penalty, alpha)
+    for t in range(max_len):
         logits, state = step_fn(tokens, state)
-        logp = torch.log_softmax(logits.float(), -1).view(B, K, -1)
+        logp = torch.log_softmax(logits.float(), -1).view(B, W, -1)
         V = logp.shape[-1]
-        if step < min_len:
+        if t < min_len:
             logp[..., eos_id] = float("-inf")
         if no_repeat_ngram_size > 0:
+            h = hist[:, :, :t].tolist()
             for b in range(B):
-                for k in range(K):
-                    for tok in _blocked_ngrams(hyps[b][k], no_repeat_ngram_size):
-                        logp[b, k, tok] = float("-inf")
-        cand = (scores[:, :, None] + logp).view(B, K * V)
-        top_s, top_i = cand.topk(min(2 * K, K * V), dim=-1)
-        top_beam, top_tok = (top_i // V).tolist(), (top_i % V).tolist()
-        top_s_l = top_s.tolist()
-        last = step == max_len - 1
-        new_scores = torch.full((B, K), float("-inf"), device=device)
-        src_index = torch.zeros(B, K, dtype=torch.long)
-        new_tokens = torch.full((B, K), eos_id, dtype=torch.long)
-        new_hyps = [[[] for _ in range(K)] for _ in range(B)]
-        for b in range(B):
-            if done[b]:
-                continue
-            live = 0
-            for s, k, tok in zip(top_s_l[b], top_beam[b], top_tok[b]):
-                if s == float("-inf"):
-                    break
-                seq = hyps[b][k]
-                if tok == eos_id:
-                    finished[b].append((s / length_norm(len(seq) + 1, length_penalty, alpha), seq))
-                    continue
-                if live < K:
-                    if last:
-                        finished[b].append((s / length_norm(len(seq) + 1, length_penalty, alpha), seq + [tok]))
-                    new_scores[b, live] = s
-                    src_index[b, live] = k
-                    new_tokens[b, live] = tok
-                    new_hyps[b][live] = seq + [tok]
-                    live += 1
-            if last or live == 0:
-                done[b] = True
-            elif len(finished[b]) >= K:
-                # Scores only fall as hypotheses grow; with no length penalty, a live hypothesis cannot beat the
-                # K-th finished one. With a penalty, keep going until max_len (the simple, exact rule).
-                worst = sorted((f[0] for f in finished[b]), reverse=True)[K - 1]
-                best_live = new_scores[b, 0].item()
-                if length_penalty in (None, "none") and best_live <= worst:
-                    done[b] = True
-        if all(done):
+                for w in range(W):
+                    for tok in _blocked_ngrams(h[b][w], no_repeat_ngram_size):
+                        logp[b, w, tok] = float("-inf")
+        cand = scores[:, :, None] + logp
+        # A finished beam offers itself once: EOS again, score unchanged.
+        only_eos = torch.full_like(cand, float("-inf"))
+        only_eos[..., eos_id] = scores
+        cand = torch.where(finished[:, :, None], only_eos, cand)
+        new_scores, idx = cand.view(B, W * V).topk(W, dim=-1)
+        parent, tok = idx // V, idx % V
+        parent_fin = finished.gather(1, parent)
+        new_hist = hist.gather(1, parent[..., None].expand(B, W, max_len)).clone()
+        new_hist[:, :, t] = torch.where(parent_fin, new_hist[:, :, t], tok)
+        new_lengths = lengths.gather(1, parent) + (~parent_fin).long()
+        new_finished = parent_fin | (tok == eos_id)
+        keep = done[:, None]  # rows already done keep their final result
+        scores = torch.where(keep, scores, new_scores)
+        finished = torch.where(keep, finished, new_finished)
+        lengths = torch.where(keep, lengths, new_lengths)
+        hist = torch.where(keep[..., None], hist, new_hist)
+        parent = torch.where(keep, same_beam, parent)
+        state = reorder(state, (row_base + parent).reshape(N))
+        tokens = tok.reshape(N)
+        done = done | _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max)
+        if bool(done.all()):
             break
-        scores, hyps = new_scores, new_hyps
-        flat = (src_index + torch.arange(B)[:, None] * K).view(-1).to(device)
-        state = reorder(state, flat)
-        tokens = new_tokens.view(-1).to(device)
+    norm = _length_norm_tensor(lengths, length_penalty, alpha)
+    pen = scores / norm
+    order = torch.sort(pen, dim=1, descending=True, stable=True).indices[:, :n_best]
     results = []
-    for b in range(B):
-        best = sorted(finished[b], key=lambda f: -f[0])[:n_best]
-        results.append([(seq, score) for score, seq in best])
+    for order_b, pen_b, s_b, len_b, fin_b, hist_b in zip(order.tolist(), pen.tolist(), scores.tolist(),
+                                                         lengths.tolist(), finished.tolist(), hist.tolist()):
+        hyps = []
+        for j in order_b:
+            if s_b[j] == float("-inf"):
+                continue
+            n_tok = len_b[j] - (1 if fin_b[j] else 0)
+            hyps.append((hist_b[j][:n_tok], pen_b[j]))
+        results.append(hyps)
     return results
+
+
+def _length_norm_tensor(lengths, length_penalty, alpha):
+    L = lengths.to(torch.float32).clamp(min=1)
+    if length_penalty is None or length_penalty == "none":
+        return torch.ones_like(L)
+    if length_penalty == "avg":
+        return L.pow(alpha)
+    return ((5 + L) / 6).pow(alpha)
+
+
+def _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max):
+    """(B,) bool: the row's n_best best hypotheses are final. A finished beam scoring above every live beam never
+    leaves the beam (live candidates only lose log-probability), and no live beam can end above
+    best_live / lp(max_len) (log-probs <= 0, lp grows with length)."""
+    live_best = torch.where(finished, float("-inf"), scores).amax(dim=1)
+    bound = live_best / lp_max
+    pen = scores / _length_norm_tensor(lengths, length_penalty, alpha)
+    top = torch.sort(pen, dim=1, descending=True, stable=True).indices[:, :n_best]
+    permanent = finished & (scores > live_best[:, None])
+    final = permanent.gather(1, top) & (pen.gather(1, top) >= bound[:, None])
+    return final.all(dim=1) | (live_best == float("-inf"))
