@@ -329,7 +329,11 @@ class EagerMaskedSoftmaxCELoss(nn.Module):
 
 def make_loss(backend: str) -> nn.Module:
     if backend != "torch" and fused_loss_available():
+        import inspect
+
         import s2s_fused.nn as fnn
 
-        return fnn.MaskedSoftmaxCELoss()
+        cls = fnn.MaskedSoftmaxCELoss
+        takes_backend = "backend" in inspect.signature(cls).parameters
+        return cls(backend=op_backend(backend)) if takes_backend else cls()
     return EagerMaskedSoftmaxCELoss()
