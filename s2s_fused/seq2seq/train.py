@@ -23,7 +23,7 @@ from .errors import UserError
 from .model import (ATTENTIONS, BACKENDS, CELLS, SCORES, DEFAULT_CONFIG, Seq2Seq, fused_layers_available,
                     fused_loss_available, make_loss)
 
-DEFAULTS = dict(epochs=16, batch_size=64, lr=0.005, clip=1.0, min_freq=1, heldout=0.1, seed=0, beam=4,
+DEFAULTS = dict(epochs=20, batch_size=64, lr=0.005, clip=1.0, min_freq=1, heldout=0.1, seed=0, beam=4,
                 compare_steps=20)
 
 
