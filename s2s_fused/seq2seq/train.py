@@ -81,6 +81,8 @@ class Dist:
         if self.enabled:
             import torch.distributed as dist
 
+            if device_kind == "cuda":
+                torch.cuda.set_device(self.local_rank % torch.cuda.device_count())  # NCCL uses the current one
             dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
 
     @property
@@ -283,6 +285,13 @@ def run(args) -> int:
     t_start = time.perf_counter()
     if args.epochs < 0 or args.batch_size < 1:
         raise UserError("--epochs must be >= 0 and --batch-size >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
+    import importlib.util
+
+    if importlib.util.find_spec("sacrebleu") is None:  # checked before training, not after it
+        raise UserError("train reports BLEU with sacrebleu, which is not installed: pip install sacrebleu tqdm "
+                        "matplotlib (or the package's [train] extra)")
     dist = Dist(args.device)
     try:
         return _run(args, dist, t_start)
