@@ -315,6 +315,11 @@ def _run(args, dist: Dist, t_start: float) -> int:
     torch.manual_seed(args.seed)
     say = print if dist.main else (lambda *a, **k: None)
 
+    if dist.main:  # an unwritable --out is found now, not after training
+        try:
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {args.out}: cannot create the output folder ({e.strerror})") from None
     corpus = load_corpus(args.data, num_steps=args.num_steps, min_freq=args.min_freq, heldout_fraction=args.heldout,
                          seed=args.seed, bad_lines=args.bad_lines, max_pairs=args.max_pairs)
     for b in corpus.bad_lines[:10]:
