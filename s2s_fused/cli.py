@@ -1,4 +1,7 @@
-"""The ``python -m s2s_fused`` command line. Sub-commands: info (and those the seq2seq package adds)."""
+"""The ``python -m s2s_fused`` command line. Sub-commands: info, train, translate, bench.
+
+Mistakes a user can make (a missing data file, an unknown option value, a checkpoint from another version,
+``--device cuda`` without a GPU) end with one line on stderr and exit status 2, never a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -42,17 +45,130 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .seq2seq.train import run
+
+    return run(args)
+
+
+def _read_sentences(args) -> list[str]:
+    from .seq2seq.errors import UserError
+
+    if args.sentences:
+        return list(args.sentences)
+    if sys.stdin.isatty():
+        raise UserError("translate: give sentences as arguments or on stdin, one per line")
+    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+
+
+def _cmd_translate(args) -> int:
+    import torch
+
+    from .seq2seq.checkpoint import load_checkpoint
+    from .seq2seq.errors import UserError
+    from .seq2seq.translate import translate
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
+    if args.beam < 1:
+        raise UserError(f"--beam: expected a beam size >= 1, got {args.beam}")
+    model, src_vocab, tgt_vocab, _ = load_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
+    sentences = _read_sentences(args)
+    for line in translate(model, src_vocab, tgt_vocab, sentences, beam=args.beam, backend=args.backend):
+        print(line)
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    import subprocess
+    from pathlib import Path
+
+    import torch
+
+    from .seq2seq.errors import UserError
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+    if not script.exists():
+        raise UserError(f"benchmarks not found at {script.parent} (bench runs from a source checkout: "
+                        "git clone + pip install --no-build-isolation -e .)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here")
+    if args.out is None:
+        import datetime
+
+        tag = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).split()[-1].lower()
+        # The naming of benchmarks/common.py's default_outdir (gitignored: local-*).
+        args.out = script.parent / "results" / f"local-{tag}-{datetime.date.today().isoformat()}"
+    cmd = [sys.executable, str(script), "--device", device, "--out", str(args.out)]
+    if args.repeats:
+        cmd += ["--repeats", str(args.repeats)]
+    if args.no_plot:
+        cmd.append("--no-plot")
+    if args.smoke:
+        cmd.append("--smoke")
+    print("running: " + " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd)
+    tables = sorted(Path(args.out).glob("*.md"))
+    if tables:
+        print(f"\n==== tables ({args.out}) ====")
+    for md in tables:
+        print(f"\n{md.read_text()}")
+    return rc
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (the message), exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m s2s_fused", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = _Parser(prog="python -m s2s_fused", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("info", help="versions, compiled and available backends, CUDA arch list").set_defaults(
         func=_cmd_info)
+
+    from .seq2seq.train import add_arguments
+
+    t = sub.add_parser("train", help="train the seq2seq model on the shipped eng-fra corpus (or --data), report "
+                                     "BLEU, translations and the fused vs torch speed")
+    add_arguments(t)
+    t.set_defaults(func=_cmd_train)
+
+    tr = sub.add_parser("translate", help="translate sentences (arguments or stdin) with a trained checkpoint")
+    tr.add_argument("sentences", nargs="*", help="English sentences (default: read stdin, one per line)")
+    tr.add_argument("--checkpoint", required=True, help="checkpoint folder written by train (or its .pt file)")
+    tr.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
+    tr.add_argument("--backend", default="fused", choices=("fused", "torch", "auto", "cpu", "cuda", "triton",
+                                                           "reference"))
+    tr.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    tr.set_defaults(func=_cmd_translate)
+
+    b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run_all.py) for the current device "
+                                     "and print the tables")
+    b.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    b.add_argument("--smoke", action="store_true", help="tiny shapes only (seconds)")
+    b.add_argument("--out", default=None, help="results folder (default: benchmarks/results/local-<device>-<date>)")
+    b.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    b.add_argument("--no-plot", action="store_true", help="no PNG plots")
+    b.set_defaults(func=_cmd_bench)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .seq2seq.errors import UserError
+
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

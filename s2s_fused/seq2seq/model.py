@@ -1,0 +1,339 @@
+"""The d2l RNN encoder-decoder and its attention variants, buildable on two backends with identical weights.
+
+``backend="torch"``: the recurrent parts are ``torch.nn.GRU/LSTM`` (cuDNN on GPU) and ``torch.nn.GRUCell/LSTMCell``,
+the loss is the eager masked cross-entropy. Any other backend (``"fused"``, or one of s2s_fused's op backends
+``"cpu"``, ``"cuda"``, ``"triton"``, ``"reference"``) builds the same modules from ``s2s_fused.nn``. Parameter names
+and shapes are the same on both, so a ``state_dict`` loads across with ``strict=True``.
+
+Models (``config["attention"]``):
+- ``"none"``: d2l's ``Seq2SeqEncoder``/``Seq2SeqDecoder``: the decoder concatenates the context (the encoder's final
+  top-layer state) to every input embedding; the whole target sequence runs through one multi-layer GRU/LSTM.
+- ``"bahdanau"``: additive attention over the encoder outputs, queried with the decoder's previous top-layer state;
+  the context is concatenated to the input embedding (d2l ``Seq2SeqAttentionDecoder``).
+- ``"luong"``: multiplicative attention (``score="dot"`` or ``"general"``) on the decoder's new top-layer state,
+  attentional state ``tanh(W_c [context; h])`` feeding the output layer and the next step (input feeding).
+With ``bidirectional=True`` the encoder runs both ways; per layer, the final forward and backward states are joined
+by a linear layer (``tanh`` for h) into the decoder's initial state.
+
+Shapes: source/target ids ``(B, T)``, valid lengths ``(B,)``, logits ``(B, T, V)``. Decoding state (for
+:meth:`Seq2Seq.step` and the beam search) is a dict of tensors with the batch dimension FIRST, so reordering
+beams is ``index_select(0, index)`` on every entry.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("fused", "torch", "auto", "cpu", "cuda", "triton", "reference")
+CELLS = ("gru", "lstm")
+ATTENTIONS = ("none", "bahdanau", "luong")
+SCORES = ("general", "dot")
+
+# The train command's defaults: on the shipped corpus, 20 epochs (~1 CPU-minute) reach held-out BLEU ~24 (greedy).
+DEFAULT_CONFIG = dict(cell="gru", attention="bahdanau", score="general", bidirectional=True, embed_size=64,
+                      hidden_size=128, num_layers=1, dropout=0.3, num_steps=10)
+
+
+def op_backend(backend: str):
+    """The ``backend=`` given to s2s_fused modules (None: the process default)."""
+    return None if backend in ("fused", "auto") else backend
+
+
+def fused_layers_available() -> bool:
+    import s2s_fused.nn as fnn
+
+    return hasattr(fnn, "GRU") and hasattr(fnn, "LSTM")
+
+
+def fused_loss_available() -> bool:
+    import s2s_fused.nn as fnn
+
+    return hasattr(fnn, "MaskedSoftmaxCELoss")
+
+
+def check_config(config: dict) -> dict:
+    from .errors import UserError
+
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(config)
+    for key, choices in (("cell", CELLS), ("attention", ATTENTIONS), ("score", SCORES)):
+        if cfg[key] not in choices:
+            raise UserError(f"{key}: expected one of {', '.join(choices)}, got {cfg[key]!r}")
+    for key in ("embed_size", "hidden_size", "num_layers", "num_steps", "src_vocab_size", "tgt_vocab_size"):
+        if key in cfg and (not isinstance(cfg[key], int) or cfg[key] < 1):
+            raise UserError(f"{key}: expected a positive integer, got {cfg[key]!r}")
+    if not 0.0 <= float(cfg["dropout"]) < 1.0:
+        raise UserError(f"dropout: expected a value in [0, 1), got {cfg['dropout']!r}")
+    return cfg
+
+
+def make_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, backend):
+    """A batch-first multi-layer GRU/LSTM: torch.nn's, or s2s_fused.nn's (torch.nn's until those are built)."""
+    kwargs = dict(num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0,
+                  bidirectional=bidirectional)
+    if backend != "torch" and fused_layers_available():
+        import s2s_fused.nn as fnn
+
+        cls = fnn.GRU if cell == "gru" else fnn.LSTM
+        return cls(input_size, hidden_size, backend=op_backend(backend), **kwargs)
+    cls = nn.GRU if cell == "gru" else nn.LSTM
+    return cls(input_size, hidden_size, **kwargs)
+
+
+def make_cell(cell, input_size, hidden_size, backend):
+    if backend == "torch":
+        return (nn.GRUCell if cell == "gru" else nn.LSTMCell)(input_size, hidden_size)
+    import s2s_fused.nn as fnn
+
+    return (fnn.GRUCell if cell == "gru" else fnn.LSTMCell)(input_size, hidden_size, backend=op_backend(backend))
+
+
+class CellStack(nn.Module):
+    """``num_layers`` cells run one time step; dropout on the input of every layer above the first (torch.nn's
+    multi-layer semantics). ``forward(x (N, I), h (N, L, H), c (N, L, H) or None) -> (h, c)``."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers, dropout, backend):
+        super().__init__()
+        self.lstm = cell == "lstm"
+        self.dropout = dropout
+        self.cells = nn.ModuleList(
+            make_cell(cell, input_size if i == 0 else hidden_size, hidden_size, backend) for i in range(num_layers))
+
+    def forward(self, x, h, c=None):
+        hs, cs = [], []
+        for i, cell in enumerate(self.cells):
+            if i > 0 and self.dropout > 0:
+                x = F.dropout(x, self.dropout, self.training)
+            if self.lstm:
+                hi, ci = cell(x, (h[:, i], c[:, i]))
+                cs.append(ci)
+            else:
+                hi = cell(x, h[:, i])
+            hs.append(hi)
+            x = hi
+        return torch.stack(hs, 1), (torch.stack(cs, 1) if self.lstm else None)
+
+
+def masked_softmax(scores, valid_len):
+    """Softmax over the last axis of ``scores (N, T)`` ignoring positions ``>= valid_len (N,)``."""
+    mask = torch.arange(scores.shape[-1], device=scores.device)[None, :] < valid_len[:, None]
+    return torch.softmax(scores.masked_fill(~mask, -1e6), dim=-1)
+
+
+class Encoder(nn.Module):
+    """Embedding + multi-layer (optionally bidirectional) GRU/LSTM. ``forward(src (B, T))`` ->
+    ``(outputs (B, T, D*H), h (L*D, B, H), c or None)``."""
+
+    def __init__(self, cfg, backend):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg["src_vocab_size"], cfg["embed_size"])
+        self.rnn = make_layer(cfg["cell"], cfg["embed_size"], cfg["hidden_size"], cfg["num_layers"],
+                              cfg["dropout"], cfg["bidirectional"], backend)
+        self.lstm = cfg["cell"] == "lstm"
+
+    def forward(self, src):
+        out, state = self.rnn(self.embedding(src))
+        h, c = state if self.lstm else (state, None)
+        return out, h, c
+
+
+class PlainDecoder(nn.Module):
+    """d2l's Seq2SeqDecoder: input = [embedding; context] at every step, context = initial top-layer state."""
+
+    def __init__(self, cfg, backend):
+        super().__init__()
+        E, H = cfg["embed_size"], cfg["hidden_size"]
+        self.lstm = cfg["cell"] == "lstm"
+        self.embedding = nn.Embedding(cfg["tgt_vocab_size"], E)
+        self.rnn = make_layer(cfg["cell"], E + H, H, cfg["num_layers"], cfg["dropout"], False, backend)
+        self.dense = nn.Linear(H, cfg["tgt_vocab_size"])
+
+    def init_state(self, memory, mem_len, h, c):
+        state = {"h": h.transpose(0, 1), "context": h[-1]}
+        if self.lstm:
+            state["c"] = c.transpose(0, 1)
+        return state
+
+    def _run(self, tokens, state):
+        emb = self.embedding(tokens)                                       # (B, T, E)
+        ctx = state["context"][:, None, :].expand(-1, emb.shape[1], -1)  # (B, T, H)
+        h0 = state["h"].transpose(0, 1).contiguous()
+        hx = (h0, state["c"].transpose(0, 1).contiguous()) if self.lstm else h0
+        out, new = self.rnn(torch.cat([emb, ctx], -1), hx)
+        state = dict(state)
+        if self.lstm:
+            state["h"], state["c"] = new[0].transpose(0, 1), new[1].transpose(0, 1)
+        else:
+            state["h"] = new.transpose(0, 1)
+        return self.dense(out), state
+
+    def forward(self, tokens, state):
+        return self._run(tokens, state)[0]
+
+    def step(self, tokens, state):
+        logits, state = self._run(tokens[:, None], state)
+        return logits[:, 0], state
+
+
+class AttentionDecoder(nn.Module):
+    """Bahdanau (additive, queried with the previous state, context concatenated to the input) or Luong (dot /
+    general, queried with the new state, attentional state fed to the output and to the next input)."""
+
+    def __init__(self, cfg, backend, memory_size):
+        super().__init__()
+        E, H, V = cfg["embed_size"], cfg["hidden_size"], cfg["tgt_vocab_size"]
+        self.kind, self.lstm = cfg["attention"], cfg["cell"] == "lstm"
+        self.embedding = nn.Embedding(V, E)
+        if self.kind == "bahdanau":
+            # score(q, k) = w_v . tanh(W_q q + W_k k); W_k k is computed once per source (state["keys"]).
+            self.key_proj = nn.Linear(memory_size, H, bias=False)
+            self.query_proj = nn.Linear(H, H, bias=False)
+            self.score_v = nn.Linear(H, 1, bias=False)
+            rnn_in = E + memory_size
+        else:
+            # general: score(h, m) = h . W_a m; dot: h . m (a projection only when memory is 2H wide).
+            if cfg["score"] == "general" or memory_size != H:
+                self.key_proj = nn.Linear(memory_size, H, bias=False)
+            else:
+                self.key_proj = nn.Identity()
+            self.combine = nn.Linear(memory_size + H, H, bias=False)
+            rnn_in = E + H
+        self.dropout = cfg["dropout"]
+        self.rnn = CellStack(cfg["cell"], rnn_in, H, cfg["num_layers"], cfg["dropout"], backend)
+        self.dense = nn.Linear(H, V)
+
+    def init_state(self, memory, mem_len, h, c):
+        state = {"h": h.transpose(0, 1), "memory": memory, "keys": self.key_proj(memory), "mem_len": mem_len}
+        if self.lstm:
+            state["c"] = c.transpose(0, 1)
+        if self.kind == "luong":
+            state["feed"] = memory.new_zeros(memory.shape[0], h.shape[-1])
+        return state
+
+    def _attend(self, scores, state):
+        weights = masked_softmax(scores, state["mem_len"])                       # (N, T)
+        return torch.bmm(weights[:, None, :], state["memory"])[:, 0]             # (N, Dm)
+
+    def _core(self, emb, state):
+        """One step from the input embedding ``(N, E)``: returns the output-layer input ``(N, H)`` and the state."""
+        state = dict(state)
+        if self.kind == "bahdanau":
+            q = self.query_proj(state["h"][:, -1])                                # (N, H)
+            scores = self.score_v(torch.tanh(state["keys"] + q[:, None, :]))[..., 0]
+            x = torch.cat([self._attend(scores, state), emb], -1)
+            h, c = self.rnn(x, state["h"], state.get("c"))
+            out = h[:, -1]
+        else:
+            h, c = self.rnn(torch.cat([emb, state["feed"]], -1), state["h"], state.get("c"))
+            top = h[:, -1]
+            scores = torch.bmm(state["keys"], top[:, :, None])[..., 0]
+            out = torch.tanh(self.combine(torch.cat([self._attend(scores, state), top], -1)))
+            state["feed"] = out
+        state["h"] = h
+        if self.lstm:
+            state["c"] = c
+        return out, state
+
+    def forward(self, tokens, state):
+        emb = F.dropout(self.embedding(tokens), self.dropout, self.training)     # (B, T, E)
+        outs = []
+        for t in range(tokens.shape[1]):
+            out, state = self._core(emb[:, t], state)
+            outs.append(out)
+        return self.dense(F.dropout(torch.stack(outs, 1), self.dropout, self.training))
+
+    def step(self, tokens, state):
+        out, state = self._core(self.embedding(tokens), state)
+        return self.dense(out), state
+
+
+class Seq2Seq(nn.Module):
+    """Encoder-decoder. ``forward(src (B, S), src_len (B,), dec_in (B, T)) -> logits (B, T, V)`` with teacher
+    forcing; ``encode`` + ``step`` for decoding."""
+
+    def __init__(self, config: dict, backend: str = "fused"):
+        super().__init__()
+        if backend not in BACKENDS:
+            from .errors import UserError
+
+            raise UserError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        cfg = check_config(config)
+        self.config, self.backend = cfg, backend
+        H = cfg["hidden_size"]
+        self.encoder = Encoder(cfg, backend)
+        self.bidirectional = cfg["bidirectional"]
+        self.lstm = cfg["cell"] == "lstm"
+        if self.bidirectional:
+            self.bridge_h = nn.Linear(2 * H, H)
+            if self.lstm:
+                self.bridge_c = nn.Linear(2 * H, H)
+        memory_size = H * (2 if self.bidirectional else 1)
+        if cfg["attention"] == "none":
+            self.decoder = PlainDecoder(cfg, backend)
+        else:
+            self.decoder = AttentionDecoder(cfg, backend, memory_size)
+        init_weights(self, seed=0)
+
+    def _join(self, s):
+        """``(L*2, B, H)`` forward/backward final states -> ``(L, B, 2H)`` [forward; backward] per layer."""
+        L2, B, H = s.shape
+        s = s.view(L2 // 2, 2, B, H)
+        return torch.cat([s[:, 0], s[:, 1]], -1)
+
+    def encode(self, src, src_len):
+        memory, h, c = self.encoder(src)
+        if self.bidirectional:
+            h = torch.tanh(self.bridge_h(self._join(h)))
+            if self.lstm:
+                c = self.bridge_c(self._join(c))
+        return self.decoder.init_state(memory, src_len, h, c)
+
+    def forward(self, src, src_len, dec_in):
+        return self.decoder(dec_in, self.encode(src, src_len))
+
+    def step(self, tokens, state):
+        """``tokens (N,)``, batch-first ``state`` -> ``(logits (N, V), state)``."""
+        return self.decoder.step(tokens, state)
+
+
+def init_weights(model: nn.Module, seed: int = 0) -> None:
+    """Deterministic initialisation by parameter name, independent of the backend's module classes: Xavier-uniform
+    for weight matrices (as d2l), N(0, 1) for embeddings, U(-1/sqrt(H), 1/sqrt(H)) for biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "embedding" in name:
+                w = torch.randn(p.shape, generator=g)
+            elif p.dim() >= 2:
+                fan_out, fan_in = p.shape[0], p.shape[1]
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                w = torch.empty(p.shape).uniform_(-bound, bound, generator=g)
+            else:
+                bound = 1.0 / math.sqrt(p.shape[0] if p.shape[0] > 0 else 1)
+                w = torch.empty(p.shape).uniform_(-bound, bound, generator=g)
+            p.copy_(w.to(p.dtype))
+
+
+class EagerMaskedSoftmaxCELoss(nn.Module):
+    """d2l's MaskedSoftmaxCELoss in plain torch: ``forward(pred (B, T, V), label (B, T), valid_len (B,)) -> (B,)``,
+    the cross-entropy of the first ``valid_len`` steps of each row, summed and divided by T."""
+
+    def forward(self, pred, label, valid_len):
+        mask = torch.arange(label.shape[1], device=label.device)[None, :] < valid_len[:, None]
+        ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), label.reshape(-1), reduction="none")
+        return (ce.view_as(label) * mask).mean(dim=1)
+
+
+def make_loss(backend: str) -> nn.Module:
+    if backend != "torch" and fused_loss_available():
+        import inspect
+
+        import s2s_fused.nn as fnn
+
+        cls = fnn.MaskedSoftmaxCELoss
+        takes_backend = "backend" in inspect.signature(cls).parameters
+        return cls(backend=op_backend(backend)) if takes_backend else cls()
+    return EagerMaskedSoftmaxCELoss()

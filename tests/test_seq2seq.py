@@ -1,0 +1,424 @@
+"""The seq2seq model, its data pipeline, decoders, checkpoints and CLI (python -m s2s_fused train/translate).
+
+Everything runs on tiny models and a few hundred sentence pairs, so the file takes well under a minute or two."""
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from s2s_fused.cli import main as cli_main
+from s2s_fused.seq2seq import eager_decode
+from s2s_fused.seq2seq.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from s2s_fused.seq2seq.data import (SPECIALS, Vocab, load_corpus, preprocess, read_pairs, shard_batches,
+                                    split_by_source, to_tensors, tokenize)
+from s2s_fused.seq2seq.errors import UserError
+from s2s_fused.seq2seq.model import EagerMaskedSoftmaxCELoss, Seq2Seq, make_loss
+from s2s_fused.seq2seq.train import corpus_bleu, train_step, trim_target
+from s2s_fused.seq2seq.translate import normalize_results, translate, translate_ids
+
+from tests.helpers import assert_close
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(embed_size=8, hidden_size=16, num_layers=1, dropout=0.0, num_steps=8)
+CONFIGS = [
+    dict(cell="gru", attention="none"),
+    dict(cell="lstm", attention="none", num_layers=2),
+    dict(cell="gru", attention="bahdanau", bidirectional=True),
+    dict(cell="lstm", attention="bahdanau"),
+    dict(cell="gru", attention="luong", score="dot", num_layers=2),
+    dict(cell="lstm", attention="luong", score="general", bidirectional=True),
+    dict(cell="gru", attention="luong", score="dot", bidirectional=True),
+]
+
+
+def cfg_id(c):
+    return "-".join(f"{v}" if not isinstance(v, bool) else ("bi" if v else "") for v in c.values()).replace("--", "-")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny models here are all per-step overhead: one intra-op thread is fastest, and on a shared 2-core
+    machine more threads spin against each other (as the train command does, see its --threads)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_corpus(num_steps=8, max_pairs=400, min_freq=1)
+
+
+def model_for(corpus, backend="fused", **over):
+    cfg = dict(TINY, src_vocab_size=len(corpus.src_vocab), tgt_vocab_size=len(corpus.tgt_vocab))
+    cfg.update(over)
+    return Seq2Seq(cfg, backend=backend)
+
+
+def batch_of(corpus, n=24, start=0):
+    idx = torch.arange(start, start + n)
+    return tuple(t[idx] for t in (corpus.src, corpus.src_len, corpus.tgt, corpus.tgt_len))
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_preprocess_and_tokenize():
+    assert preprocess("Go.") == "go ."
+    assert preprocess("Hi,\u202fyou!") == "hi , you !"
+    assert preprocess("Wait !") == "wait !"  # no double space when one is there
+    assert tokenize("I'm OK.") == ["i'm", "ok", "."]
+
+
+def test_vocab_and_padding():
+    v = Vocab.build([["a", "b", "a"], ["a", "c"]], min_freq=2)
+    assert v.idx_to_token[:4] == list(SPECIALS)
+    assert (v.pad, v.bos, v.eos, v.unk) == (0, 1, 2, 3)
+    assert v.idx_to_token[4:] == ["a"]
+    assert v.encode(["a", "b"]) == [4, v.unk]
+    x, n = to_tensors([["a"], ["a", "b", "a", "a"]], v, 3)
+    assert x.tolist() == [[4, v.eos, v.pad], [4, v.unk, 4]]  # padded / truncated (EOS cut off)
+    assert n.tolist() == [2, 3]
+    assert v.decode([v.bos, 4, v.unk, v.eos, 4]) == ["a", "<unk>"]
+
+
+def test_split_by_source_is_deterministic_and_disjoint():
+    pairs = [(f"S{i % 50}.", f"t{i}") for i in range(200)]
+    train, held = split_by_source(pairs, heldout_fraction=0.1, seed=3)
+    assert split_by_source(pairs, heldout_fraction=0.1, seed=3) == (train, held)
+    assert len(held) == 5
+    held_src = {s for s, _ in held}
+    assert not held_src & {preprocess(s) for s, _ in train}
+    for s, refs in held:  # every translation of a held-out source is one of its references
+        assert sorted(refs) == sorted(t for ps, t in pairs if preprocess(ps) == s)
+    assert len(train) + sum(len(r) for _, r in held) == len(pairs)
+
+
+def test_shard_batches_cover_epoch_equally():
+    shards = [shard_batches(103, 10, epoch=2, seed=0, rank=r, world_size=2) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    seen = torch.cat([torch.cat(s) for s in shards]).tolist()
+    assert set(seen) == set(range(103)) and len(seen) == 104  # one example wraps round to even the shards
+    assert shard_batches(103, 10, epoch=2, seed=0)[0].tolist() != shard_batches(103, 10, epoch=3, seed=0)[0].tolist()
+
+
+def test_bucketed_batches_and_trimmed_target_are_exact(corpus):
+    lengths = corpus.tgt_len
+    shards = [shard_batches(len(lengths), 16, epoch=0, seed=1, rank=r, world_size=2, lengths=lengths)
+              for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    assert set(torch.cat([torch.cat(s) for s in shards]).tolist()) == set(range(len(lengths)))
+    spread = sum(int(lengths[b].max() - lengths[b].min()) for b in shards[0]) / len(shards[0])
+    assert spread <= 1.5  # bucketed: similar lengths in a batch
+    # Trimming the all-padding target columns changes neither the loss token sum nor its gradients.
+    m = model_for(corpus, attention="bahdanau").double()
+    idx = torch.argsort(lengths)[100:116]  # short targets, not all the same length
+    b = tuple(t[idx] for t in (corpus.src, corpus.src_len, corpus.tgt, corpus.tgt_len))
+    full, trimmed = {}, {}
+    for out, batch in ((full, b), (trimmed, trim_target(b))):
+        m.zero_grad()
+        dec_in = torch.cat([torch.full_like(batch[2][:, :1], Vocab.bos), batch[2][:, :-1]], 1)
+        s = make_loss("fused")(m(batch[0], batch[1], dec_in), batch[2], batch[3]).sum() * batch[2].shape[1]
+        s.backward()
+        out["loss"], out["grad"] = s.detach(), m.decoder.dense.weight.grad.clone()
+    assert trim_target(b)[2].shape[1] < b[2].shape[1]
+    assert_close(trimmed["loss"], full["loss"], 1e-12, "loss")
+    assert_close(trimmed["grad"], full["grad"], 1e-10, "grad")
+
+
+def test_bad_lines_reported_with_line_numbers(tmp_path):
+    f = tmp_path / "d.txt"
+    f.write_text("Go.\tVa !\tattr\nno tab here\nHi.\tSalut.\n\t\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"line 2: .*found no tab.*line 4: empty source"):
+        read_pairs(f)
+    pairs, bad = read_pairs(f, bad_lines="skip")
+    assert pairs == [("Go.", "Va !"), ("Hi.", "Salut.")]
+    assert [b.lineno for b in bad] == [2, 4]
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(UserError, match="empty"):
+        read_pairs(tmp_path / "empty.txt")
+    with pytest.raises(UserError, match="not found"):
+        read_pairs(tmp_path / "missing.txt")
+
+
+def test_shipped_corpus_keeps_attribution():
+    lines = (ROOT / "s2s_fused" / "data" / "tatoeba-eng-fra-5k.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5000
+    assert all(line.split("\t")[2].startswith("CC-BY 2.0 (France) Attribution: tatoeba.org") for line in lines)
+
+
+def test_bleu_multi_reference():
+    refs = [["je suis très fatigué .", "je suis si fatiguée !"], ["il est parti tôt ce matin ."]]
+    hyps = ["je suis si fatiguée !", "il est parti tôt ce matin ."]
+    assert corpus_bleu(hyps, refs)[0].score == pytest.approx(100.0)  # each hypothesis matches one reference
+    assert corpus_bleu(hyps, [refs[0][:1], refs[1]])[0].score < 100.0
+
+
+# ------------------------------------------------------------------------------------------------ model
+def test_eager_loss_is_d2l_masked_ce():
+    torch.manual_seed(0)
+    pred, label = torch.randn(3, 4, 7, dtype=torch.float64), torch.randint(0, 7, (3, 4))
+    valid = torch.tensor([4, 2, 0])
+    got = EagerMaskedSoftmaxCELoss()(pred, label, valid)
+    lp = torch.log_softmax(pred, -1).gather(-1, label[..., None])[..., 0]
+    want = torch.stack([-lp[b, :valid[b]].sum() / 4 for b in range(3)])
+    assert_close(got, want, 1e-12, "masked CE")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
+def test_state_dict_loads_across_backends(corpus, cfg):
+    fused, eager = model_for(corpus, "fused", **cfg), model_for(corpus, "torch", **cfg)
+    assert list(fused.state_dict()) == list(eager.state_dict())
+    for (k, a), b in zip(fused.state_dict().items(), eager.state_dict().values()):
+        assert torch.equal(a, b), k  # the initialisation does not depend on the backend's classes
+    eager.load_state_dict(fused.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-9), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[5]], ids=cfg_id)
+def test_torch_and_fused_backends_same_loss(corpus, cfg, dtype, tol):
+    """Same weights, same batches: the first training steps give the same losses on both backends."""
+    losses = {}
+    for backend in ("fused", "torch"):
+        m = model_for(corpus, backend, **cfg).to(dtype)
+        opt = torch.optim.SGD(m.parameters(), lr=0.5)
+        out = []
+        for step in range(3):
+            s, n = train_step(m, make_loss(backend), opt, batch_of(corpus, 16, 16 * step), clip=1.0)
+            out.append(s / n)
+        losses[backend] = torch.stack(out)
+    assert_close(losses["fused"], losses["torch"], tol, f"losses {losses}")
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:6], ids=cfg_id)
+def test_tiny_training_lowers_loss(corpus, cfg):
+    torch.manual_seed(0)
+    m = model_for(corpus, **cfg)
+    opt = torch.optim.Adam(m.parameters(), lr=0.02)
+    b = batch_of(corpus, 32)
+    loss_fn = make_loss("fused")
+    first = [float(s / n) for s, n in [train_step(m, loss_fn, opt, b, 1.0)]][0]
+    for _ in range(25):
+        s, n = train_step(m, loss_fn, opt, b, 1.0)
+    assert math.isfinite(first) and float(s / n) < 0.6 * first
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+class ToyLM:
+    """A fixed next-token table: logits depend on the last token only (state = last token, batch first)."""
+
+    def __init__(self, V=5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(V, V, generator=g, dtype=torch.float64) * 2
+
+    def step(self, tokens, state):
+        return self.table[tokens], {"last": tokens}
+
+    def logp(self, seq, bos):
+        lp, prev = 0.0, bos
+        for t in seq:
+            lp += torch.log_softmax(self.table[prev], -1)[t].item()
+            prev = t
+        return lp
+
+
+def test_beam_search_finds_best_sequence_exhaustively():
+    V, bos, eos, max_len = 5, 0, 1, 4
+    for seed in range(4):
+        lm = ToyLM(V, seed)
+        init = {"last": torch.zeros(1, dtype=torch.long)}
+        # Every sequence of <= max_len tokens ending in EOS, or max_len tokens without it.
+        best = None
+        for n in range(1, max_len + 1):
+            for body in itertools.product([t for t in range(V) if t != eos], repeat=n - 1):
+                ends = [[eos]] + ([[t] for t in range(V) if t != eos] if n == max_len else [])
+                for seq in (list(body) + e for e in ends):
+                    s = lm.logp(seq, bos)
+                    if best is None or s > best[0]:
+                        best = (s, seq)
+        res = eager_decode.beam_search(lm.step, init, bos, eos, beam_size=V * V * V, max_len=max_len, n_best=3)
+        toks, score = res[0][0]
+        want = best[1][:-1] if best[1][-1] == eos else best[1]
+        assert toks == want and score == pytest.approx(best[0])
+        assert [s for _, s in res[0]] == sorted((s for _, s in res[0]), reverse=True)
+
+
+def test_beam_of_one_is_greedy_and_batched_matches_single():
+    lm = ToyLM(7, seed=5)
+    init = {"last": torch.tensor([0, 3, 4])}
+    greedy = eager_decode.greedy_decode(lm.step, init, 0, 1, 6)
+    beam1 = eager_decode.beam_search(lm.step, init, 0, 1, 1, 6)
+    assert [g[0][0] for g in greedy] == [b[0][0] for b in beam1]
+    beam3 = eager_decode.beam_search(lm.step, init, 0, 1, 3, 6, n_best=2)
+    for i in range(3):
+        single = eager_decode.beam_search(lm.step, {"last": init["last"][i:i + 1]}, 0, 1, 3, 6, n_best=2)
+        assert single[0] == beam3[i]
+
+
+def test_beam_options():
+    lm = ToyLM(6, seed=1)
+    init = {"last": torch.zeros(2, dtype=torch.long)}
+    for toks, _ in eager_decode.beam_search(lm.step, init, 0, 1, 3, 8, min_len=4)[0]:
+        assert len(toks) >= 4
+    for r in eager_decode.beam_search(lm.step, init, 0, 1, 3, 8, no_repeat_ngram_size=2, length_penalty="gnmt"):
+        toks = r[0][0]
+        grams = list(zip(toks, toks[1:]))
+        assert len(grams) == len(set(grams))
+    with pytest.raises(ValueError, match="length_penalty"):
+        eager_decode.beam_search(lm.step, init, 0, 1, 3, 8, length_penalty="wu")
+
+
+def test_normalize_results_shapes():
+    assert normalize_results([[([3, 4], -1.0)]]) == [[([3, 4], -1.0)]]
+    assert normalize_results([[{"tokens": torch.tensor([5]), "score": -2.0}]]) == [[([5], -2.0)]]
+    assert normalize_results([([7], -0.5)]) == [[([7], -0.5)]]
+
+
+def _has_fused_decode():
+    try:
+        import s2s_fused.seq2seq.decode  # noqa: F401
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_fused_decode(), reason="s2s_fused.seq2seq.decode not built yet")
+def test_fused_decoders_agree_with_eager(corpus):
+    torch.manual_seed(0)
+    m = model_for(corpus, "fused", attention="bahdanau")
+    src, src_len = corpus.heldout_src[:12], corpus.heldout_src_len[:12]
+    for beam in (1, 3):
+        fused = translate_ids(m, src, src_len, beam=beam, backend="fused")
+        eager = translate_ids(m, src, src_len, beam=beam, backend="torch")
+        assert [f[0][0] for f in fused] == [e[0][0] for e in eager]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_round_trip_translates_identically(corpus, tmp_path):
+    torch.manual_seed(0)
+    m = model_for(corpus, attention="luong", cell="lstm", bidirectional=True)
+    opt = torch.optim.Adam(m.parameters(), lr=0.02)
+    for i in range(5):
+        train_step(m, make_loss("fused"), opt, batch_of(corpus, 32, 32 * i), 1.0)
+    save_checkpoint(tmp_path, m, corpus.src_vocab, corpus.tgt_vocab, info={"note": "test"})
+    raw = torch.load(tmp_path / FILENAME, weights_only=True)
+    assert raw["format_version"] == 1 and raw["src_vocab"] == corpus.src_vocab.idx_to_token
+    sents = ["go .", "i am cold .", "who are you ?"]
+    for backend in ("fused", "torch"):
+        m2, sv, tv, _ = load_checkpoint(tmp_path, backend=backend)
+        for beam in (1, 3):
+            assert translate(m2, sv, tv, sents, beam=beam) == translate(m, corpus.src_vocab, corpus.tgt_vocab,
+                                                                         sents, beam=beam)
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_checkpoint(tmp_path)
+    torch.save({"format": "s2s_fused.seq2seq", "format_version": 999, "s2s_fused_version": "9.9"},
+               tmp_path / FILENAME)
+    with pytest.raises(UserError, match="format version 999"):
+        load_checkpoint(tmp_path)
+    (tmp_path / FILENAME).write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="not a readable"):
+        load_checkpoint(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+TINY_ARGS = ["--max-pairs", "300", "--epochs", "2", "--embed-size", "8", "--hidden-size", "16", "--num-steps", "8",
+             "--compare-steps", "2", "--beam", "2", "--no-progress"]
+
+
+def test_cli_train_then_translate(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert cli_main(["train", *TINY_ARGS, "--attention", "luong", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "BLEU greedy" in text and "perplexity" in text and "training: fused" in text
+    assert (out / FILENAME).exists() and (out / "loss.png").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["compare_train_tokens_per_s"]["torch"] > 0 and report["bleu_beam"] is not None
+    assert cli_main(["translate", "--checkpoint", str(out), "--beam", "2", "go .", "hi ."]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("go .\n\nhi .\n"))
+    assert cli_main(["translate", "--checkpoint", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == translate(*load_checkpoint(out)[:3], ["go .", "hi ."])
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--data", "/nonexistent/pairs.txt"], "data file not found"),
+    (["translate", "--checkpoint", "/nonexistent/ckpt", "go ."], "checkpoint not found"),
+    (["translate", "--checkpoint", "x", "--beam", "0", "go ."], "--beam"),
+    (["train", "--backend", "triton", "--max-pairs", "50"], None),  # fine under TRITON_INTERPRET, else an error
+] + ([] if torch.cuda.is_available() else [(["train", "--device", "cuda"], "no CUDA device")]))
+def test_cli_user_errors_exit_2(argv, msg, capsys, monkeypatch):
+    if msg is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        if torch.cuda.is_available():
+            pytest.skip("triton runs on the GPU here")
+        msg = "--backend triton: backend 'triton' is not available"
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err, err
+
+
+def test_cli_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["train", "--cell", "rnn"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid choice: 'rnn'" in err
+
+
+def test_cli_bad_lines_flag(tmp_path, capsys):
+    f = tmp_path / "pairs.txt"
+    f.write_text("".join(f"Go {i}.\tVa {i} !\n" for i in range(40)) + "broken line\n", encoding="utf-8")
+    assert cli_main(["train", "--data", str(f)]) == 2
+    assert "line 41" in capsys.readouterr().err
+    assert cli_main(["train", "--data", str(f), "--bad-lines", "skip", *TINY_ARGS, "--compare-steps", "0",
+                     "--out", str(tmp_path / "o")]) == 0
+    assert "skipped line 41" in capsys.readouterr().err
+
+
+def _run_cli(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "s2s_fused", *args], cwd=kw.pop("cwd", ROOT), env=env,
+                          capture_output=True, text=True, timeout=kw.pop("timeout", 120), **kw)
+
+
+def test_cli_errors_are_one_line_without_traceback(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    bad_ckpt = tmp_path / "old"
+    bad_ckpt.mkdir()
+    torch.save({"format": "s2s_fused.seq2seq", "format_version": 0}, bad_ckpt / FILENAME)
+    # In a real process (each costs an interpreter start, so only two; the rest run in-process below).
+    cases = [(["train", "--data", str(empty)], "empty"),
+             (["translate", "--checkpoint", str(bad_ckpt), "go ."], "format version 0")]
+    for args, msg in cases:
+        r = _run_cli(args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert msg in r.stderr, r.stderr
+
+
+def test_ddp_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "s2s_fused",
+           "train", *TINY_ARGS, "--compare-steps", "0", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("BLEU greedy") == 1  # rank 0 alone reports
+    report = json.loads((out / "report.json").read_text())
+    assert report["world_size"] == 2
+    m, _, _, _ = load_checkpoint(out)
+    assert all(torch.isfinite(p).all() for p in m.parameters())
