@@ -1,5 +1,6 @@
-// One LSTM / GRU step, forward and backward, written once for every device: the GEMMs go through ATen (BLAS on
-// CPU, cuBLAS on CUDA) and the pointwise work through a device policy `PW` with the members
+// One LSTM / GRU step, forward and backward, written once for every device. A device policy `PW` runs the GEMMs
+//   gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate)   (out = a @ b (+ out))
+// (oneDNN or BLAS on CPU, cuBLAS on CUDA) and the pointwise work through its members
 //   lstm_forward(const LstmForwardParams&, int64_t B)      lstm_backward(const LstmBackwardParams&, int64_t B)
 //   gru_forward / gru_forward_stage2(const GruForwardParams&, int64_t B)
 //   gru_backward / gru_backward_stage2(const GruBackwardParams&, int64_t B)
@@ -49,6 +50,14 @@ inline CellArgs check_cell_args(const at::Tensor& input, const at::Tensor& hx, c
   return a;
 }
 
+// a @ b into a new tensor, through the policy's GEMM.
+template <class PW>
+at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
+  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  pw.gemm(out, a, b, false);
+  return out;
+}
+
 template <class PW>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
     const PW& pw, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
@@ -59,8 +68,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
   const at::Tensor c0 = cx.contiguous();
   // One buffer takes both GEMMs (the second accumulates in place) and then, activated in place, becomes the
   // workspace backward reads: no separate pre-activation tensor is ever written.
-  at::Tensor gates = at::mm(a.input, a.w_ih.t());
-  gates.addmm_(a.hx, a.w_hh.t());
+  at::Tensor gates = mm(pw, a.input, a.w_ih.t());
+  pw.gemm(gates, a.hx, a.w_hh.t(), true);
   at::Tensor h1 = at::empty_like(a.hx), c1 = at::empty_like(a.hx);
   LstmForwardParams p;
   p.dtype = to_dtype(input.scalar_type());
@@ -106,9 +115,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.dcx = mat(dcx);
   pw.lstm_backward(p, B);
   const auto none = [&] { return at::empty({0}, input.options()); };
-  return {mask[0] ? at::mm(dgates, a.w_ih) : none(),        mask[1] ? at::mm(dgates, a.w_hh) : none(),
-          mask[2] ? dcx : none(),                           mask[3] ? at::mm(dgates.t(), a.input) : none(),
-          mask[4] ? at::mm(dgates.t(), a.hx) : none(),      mask[5] ? dgates.sum(0) : none()};
+  return {mask[0] ? mm(pw, dgates, a.w_ih) : none(),        mask[1] ? mm(pw, dgates, a.w_hh) : none(),
+          mask[2] ? dcx : none(),                               mask[3] ? mm(pw, dgates.t(), a.input) : none(),
+          mask[4] ? mm(pw, dgates.t(), a.hx) : none(),          mask[5] ? dgates.sum(0) : none()};
 }
 
 template <class PW>
@@ -128,10 +137,10 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   p.b_hh = ptr_or_null(a.b_hh);
   p.hx = cmat(a.hx);
   p.h1 = mat(h1);
-  const at::Tensor gi = at::mm(a.input, a.w_ih.t());
+  const at::Tensor gi = mm(pw, a.input, a.w_ih.t());
   p.gi = cmat(gi);
   if (reset_after) {
-    const at::Tensor gh = at::mm(a.hx, a.w_hh.t());
+    const at::Tensor gh = mm(pw, a.hx, a.w_hh.t());
     at::Tensor ws = at::empty({B, 4 * H}, input.options());
     p.gh = cmat(gh);
     p.ws = mat(ws);
@@ -139,14 +148,14 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
     return {h1, ws};
   }
   // Cho et al.: the reset gate scales h before the W_hn product, so the n columns need a second GEMM.
-  const at::Tensor gh_rz = at::mm(a.hx, a.w_hh.narrow(0, 0, 2 * H).t());
+  const at::Tensor gh_rz = mm(pw, a.hx, a.w_hh.narrow(0, 0, 2 * H).t());
   at::Tensor ws = at::empty({B, 3 * H}, input.options());
   at::Tensor rh = at::empty_like(a.hx);
   p.gh = cmat(gh_rz);
   p.ws = mat(ws);
   p.rh = mat(rh);
   pw.gru_forward(p, B);
-  const at::Tensor ghn = at::mm(rh, a.w_hh.narrow(0, 2 * H, H).t());
+  const at::Tensor ghn = mm(pw, rh, a.w_hh.narrow(0, 2 * H, H).t());
   p.ghn = cmat(ghn);
   pw.gru_forward_stage2(p, B);
   return {h1, ws};
@@ -182,29 +191,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     at::Tensor dgh = at::empty({B, 3 * H}, input.options());
     p.dgh = mat(dgh);
     pw.gru_backward(p, B);
-    if (mask[1]) grad_hx = dhx.addmm_(dgh, a.w_hh);
-    if (mask[3]) grad_w_hh = at::mm(dgh.t(), a.hx);
+    if (mask[1]) {
+      pw.gemm(dhx, dgh, a.w_hh, true);
+      grad_hx = dhx;
+    }
+    if (mask[3]) grad_w_hh = mm(pw, dgh.t(), a.hx);
     if (mask[5]) grad_b_hh = dgh.sum(0);
   } else {
     p.dgh = p.dgi;  // gh_n = (r h) W_hn: its gradient is dn, the same as gi_n's
     pw.gru_backward(p, B);
     const at::Tensor dn = dgi.narrow(1, 2 * H, H);
-    const at::Tensor drh = at::mm(dn, a.w_hh.narrow(0, 2 * H, H));
+    const at::Tensor drh = mm(pw, dn, a.w_hh.narrow(0, 2 * H, H));
     at::Tensor rh = at::empty_like(a.hx);
     p.drh = cmat(drh);
     p.rh = mat(rh);
     pw.gru_backward_stage2(p, B);  // also the r columns of dgi, needed by every other gradient
     const at::Tensor drz = dgi.narrow(1, 0, 2 * H);
-    if (mask[1]) grad_hx = dhx.addmm_(drz, a.w_hh.narrow(0, 0, 2 * H));
+    if (mask[1]) {
+      pw.gemm(dhx, drz, a.w_hh.narrow(0, 0, 2 * H), true);
+      grad_hx = dhx;
+    }
     if (mask[3]) {
       grad_w_hh = at::empty_like(a.w_hh, at::MemoryFormat::Contiguous);
       at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
-      at::mm_out(g_rz, drz.t(), a.hx);
-      at::mm_out(g_n, dn.t(), rh);
+      pw.gemm(g_rz, drz.t(), a.hx, false);
+      pw.gemm(g_n, dn.t(), rh, false);
     }
     if (mask[5]) grad_b_hh = dgi.sum(0);
   }
-  return {mask[0] ? at::mm(dgi, a.w_ih) : none(), grad_hx, mask[2] ? at::mm(dgi.t(), a.input) : none(),
+  return {mask[0] ? mm(pw, dgi, a.w_ih) : none(), grad_hx, mask[2] ? mm(pw, dgi.t(), a.input) : none(),
           grad_w_hh, mask[4] ? dgi.sum(0) : none(), grad_b_hh};
 }
 

@@ -1,9 +1,7 @@
 // One LSTM / GRU layer in one direction over a whole (T, B, I) sequence, forward and backward, written once for
-// every device (as rnn_cell_impl.h is for one step): GEMMs through ATen (BLAS on CPU, cuBLAS on CUDA), the
-// pointwise work through the device policy `PW` of rnn_cell_impl.h (csrc/cpu/rnn_pointwise_cpu.h on CPU, the
-// launchers of csrc/cuda/rnn_pointwise.cuh on CUDA), which for the layers also provides
-//   gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate)   out (+)= a @ b
-// (out a contiguous 2-D tensor, possibly a slice of a larger buffer), so each device picks its GEMM library.
+// every device (as rnn_cell_impl.h is for one step), through the same device policy `PW` (GEMMs and pointwise
+// kernels: csrc/cpu/rnn_pointwise_cpu.h on CPU, csrc/cuda/rnn_policy.h on CUDA). A GEMM's `out` may be a
+// contiguous slice of a larger buffer.
 //
 // Structure (haste's): the input projection of all T steps is one GEMM; per step one recurrent GEMM into the gate
 // buffer and one pointwise pass; backward per step one pointwise pass and one dh GEMM, then the weight
@@ -23,6 +21,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "rnn_cell_impl.h"  // mm(pw, a, b), the shared GEMM helper
 
 namespace s2s_fused {
 
@@ -111,12 +110,6 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
   TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
 }
 
-template <class PW>
-at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  pw.gemm(out, a, b, false);
-  return out;
-}
 
 // ------------------------------------------------------------------------------------------------ LSTM
 

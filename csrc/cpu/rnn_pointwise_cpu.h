@@ -1,22 +1,56 @@
-// The CPU pointwise policy for rnn_cell_impl.h (and the layers): the capability-selected kernels of
-// csrc/cpu/kernels/rnn_pointwise.cpp, run in parallel over batch rows.
+// The CPU device policy of rnn_cell_impl.h and rnn_layer_impl.h: the capability-selected kernels of
+// csrc/cpu/kernels/rnn_pointwise.cpp, run in parallel over batch rows, and the GEMMs.
 #pragma once
 
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "cpu/dispatch.h"
 #include "rnn_pointwise.h"
 
 S2S_CPU_KERNEL_TABLE(RnnPointwiseKernels, rnn_pointwise_kernels)
 
+// oneDNN's matmul, as ATen uses it (exported by libtorch_cpu; its header is not shipped). Weak, so a torch built
+// without it still loads this extension (and uses ATen's BLAS).
+namespace at::native {
+__attribute__((weak)) void mkldnn_matmul(const at::Tensor& mat1, const at::Tensor& mat2, const at::Tensor& result,
+                                         float beta, float alpha);
+}
+
 namespace s2s_fused::cpu {
 
 // Rows per task: enough elements that a task outweighs its scheduling cost (~32K gate values).
 inline int64_t row_grain(int64_t H, int64_t gates) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(1, gates * H)); }
 
+// fp32 GEMMs through oneDNN where it is available: on this project's AMD (Zen, AVX-512) machines MKL's sgemm
+// takes its generic path, and oneDNN's kernels (the ones torch.nn.LSTM's CPU path uses) were 7-25% faster on
+// the layer's shapes (benchmarks/NOTES.md, rnn_layer). Other dtypes, and builds without oneDNN: ATen (BLAS).
+inline bool use_onednn_gemm(const at::Tensor& out) {
+  static const bool available = at::hasMKLDNN() && &at::native::mkldnn_matmul != nullptr &&
+                                std::getenv("S2S_FUSED_NO_ONEDNN") == nullptr;
+  return available && out.scalar_type() == at::kFloat && out.numel() > 0;
+}
+
 struct CpuPointwise {
+  // out = a @ b (+ out when accumulate).
+  void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
+    if (a.size(1) == 0) {  // empty inner dimension: oneDNN and BLAS disagree on what to do; the answer is 0
+      if (!accumulate) out.zero_();
+      return;
+    }
+    if (use_onednn_gemm(out)) {
+      at::native::mkldnn_matmul(a, b, out, accumulate ? 1.f : 0.f, 1.f);
+    } else if (accumulate) {
+      out.addmm_(a, b);
+    } else {
+      at::mm_out(out, a, b);
+    }
+  }
+
   template <class P, class F>
   static void rows(const P& p, int64_t B, int64_t gates, F fn) {
     at::parallel_for(0, B, row_grain(p.H, gates), [&](int64_t r0, int64_t r1) { fn(p, r0, r1); });

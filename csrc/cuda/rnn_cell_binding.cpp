@@ -8,37 +8,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "cuda/rnn_pointwise.cuh"
+#include "cuda/rnn_policy.h"
 #include "rnn_cell_impl.h"
 
 namespace s2s_fused::cuda {
 namespace {
-
-inline void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "s2s_fused: CUDA launch of ", what, " failed: ", cudaGetErrorString(err));
-}
-
-struct CudaPointwise {
-  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(); }
-  void lstm_forward(const LstmForwardParams& p, int64_t B) const {
-    check_launch(cuda::lstm_forward(p, B, stream()), "lstm_forward");
-  }
-  void lstm_backward(const LstmBackwardParams& p, int64_t B) const {
-    check_launch(cuda::lstm_backward(p, B, stream()), "lstm_backward");
-  }
-  void gru_forward(const GruForwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_forward(p, B, stream()), "gru_forward");
-  }
-  void gru_forward_stage2(const GruForwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_forward_stage2(p, B, stream()), "gru_forward_stage2");
-  }
-  void gru_backward(const GruBackwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_backward(p, B, stream()), "gru_backward");
-  }
-  void gru_backward_stage2(const GruBackwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_backward_stage2(p, B, stream()), "gru_backward_stage2");
-  }
-};
 
 // The fused step kernel covers small-batch problems; false means "use the GEMM + pointwise path".
 bool try_fused_step(bool lstm, const CellArgs& a, const at::Tensor& cx, at::Tensor& h1, at::Tensor& c1,
@@ -79,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cuda(
   TORCH_CHECK(cx.sizes() == hx.sizes(), "cx: expected shape ", hx.sizes(), " (as hx), got ", cx.sizes());
   at::Tensor h1, c1, ws;
   if (try_fused_step(true, a, cx.contiguous(), h1, c1, ws)) return {h1, c1, ws};
-  return lstm_cell_forward_impl(CudaPointwise{}, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
+  return lstm_cell_forward_impl(CudaRnnPolicy{}, input, hx, cx, w_ih, w_hh, b_ih, b_hh);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_backward_cuda(
@@ -87,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const at::Tensor& workspace, const at::Tensor& c1, std::array<bool, 6> grad_mask) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_cell_backward_impl(CudaPointwise{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1,
+  return lstm_cell_backward_impl(CudaRnnPolicy{}, grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1,
                                  grad_mask);
 }
 
@@ -101,14 +75,14 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cuda(const at::Tensor& input
     at::Tensor h1, c1, ws;
     if (try_fused_step(false, a, at::Tensor(), h1, c1, ws)) return {h1, ws};
   }
-  return gru_cell_forward_impl(CudaPointwise{}, input, hx, w_ih, w_hh, b_ih, b_hh, reset_after);
+  return gru_cell_forward_impl(CudaRnnPolicy{}, input, hx, w_ih, w_hh, b_ih, b_hh, reset_after);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_cell_backward_cuda(
     const at::Tensor& grad_h1, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& workspace, bool reset_after, std::array<bool, 6> grad_mask) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return gru_cell_backward_impl(CudaPointwise{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after,
+  return gru_cell_backward_impl(CudaRnnPolicy{}, grad_h1, input, hx, w_ih, w_hh, workspace, reset_after,
                                 grad_mask);
 }
 

@@ -4,52 +4,20 @@
 // so no step needs a host sync.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "cuda/rnn_pointwise.cuh"
+#include "cuda/rnn_policy.h"
 #include "rnn_layer_impl.h"
 
 namespace s2s_fused::cuda {
 namespace {
-
-inline void check_launch(cudaError_t err, const char* what) {
-  TORCH_CHECK(err == cudaSuccess, "s2s_fused: CUDA launch of ", what, " failed: ", cudaGetErrorString(err));
-}
-
-// The device policy of rnn_layer_impl.h: one pointwise launch per call, on the current stream.
-struct LayerCudaPointwise {
-  cudaStream_t stream() const { return c10::cuda::getCurrentCUDAStream(); }
-  void lstm_forward(const LstmForwardParams& p, int64_t B) const {
-    check_launch(cuda::lstm_forward(p, B, stream()), "lstm_forward");
-  }
-  void lstm_backward(const LstmBackwardParams& p, int64_t B) const {
-    check_launch(cuda::lstm_backward(p, B, stream()), "lstm_backward");
-  }
-  void gru_forward(const GruForwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_forward(p, B, stream()), "gru_forward");
-  }
-  void gru_forward_stage2(const GruForwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_forward_stage2(p, B, stream()), "gru_forward_stage2");
-  }
-  void gru_backward(const GruBackwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_backward(p, B, stream()), "gru_backward");
-  }
-  void gru_backward_stage2(const GruBackwardParams& p, int64_t B) const {
-    check_launch(cuda::gru_backward_stage2(p, B, stream()), "gru_backward_stage2");
-  }
-  // cuBLAS through ATen, on the current stream.
-  void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
-    if (accumulate) out.addmm_(a, b); else at::mm_out(out, a, b);
-  }
-};
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_forward_cuda(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_layer_forward_impl(LayerCudaPointwise{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+  return lstm_layer_forward_impl(CudaRnnPolicy{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_layer_backward_cuda(
@@ -58,7 +26,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& workspace,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return lstm_layer_backward_impl(LayerCudaPointwise{}, grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs,
+  return lstm_layer_backward_impl(CudaRnnPolicy{}, grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs,
                                   cs, workspace, lengths, reverse);
 }
 
@@ -67,7 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_cud
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return gru_layer_forward_impl(LayerCudaPointwise{}, input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+  return gru_layer_forward_impl(CudaRnnPolicy{}, input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                 reset_after);
 }
 
@@ -76,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& hs,
     const at::Tensor& workspace, const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
   const c10::cuda::CUDAGuard guard(input.device());
-  return gru_layer_backward_impl(LayerCudaPointwise{}, grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace,
+  return gru_layer_backward_impl(CudaRnnPolicy{}, grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace,
                                  lengths, reverse, reset_after);
 }
 
