@@ -11,6 +11,7 @@ from .ops.rnn_cell import gru_cell, lstm_cell
 # ---- rnn_layer
 
 # ---- cross_entropy
+from .ops.cross_entropy import linear_masked_cross_entropy, masked_softmax_cross_entropy
 
 # ---- beam
 

@@ -5,5 +5,6 @@ from .rnn import GRUCell, LSTMCell
 # ---- layers (rnn_layer issue)
 
 # ---- losses
+from .loss import MaskedSoftmaxCELoss
 
 # ---- end
