@@ -22,7 +22,6 @@ a sequence whose valid_len is out of range), which poisons a "sum"/"mean" loss v
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -80,12 +79,11 @@ def register_ce_autograd(suffix: str):
 register_ce_autograd("")
 
 
-@functools.lru_cache(maxsize=None)
 def _triton_module():
-    """Import the Triton kernels (and register their autograd) on first use."""
+    """The Triton kernels, imported on first use (their module registers its ops' autograd when it loads; a plain
+    import, so torch.compile traces through it)."""
     from ..triton import cross_entropy as tri
 
-    register_ce_autograd("_triton")
     return tri
 
 
