@@ -22,11 +22,6 @@ REDUCTIONS = ("none", "sum", "mean", "per_sequence")
 GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
-def _tol(dtype, backend):
-    # exp_u20 (CPU fp32) and Triton/CUDA fast exp: ~1e-6 relative per term, inside 1e-5.
-    return VALUE_TOL[dtype]
-
-
 def _inputs(B, T, V, dtype, device, *, seed=0, mask_some=True, valid=True, scale=3.0):
     g = torch.Generator().manual_seed(seed)
     logits = (torch.randn(B, T, V, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
@@ -83,7 +78,7 @@ def test_reference_matches_torch_cross_entropy_with_mask(reduction, ls):
 
 def _v_list(backend):
     # The Triton interpreter is slow: keep its rows short.
-    return (1, 2, 7, 130) if backend == "triton" else (1, 2, 7, 1000, 32003)
+    return (1, 7, 130) if backend == "triton" else (1, 2, 7, 1000, 32003)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -93,16 +88,20 @@ def test_forward_backward_matches_reference(backend, dtype):
     for V in _v_list(backend):
         B, T = (3, 5) if V < 30000 else (2, 3)
         logits, target, valid_len = _inputs(B, T, V, dtype, dev, seed=V)
-        for reduction in REDUCTIONS:
-            for ls in (0.0, 0.1):
-                for vl in (valid_len, None):
-                    what = f"V={V} {reduction} ls={ls} valid_len={vl is not None}"
-                    out, g = _run(backend, logits, target, vl, reduction, ls)
-                    ref, ref_g = _ref(logits, target, vl, reduction, ls)
-                    assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
-                    assert g.dtype == dtype and g.shape == logits.shape
-                    assert_close(out, ref, _tol(dtype, backend), what + " loss")
-                    assert_close(g, ref_g, GRAD_TOL[dtype], what + " grad")
+        # The reductions are O(N) torch ops around one kernel pair: every reduction once, the mask and smoothing
+        # variants on "none" (whose incoming gradient is non-uniform).
+        cases = [(r, 0.1, valid_len) for r in REDUCTIONS] + [("none", 0.0, valid_len), ("none", 0.0, None),
+                                                             ("mean", 0.1, None)]
+        if backend == "triton":  # the interpreter is slow
+            cases = cases[:1] + cases[3:5]
+        for reduction, ls, vl in cases:
+            what = f"V={V} {reduction} ls={ls} valid_len={vl is not None}"
+            out, g = _run(backend, logits, target, vl, reduction, ls)
+            ref, ref_g = _ref(logits, target, vl, reduction, ls)
+            assert out.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+            assert g.dtype == dtype and g.shape == logits.shape
+            assert_close(out, ref, VALUE_TOL[dtype], what + " loss")
+            assert_close(g, ref_g, GRAD_TOL[dtype], what + " grad")
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -236,7 +235,8 @@ def test_d2l_module_matches_d2l_formula_and_training_backward():
 def test_gradcheck_fp64(backend):
     dev = device_for(backend)
     logits, target, valid_len = _inputs(2, 3, 5, torch.float64, dev, seed=7)
-    for reduction, ls in (("none", 0.0), ("mean", 0.3), ("per_sequence", 0.1)):
+    cases = (("none", 0.0), ("mean", 0.3), ("per_sequence", 0.1))
+    for reduction, ls in (cases if backend != "triton" else cases[1:2]):
         x = logits.clone().requires_grad_()
         assert torch.autograd.gradcheck(
             lambda z: s2s_fused.masked_softmax_cross_entropy(z, target, valid_len, label_smoothing=ls,
