@@ -102,8 +102,8 @@ def _forward_op(backend: str):
 
 
 def default_chunk_size(N: int, V: int) -> int:
-    """Rows per chunk: about 2M logits (8 MB in fp32), at least 128 rows so the GEMMs stay efficient."""
-    return max(1, min(N, max(128, (1 << 21) // max(V, 1))))
+    """Rows per chunk: about 1M logits (4 MB in fp32), at least 128 rows so the GEMMs stay efficient."""
+    return max(1, min(N, max(128, (1 << 20) // max(V, 1))))
 
 
 def _chunks(N, chunk_size):
@@ -274,7 +274,7 @@ def masked_softmax_cross_entropy(logits, target, valid_len=None, *, ignore_index
 def linear_masked_cross_entropy(hidden, weight, target, valid_len=None, *, bias=None, ignore_index=-100,
                                 label_smoothing=0.0, reduction="mean", chunk_size=None, backend=None):
     """masked_softmax_cross_entropy(hidden @ weight.T + bias, target, valid_len, ...) without ever holding the full
-    (N, V) logits: rows go through in chunks of ``chunk_size`` (default: about 2M logits a chunk, at least 128
+    (N, V) logits: rows go through in chunks of ``chunk_size`` (default: about 1M logits a chunk, at least 128
     rows), and backward recomputes each chunk's logits. Gradients for hidden, weight and bias.
 
     hidden (N, H) or (B, T, H); weight (V, H); bias (V,) or None; the rest as masked_softmax_cross_entropy.
