@@ -11,7 +11,8 @@ Baselines:
 
 Peak memory: on CUDA the allocator's peak above what was allocated before the call; on CPU the process's resident
 high-water mark (VmHWM, reset through /proc/self/clear_refs just before) above its resident size before one call,
-each provider in a fresh process, the second call of the shape measured (the logits and inputs are allocated before; the
+each provider in a fresh process, the second call of the shape measured (the first call's
+gradients dropped before it) (the logits and inputs are allocated before; the
 gradient the call leaves in .grad counts). Reported in MB and as a
 multiple of the logits' size ("×P").
 
@@ -135,14 +136,15 @@ def _cpu_peak_child(spec):
     dtype = getattr(torch, spec["dtype"])
     for shape in ((2, 3, 5), (B, T, V)):
         b, t, v = shape
-        if kind == "ce":
-            fns = ce_fns(provider, *make_inputs(b, t, v, dtype, "cpu"))
-        else:
-            fns = linear_fns(provider, *make_inputs(b, t, v, dtype, "cpu", H=H))
+        tensors = make_inputs(b, t, v, dtype, "cpu", H=None if kind == "ce" else H)
+        fns = (ce_fns if kind == "ce" else linear_fns)(provider, *tensors)
         fn = fns[0] if mode == "fwd" else fns[1]
         fn()  # warm-up: a steady-state call is measured (allocator arenas, lazy initialisation)
         if shape == (2, 3, 5):
             continue
+        for t in tensors:  # drop the warm-up's gradients, so the measured call's count
+            if isinstance(t, torch.Tensor):
+                t.grad = None
         _reset_peak_rss()
         before = _status_kb("VmRSS")
         fn()

@@ -102,8 +102,10 @@ def _forward_op(backend: str):
 
 
 def default_chunk_size(N: int, V: int) -> int:
-    """Rows per chunk: about 1M logits (4 MB in fp32), at least 128 rows so the GEMMs stay efficient."""
-    return max(1, min(N, max(128, (1 << 20) // max(V, 1))))
+    """Rows per chunk: at least a quarter of the rows, 128 rows and 1M logits. GEMM efficiency falls fast with
+    fewer rows (CPU, H=256, V=8000: 16 chunks of 131 rows took 3.2x the time of one 2048-row GEMM, 4 chunks of 512
+    1.6x), and a quarter bounds the chunk's logits + gradient at about half the full logits."""
+    return max(1, min(N, max(128, (1 << 20) // max(V, 1), -(-N // 4))))
 
 
 def _chunks(N, chunk_size):
@@ -274,8 +276,8 @@ def masked_softmax_cross_entropy(logits, target, valid_len=None, *, ignore_index
 def linear_masked_cross_entropy(hidden, weight, target, valid_len=None, *, bias=None, ignore_index=-100,
                                 label_smoothing=0.0, reduction="mean", chunk_size=None, backend=None):
     """masked_softmax_cross_entropy(hidden @ weight.T + bias, target, valid_len, ...) without ever holding the full
-    (N, V) logits: rows go through in chunks of ``chunk_size`` (default: about 1M logits a chunk, at least 128
-    rows), and backward recomputes each chunk's logits. Gradients for hidden, weight and bias.
+    (N, V) logits: rows go through in chunks of ``chunk_size`` (default: a quarter of the rows, at least 128
+    rows and 1M logits), and backward recomputes each chunk's logits. Gradients for hidden, weight and bias.
 
     hidden (N, H) or (B, T, H); weight (V, H); bias (V,) or None; the rest as masked_softmax_cross_entropy.
     """
