@@ -1,6 +1,6 @@
 // CPU registration of the masked cross-entropy ops: the capability-selected kernels of
 // csrc/cpu/kernels/cross_entropy.cpp, parallel over rows. Out-of-range targets and valid_len are reported as
-// errors (on CPU that costs no device sync); such rows are never read out of bounds.
+// errors before any kernel runs (on CPU reading them costs no device sync); the kernels never read out of bounds.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -49,6 +49,21 @@ void check_valid_len_values(const CeArgs& a) {
   }
 }
 
+// Targets of unmasked positions must lie in [0, V): checked before any kernel runs (one pass over the int64
+// targets; on CPU reading them costs no device sync). The kernels check again and never read out of bounds.
+void check_target_values(const CeArgs& a) {
+  const int64_t* tg = a.target.const_data_ptr<int64_t>();
+  const int64_t* vl = a.valid_len.defined() ? a.valid_len.const_data_ptr<int64_t>() : nullptr;
+  const auto& r = a.rows;
+  for (int64_t n = 0; n < r.R; ++n) {
+    const int64_t y = tg[n];
+    if (y == r.ignore_index || (y >= 0 && y < r.V)) continue;
+    if (vl && n % r.T >= vl[n / r.T]) continue;  // masked by valid_len: never read
+    TORCH_CHECK(false, "target: expected class indices in [0, ", r.V, ") or ignore_index=", r.ignore_index, ", got ",
+                y, " at flat position ", n);
+  }
+}
+
 template <class Params, class Fn>
 void run_rows(const Params& p, const CeArgs& a, Fn fn) {
   std::atomic<int64_t> first_bad{-1};
@@ -71,6 +86,7 @@ std::tuple<at::Tensor, at::Tensor> masked_ce_forward_cpu(const at::Tensor& logit
                                                          int64_t ignore_index, double label_smoothing) {
   CeArgs a = ce_args(logits, target, valid_len, ignore_index, label_smoothing);
   check_valid_len_values(a);
+  check_target_values(a);
   const auto opts = a.logits.options().dtype(ce_acc_dtype(a.logits.scalar_type()));
   at::Tensor loss = at::empty(a.target.sizes(), opts);
   at::Tensor lse = at::empty(a.target.sizes(), opts);
@@ -88,6 +104,7 @@ at::Tensor masked_ce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor&
   CeArgs a = ce_args(logits, target, valid_len, ignore_index, label_smoothing);
   ce_check_backward(a, grad_loss, lse_in);
   check_valid_len_values(a);
+  check_target_values(a);
   at::Tensor lse = lse_in.contiguous();
   at::Tensor grad = at::empty(a.logits.sizes(), a.logits.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad.nbytes() >= (size_t(8) << 20)) advise_huge_pages(grad);
