@@ -281,6 +281,10 @@ def test_opcheck_linear_ops():
         loss, lse = ce.linear_masked_ce_forward(h, w, bias, t, -100, 0.1, 3, "cpu")
         torch.library.opcheck(ce.linear_masked_ce_backward,
                               (torch.randn(7), h, w, bias, t, lse, -100, 0.1, 3, "cpu"))
+        for rg in (False, True):
+            args = (h.clone().requires_grad_(rg), w.clone().requires_grad_(rg), bias, t, torch.tensor(0.25), -100,
+                    0.1, 3, "cpu")
+            torch.library.opcheck(ce.linear_masked_ce_forward_with_grad, args)
 
 
 @pytest.mark.parametrize("backend", backend_params())
@@ -303,13 +307,14 @@ def test_torch_compile_fullgraph(backend):
     assert_close(x1.grad, x2.grad, 1e-6, "compiled grad")
 
 
-def test_torch_compile_fullgraph_linear():
+@pytest.mark.parametrize("reduction", ["per_sequence", "mean"])
+def test_torch_compile_fullgraph_linear(reduction):
     h, w, b = torch.randn(3, 4, 8), torch.randn(11, 8), torch.randn(11)
     t = torch.randint(0, 11, (3, 4))
     vl = torch.tensor([4, 1, 2])
 
     def f(h, w, b):
-        return s2s_fused.linear_masked_cross_entropy(h, w, t, vl, bias=b, reduction="per_sequence", chunk_size=5,
+        return s2s_fused.linear_masked_cross_entropy(h, w, t, vl, bias=b, reduction=reduction, chunk_size=5,
                                                     backend="cpu")
 
     args1 = [a.clone().requires_grad_() for a in (h, w, b)]
@@ -442,8 +447,9 @@ def test_linear_matches_reference(backend, dtype):
     vl = torch.tensor([5, 3, 0], device=dev)
     tol = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}[dtype]
     for bias in (b, None):
+        # "sum" / "mean" with gradients take the gradients-in-forward path; the others recompute in backward.
         for reduction, ls, chunk in (("mean", 0.0, 4), ("per_sequence", 0.1, 1), ("none", 0.0, None),
-                                     ("sum", 0.2, 100)):
+                                     ("sum", 0.2, 100), ("mean", 0.1, None)):
             args = [a.detach().clone().requires_grad_() for a in (h, w)] + \
                 [bias.detach().clone().requires_grad_() if bias is not None else None]
             out = s2s_fused.linear_masked_cross_entropy(args[0], args[1], t, vl, bias=args[2], label_smoothing=ls,
@@ -502,3 +508,20 @@ def test_gpu_large_shapes(backend):
         ref, ref_g = _ref(logits, target, valid_len, "mean", 0.1)
         assert_close(out, ref, VALUE_TOL[dtype], f"{dtype} loss")
         assert_close(g, ref_g, GRAD_TOL[dtype], f"{dtype} grad")
+
+
+def test_linear_all_masked_and_no_grad_paths():
+    h = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 6, (2, 3))
+    out = s2s_fused.linear_masked_cross_entropy(h, w, t, torch.zeros(2, dtype=torch.long), backend="cpu")
+    assert out.item() == 0.0
+    out.backward()
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+    vl = torch.tensor([3, 1])
+    with_grad = s2s_fused.linear_masked_cross_entropy(h, w, t, vl, backend="cpu")
+    with torch.no_grad():
+        without = s2s_fused.linear_masked_cross_entropy(h, w, t, vl, backend="cpu")
+    ref = reference.linear_masked_cross_entropy(h, w, t, vl)
+    assert_close(with_grad, ref, 1e-12, "grad path")
+    assert_close(without, ref, 1e-12, "no-grad path")

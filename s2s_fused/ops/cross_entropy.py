@@ -94,6 +94,13 @@ def _forward_op(backend: str):
     return _ops.masked_ce_forward
 
 
+def _backward_op(backend: str):
+    if backend == "triton":
+        _triton_module()
+        return _ops.masked_ce_backward_triton
+    return _ops.masked_ce_backward
+
+
 # ------------------------------------------------------------------------------------ linear + cross-entropy
 # Chunks of rows: logits_c = hidden_c @ weight.T + bias, (chunk, V), never the whole (N, V). Forward keeps only
 # the per-row loss and log-sum-exp; backward recomputes each chunk's logits (one more GEMM), turns them into the
@@ -146,25 +153,38 @@ def linear_masked_ce_backward(grad_loss: torch.Tensor, hidden: torch.Tensor, wei
     """-> (grad_hidden (N, H), grad_weight (V, H), grad_bias (V,), the last empty (0,) when bias is None).
     grad_weight and grad_bias accumulate in float32 (float64 for float64) and are rounded once."""
     N = hidden.shape[0]
-    V = weight.shape[0]
-    acc = _acc_dtype(hidden.dtype)
-    bwd = getattr(_ops, "masked_ce_backward" + ("_triton" if backend == "triton" else ""))
-    if backend == "triton":
-        _triton_module()
-    grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format)
-    grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-    grad_bias = torch.zeros(V if bias is not None else 0, dtype=acc, device=weight.device)
+    bwd = _backward_op(backend)
+    grads = _new_grads(hidden, weight, bias)
     for r0, r1 in _chunks(N, chunk_size):
-        h = hidden[r0:r1]
-        logits = F.linear(h, weight, bias)
+        logits = F.linear(hidden[r0:r1], weight, bias)
         g = bwd(grad_loss[r0:r1], logits, target[r0:r1], None, lse[r0:r1], ignore_index, label_smoothing)
-        torch.mm(g, weight, out=grad_hidden[r0:r1])
-        if acc == g.dtype:
-            grad_weight.addmm_(g.t(), h)
-        else:  # low precision: accumulate the weight gradient over chunks in fp32
-            grad_weight.addmm_(g.t().to(acc), h.to(acc))
-        if bias is not None:
-            grad_bias += g.sum(0, dtype=acc)
+        _accumulate_chunk_grads(g, hidden, weight, bias, r0, r1, grads)
+    return _finish_grads(grads, weight)
+
+
+def _new_grads(hidden, weight, bias):
+    acc = _acc_dtype(hidden.dtype)
+    V = weight.shape[0]
+    return (torch.empty_like(hidden, memory_format=torch.contiguous_format),
+            torch.zeros(weight.shape, dtype=acc, device=weight.device),
+            torch.zeros(V if bias is not None else 0, dtype=acc, device=weight.device))
+
+
+def _accumulate_chunk_grads(g, hidden, weight, bias, r0, r1, grads):
+    """g: the (r1 - r0, V) logit gradient of rows [r0, r1) -> grad_hidden rows, += grad_weight, += grad_bias."""
+    grad_hidden, grad_weight, grad_bias = grads
+    h = hidden[r0:r1]
+    torch.mm(g, weight, out=grad_hidden[r0:r1])
+    if grad_weight.dtype == g.dtype:
+        grad_weight.addmm_(g.t(), h)
+    else:  # low precision: accumulate the weight gradient over chunks in fp32
+        grad_weight.addmm_(g.t().to(grad_weight.dtype), h.to(grad_weight.dtype))
+    if bias is not None:
+        grad_bias += g.sum(0, dtype=grad_bias.dtype)
+
+
+def _finish_grads(grads, weight):
+    grad_hidden, grad_weight, grad_bias = grads
     return grad_hidden, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype)
 
 
@@ -191,6 +211,57 @@ def _linear_backward(ctx, grad_loss, _grad_lse):
 
 
 linear_masked_ce_forward.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+
+# Scalar reductions ("sum", "mean") with gradients wanted: the incoming per-token gradient is known up to one
+# scalar (scale = 1, or 1 / the number of unmasked tokens), so forward computes the gradients too, while each
+# chunk's logits are at hand, and backward only multiplies by the incoming scalar. 3 GEMMs instead of 4 (no
+# recompute), the same memory.
+
+
+@torch.library.custom_op("s2s_fused::linear_masked_ce_forward_with_grad", mutates_args=())
+def linear_masked_ce_forward_with_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                                       target: torch.Tensor, scale: torch.Tensor, ignore_index: int,
+                                       label_smoothing: float, chunk_size: int, backend: str
+                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (total = scale * sum of the per-token losses (0-d), and its gradients w.r.t. hidden, weight, bias (the
+    last (0,) when bias is None)). scale: 0-d tensor of the loss dtype."""
+    N = hidden.shape[0]
+    fwd, bwd = _forward_op(backend), _backward_op(backend)
+    total = torch.zeros((), dtype=scale.dtype, device=hidden.device)
+    grads = _new_grads(hidden, weight, bias)
+    for r0, r1 in _chunks(N, chunk_size):
+        logits = F.linear(hidden[r0:r1], weight, bias)
+        loss_c, lse_c = fwd(logits, target[r0:r1], None, ignore_index, label_smoothing)
+        total += loss_c.sum()
+        # a stride-0 per-token incoming gradient: the CE backward kernel reads it as is
+        g = bwd(scale.expand(r1 - r0), logits, target[r0:r1], None, lse_c, ignore_index, label_smoothing)
+        _accumulate_chunk_grads(g, hidden, weight, bias, r0, r1, grads)
+    return (total * scale,) + _finish_grads(grads, weight)
+
+
+@linear_masked_ce_forward_with_grad.register_fake
+def _linear_fwd_grad_fake(hidden, weight, bias, target, scale, ignore_index, label_smoothing, chunk_size, backend):
+    V = weight.shape[0]
+    return (scale.new_empty(()), hidden.new_empty(hidden.shape), weight.new_empty(weight.shape),
+            weight.new_empty(V if bias is not None else 0))
+
+
+def _linear_grad_setup_context(ctx, inputs, output):
+    _, gh, gw, gb = output
+    ctx.save_for_backward(gh, gw, gb)
+    ctx.has_bias = inputs[2] is not None
+    ctx.mark_non_differentiable(gh, gw, gb)
+
+
+def _linear_grad_backward(ctx, grad_total, *_unused):
+    gh, gw, gb = ctx.saved_tensors
+    g = grad_total
+    return (gh * g.to(gh.dtype), gw * g.to(gw.dtype), (gb * g.to(gb.dtype)) if ctx.has_bias else None,
+            None, None, None, None, None, None)
+
+
+linear_masked_ce_forward_with_grad.register_autograd(_linear_grad_backward,
+                                                     setup_context=_linear_grad_setup_context)
 
 # ---------------------------------------------------------------------------------------- public functions
 
@@ -308,6 +379,16 @@ def linear_masked_cross_entropy(hidden, weight, target, valid_len=None, *, bias=
     flat_hidden = hidden.reshape(-1, H)
     N = flat_hidden.shape[0]
     chunk = chunk_size if chunk_size is not None else default_chunk_size(N, V)
+    wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if reduction in ("sum", "mean") and wants_grad:
+        acc = _acc_dtype(hidden.dtype)
+        if reduction == "sum":
+            scale = torch.ones((), dtype=acc, device=hidden.device)
+        else:  # on device: 1 / max(count, 1), so an all-masked batch gives 0
+            scale = 1.0 / mask.sum().clamp_min(1).to(acc)
+        total, _, _, _ = linear_masked_ce_forward_with_grad(flat_hidden, weight, bias, flat_target, scale,
+                                                            ignore_index, label_smoothing, chunk, be)
+        return total
     loss, _ = linear_masked_ce_forward(flat_hidden, weight, bias, flat_target, ignore_index, label_smoothing,
                                        chunk, be)
     loss = loss.view(target.shape)
