@@ -154,7 +154,10 @@ def _cpu_peak_child(spec):
 
 def cpu_peak_mb(kind, provider, B, T, V, dtype, mode, H=None):
     spec = dict(kind=kind, provider=provider, B=B, T=T, V=V, H=H, mode=mode, dtype=str(dtype).split(".")[-1])
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # glibc: every block >= 64 KB its own mapping, returned on free (no dynamic threshold, no arena reuse), so the
+    # resident size follows the live tensors
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               MALLOC_MMAP_THRESHOLD_="65536")
     r = subprocess.run([sys.executable, __file__, "--_peak", json.dumps(spec)], capture_output=True, text=True,
                        env=env)
     if r.returncode != 0:

@@ -135,6 +135,7 @@ def linear_masked_ce_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: O
         loss_c, lse_c = fwd(logits, target[r0:r1], None, ignore_index, label_smoothing)
         loss[r0:r1] = loss_c
         lse[r0:r1] = lse_c
+        del logits  # free this chunk's logits before the next chunk allocates its own
     return loss, lse
 
 
@@ -158,7 +159,9 @@ def linear_masked_ce_backward(grad_loss: torch.Tensor, hidden: torch.Tensor, wei
     for r0, r1 in _chunks(N, chunk_size):
         logits = F.linear(hidden[r0:r1], weight, bias)
         g = bwd(grad_loss[r0:r1], logits, target[r0:r1], None, lse[r0:r1], ignore_index, label_smoothing)
+        del logits
         _accumulate_chunk_grads(g, hidden, weight, bias, r0, r1, grads)
+        del g  # at most one chunk's logits or gradient alive at a time, plus the new one
     return _finish_grads(grads, weight)
 
 
@@ -235,7 +238,9 @@ def linear_masked_ce_forward_with_grad(hidden: torch.Tensor, weight: torch.Tenso
         total += loss_c.sum()
         # a stride-0 per-token incoming gradient: the CE backward kernel reads it as is
         g = bwd(scale.expand(r1 - r0), logits, target[r0:r1], None, lse_c, ignore_index, label_smoothing)
+        del logits
         _accumulate_chunk_grads(g, hidden, weight, bias, r0, r1, grads)
+        del g
     return (total * scale,) + _finish_grads(grads, weight)
 
 
