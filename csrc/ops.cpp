@@ -54,7 +54,16 @@ TORCH_LIBRARY(s2s_fused, m) {
       "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
   // ---------------------------------------------------------------- cross_entropy
-  // (schemas added by the cross-entropy issue)
+  // logits (N, V) or (B, T, V), any strides; target int64 shaped as logits without V; valid_len int64 (B,) (3-D
+  // only). loss, lse: per position, shaped as target, float32 (float64 for float64 logits); 0 where masked.
+  // Backward: grad_loss shaped as target (any strides, stride 0 included) -> grad_logits, contiguous, logits'
+  // dtype. Reductions are O(N) torch ops around these (s2s_fused/ops/cross_entropy.py).
+  m.def(
+      "masked_ce_forward(Tensor logits, Tensor target, Tensor? valid_len, int ignore_index, "
+      "float label_smoothing) -> (Tensor loss, Tensor lse)");
+  m.def(
+      "masked_ce_backward(Tensor grad_loss, Tensor logits, Tensor target, Tensor? valid_len, Tensor lse, "
+      "int ignore_index, float label_smoothing) -> Tensor");
 
   // ---------------------------------------------------------------- beam
   // (schemas added by the beam-search issue)

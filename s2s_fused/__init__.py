@@ -12,6 +12,7 @@ from .ops.rnn_cell import gru_cell, lstm_cell
 from .ops.rnn_layer import gru_layer, lstm_layer
 
 # ---- cross_entropy
+from .ops.cross_entropy import linear_masked_cross_entropy, masked_softmax_cross_entropy
 
 # ---- beam
 from .ops.beam import beam_search_topk

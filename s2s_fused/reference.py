@@ -82,7 +82,55 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse
 
 
 # ------------------------------------------------------------------------------------------ cross_entropy
-# (the masked cross-entropy reference goes here)
+CE_REDUCTIONS = ("none", "sum", "mean", "per_sequence")
+
+
+def ce_mask(target, valid_len=None, ignore_index=-100):
+    """Which positions count: target != ignore_index and, with valid_len (B,), t < valid_len[b]. Shaped as
+    target."""
+    mask = target != ignore_index
+    if valid_len is not None:
+        T = target.shape[-1]
+        mask = mask & (torch.arange(T, device=target.device) < valid_len.unsqueeze(-1))
+    return mask
+
+
+def ce_reduce(loss, mask, reduction):
+    """Reduce a per-position loss (0 at masked positions). "mean" divides by the number of unmasked positions and
+    gives 0, not NaN, when there are none; "per_sequence" is d2l's sum over valid steps / T, shape (B,)."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.sum() / mask.sum().clamp_min(1).to(loss.dtype)
+    if reduction == "per_sequence":
+        return loss.sum(-1) / loss.shape[-1]
+    raise ValueError(f"reduction: expected one of {CE_REDUCTIONS}, got {reduction!r}")
+
+
+def masked_softmax_cross_entropy(logits, target, valid_len=None, ignore_index=-100, label_smoothing=0.0,
+                                 reduction="mean"):
+    """Masked softmax cross-entropy. logits (N, V) or (B, T, V); target shaped as logits without V; valid_len (B,)
+    (3-D only). Computed in float32 (float64 for float64 logits); masked positions contribute 0 (and no gradient).
+    label_smoothing as torch.nn.functional.cross_entropy."""
+    acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    mask = ce_mask(target, valid_len, ignore_index)
+    safe = torch.where(mask, target, torch.zeros_like(target)).long()
+    logp = torch.log_softmax(logits.to(acc), dim=-1)
+    loss = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    if label_smoothing:
+        loss = (1 - label_smoothing) * loss - label_smoothing * logp.mean(-1)
+    loss = torch.where(mask, loss, torch.zeros((), dtype=acc, device=loss.device))
+    return ce_reduce(loss, mask, reduction)
+
+
+def linear_masked_cross_entropy(hidden, weight, target, valid_len=None, bias=None, ignore_index=-100,
+                                label_smoothing=0.0, reduction="mean"):
+    """masked_softmax_cross_entropy(F.linear(hidden, weight, bias), ...): hidden (N, H) or (B, T, H), weight (V, H),
+    bias (V,)."""
+    return masked_softmax_cross_entropy(F.linear(hidden, weight, bias), target, valid_len, ignore_index,
+                                        label_smoothing, reduction)
 
 
 # --------------------------------------------------------------------------------------------------- beam

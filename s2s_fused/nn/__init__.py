@@ -6,5 +6,6 @@ from .rnn import GRUCell, LSTMCell
 from .rnn import GRU, LSTM
 
 # ---- losses
+from .loss import MaskedSoftmaxCELoss
 
 # ---- end
