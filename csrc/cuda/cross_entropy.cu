@@ -21,7 +21,7 @@ namespace {
 using cpu::CeBackwardParams;
 using cpu::CeForwardParams;
 using cpu::CeRows;
-using cpu::Dtype;
+using s2s_fused::Dtype;
 
 constexpr int kThreads = 256;
 
