@@ -111,6 +111,33 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
 }
 
 
+// The whole recurrence in one call where the device policy has a persistent kernel for it (CUDA, small batch);
+// false: the caller runs its per-step loop. All buffers are the per-step path's, already initialised.
+template <class PW>
+bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, const at::Tensor& gates,
+                    const at::Tensor& gi, const at::Tensor& ws, const at::Tensor& hs, const at::Tensor& cs,
+                    const at::Tensor& output) {
+  PersistentParams q;
+  q.dtype = to_dtype(a.input.scalar_type());
+  q.T = a.T;
+  q.B = a.B;
+  q.H = a.H;
+  q.gru = gru;
+  q.reverse = reverse;
+  const at::Tensor w_hh = a.w_hh.contiguous();
+  q.w_hh = w_hh.const_data_ptr();
+  q.b1 = ptr_or_null(a.b_ih);
+  q.b2 = ptr_or_null(a.b_hh);
+  q.gates = gates.defined() ? gates.mutable_data_ptr() : nullptr;
+  q.gi = gi.defined() ? gi.const_data_ptr() : nullptr;
+  q.ws = ws.defined() ? ws.mutable_data_ptr() : nullptr;
+  q.hs = hs.mutable_data_ptr();
+  q.cs = cs.defined() ? cs.mutable_data_ptr() : nullptr;
+  q.out = output.mutable_data_ptr();
+  q.active = a.active.defined() ? a.active.const_data_ptr<uint8_t>() : nullptr;
+  return a.T > 0 && a.B > 0 && pw.persistent(q);
+}
+
 // ------------------------------------------------------------------------------------------------ LSTM
 
 // Returns (output (T, B, H), h_n, c_n, hs (T+1, B, H), cs (T+1, B, H), workspace (T, B, 4H) = activated gates).
@@ -137,6 +164,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.H = H;
   p.b1 = ptr_or_null(a.b_ih);
   p.b2 = ptr_or_null(a.b_hh);
+  const int64_t last = reverse ? 0 : T;
+  if (run_persistent(pw, a, /*gru=*/false, reverse, gates, at::Tensor(), at::Tensor(), hs, cs, output)) {
+    return {output, hs.select(0, last).clone(), cs.select(0, last).clone(), hs, cs, gates};
+  }
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of_step(s, T, reverse);
     at::Tensor g = gates.select(0, t);
@@ -152,7 +183,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     p.active = active_row(a.active, t);
     pw.lstm_forward(p, B);
   }
-  const int64_t last = reverse ? 0 : T;
   return {output, hs.select(0, last).clone(), cs.select(0, last).clone(), hs, cs, gates};
 }
 
@@ -235,6 +265,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
     rh = at::empty({B, H}, opts);
     ghn = at::empty({B, H}, opts);
   }
+  const int64_t last = reverse ? 0 : T;
+  if (reset_after && run_persistent(pw, a, /*gru=*/true, reverse, at::Tensor(), gi, ws, hs, at::Tensor(), output)) {
+    return {output, hs.select(0, last).clone(), hs, ws};
+  }
   for (int64_t s = 0; s < T; ++s) {
     const int64_t t = time_of_step(s, T, reverse);
     const at::Tensor hprev = state_prev(hs, t, reverse);
@@ -256,7 +290,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
       pw.gru_forward_stage2(p, B);
     }
   }
-  const int64_t last = reverse ? 0 : T;
   return {output, hs.select(0, last).clone(), hs, ws};
 }
 

@@ -99,6 +99,27 @@ struct GruBackwardParams {
   const uint8_t* active = nullptr;
 };
 
+// A whole layer-direction's recurrence in one call (the CUDA persistent kernel, csrc/cuda/rnn_persistent.cu):
+// for LSTM, `gates` (T, B, 4H) holds the input projections and is activated in place (the workspace); for GRU
+// (reset_after), `gi` (T, B, 3H) holds them and `ws` (T, B, 4H) receives (r, z, n, W_hn h + b_hn). hs (and cs)
+// are (T+1, B, H) with the initial state already in place (index 0, or T when reverse); out is (T, B, H).
+// Every buffer is contiguous; active (T, B) is optional. Outputs match the per-step path exactly in layout.
+struct PersistentParams {
+  Dtype dtype;
+  int64_t T = 0, B = 0, H = 0;
+  bool gru = false, reverse = false;
+  const void* w_hh = nullptr;  // (G*H, H)
+  const void* b1 = nullptr;    // b_ih (G*H,) or nullptr
+  const void* b2 = nullptr;    // b_hh (G*H,) or nullptr
+  void* gates = nullptr;       // LSTM
+  const void* gi = nullptr;    // GRU
+  void* ws = nullptr;          // GRU
+  void* hs = nullptr;
+  void* cs = nullptr;          // LSTM
+  void* out = nullptr;
+  const uint8_t* active = nullptr;
+};
+
 }  // namespace s2s_fused
 
 namespace s2s_fused::cpu {

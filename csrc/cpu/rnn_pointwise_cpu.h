@@ -36,6 +36,8 @@ inline bool use_onednn_gemm(const at::Tensor& out) {
 }
 
 struct CpuPointwise {
+  // No persistent recurrence on CPU: the per-step loop is already one thread pool and cache-resident weights.
+  bool persistent(const PersistentParams&) const { return false; }
   // out = a @ b (+ out when accumulate).
   void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
     if (a.size(1) == 0) {  // empty inner dimension: oneDNN and BLAS disagree on what to do; the answer is 0

@@ -38,6 +38,11 @@ struct FusedStepParams {
   void* ws;          // (B, 4H) workspace as the pointwise kernels write it
 };
 cudaError_t lstm_fused_step(const FusedStepParams& p, cudaStream_t stream);
+
+// The persistent small-batch recurrence (csrc/cuda/rnn_persistent.cu). cudaErrorNotSupported: shape, dtype or
+// device it does not cover (B > 8, float64, W_hh too large for the co-resident blocks' shared memory, no
+// cooperative launch); the caller then runs the per-step path.
+cudaError_t persistent_recurrence(const PersistentParams& p, cudaStream_t stream);
 cudaError_t gru_fused_step(const FusedStepParams& p, cudaStream_t stream);
 
 }  // namespace s2s_fused::cuda

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cstdlib>
+
 #include "cuda/rnn_pointwise.cuh"
 
 namespace s2s_fused::cuda {
@@ -32,6 +34,19 @@ struct CudaRnnPolicy {
   }
   void gru_backward_stage2(const GruBackwardParams& p, int64_t B) const {
     check_launch(cuda::gru_backward_stage2(p, B, stream()), "gru_backward_stage2");
+  }
+  // The whole recurrence in one persistent kernel where it applies (B <= 8, weights fit on chip); false: run
+  // the per-step path. S2S_FUSED_NO_PERSISTENT=1 turns it off (A/B benchmarks, tests of both paths).
+  bool persistent(const PersistentParams& p) const {
+    const char* off = std::getenv("S2S_FUSED_NO_PERSISTENT");
+    if (off != nullptr && off[0] == '1') return false;
+    const cudaError_t err = persistent_recurrence(p, stream());
+    if (err == cudaErrorNotSupported) {
+      (void)cudaGetLastError();  // clear the (non-sticky) error an attribute query may have recorded
+      return false;
+    }
+    check_launch(err, "persistent_recurrence");
+    return true;
   }
   // out = a @ b (+ out when accumulate): cuBLAS through ATen, on the current stream.
   void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
