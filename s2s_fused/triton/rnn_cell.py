@@ -19,26 +19,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backend import triton_interpret
+from .rnn_common import GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2, LSTM  # noqa: F401
+from .rnn_common import acc_dtype as _acc
+from .rnn_common import dot_precision as _prec
+from .rnn_common import sigmoid as _sigmoid
+from .rnn_common import tanh as _tanh
+from .rnn_common import tile_sizes as _blocks
 from ..ops import rnn_cell as _cell_ops
 
 Tensor = torch.Tensor
 
-# Modes of the forward kernel.
-LSTM, GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2 = 0, 1, 2, 3
 
 
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # sign(x) (1 - e) / (1 + e), e = exp(-2|x|) <= 1: no overflow for any x.
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
 
 
 @triton.jit
@@ -212,28 +204,12 @@ def _gru_backward_kernel(dh_ptr, s_dhb, ws_ptr, hx_ptr, dgi_ptr, dgh_ptr, dhx_pt
 # ------------------------------------------------------------------------------------------------ launchers
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _prec(dtype):
-    # fp32/fp64: full-precision products ("ieee"), so results match the reference at fp32 tolerance; TF32
-    # would cost ~1e-3 relative error. fp16/bf16: the tensor-core default, except bf16 under the interpreter,
-    # whose bf16 tl.dot returns garbage (Triton 3.9): upcast there.
-    if dtype == torch.bfloat16 and triton_interpret():
-        return "f32"
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
 
 
 def _masked_grads(mask, thunks, like):
     """Compute only the wanted gradients; the others are empty (0-element) tensors, as the C++ ops return."""
     return tuple(f() if want else like.new_empty(0) for want, f in zip(mask, thunks))
 
-
-def _blocks(B, H):
-    block_b = 16 if B <= 16 else 32
-    block_h = 32 if H <= 32 else 64
-    return block_b, block_h, 32
 
 
 def _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h1, c1, ws, aux):

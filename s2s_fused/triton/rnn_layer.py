@@ -20,26 +20,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..backend import triton_interpret
+from .rnn_common import GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2, LSTM  # noqa: F401
+from .rnn_common import acc_dtype as _acc
+from .rnn_common import dot_precision as _prec
+from .rnn_common import sigmoid as _sigmoid
+from .rnn_common import tanh as _tanh
+from .rnn_common import tile_sizes as _blocks
 from ..ops import rnn_layer as _layer_ops
 
 Tensor = torch.Tensor
 
-# Kernel modes (forward and backward).
-LSTM, GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2 = 0, 1, 2, 3
 
 
-@triton.jit
-def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
-
-
-@triton.jit
-def _tanh(x):
-    # e = exp(-2|x|) <= 1 never overflows; the sign is restored after.
-    e = tl.exp(-2.0 * tl.abs(x))
-    t = (1.0 - e) / (1.0 + e)
-    return tl.where(x < 0, -t, t)
 
 
 @triton.jit
@@ -222,20 +214,7 @@ def _layer_step_backward_kernel(
 # ------------------------------------------------------------------------------------------------ launchers
 
 
-def _acc(dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
-
-def _prec(dtype):
-    # fp32/fp64: full-precision products ("ieee"), matching torch's fp32 (TF32 would cost ~1e-3 relative error).
-    # bf16 under the interpreter: upcast (its bf16 tl.dot is wrong in Triton 3.9).
-    if dtype == torch.bfloat16 and triton_interpret():
-        return "f32"
-    return "ieee" if dtype in (torch.float32, torch.float64) else "tf32"
-
-
-def _blocks(B, H):
-    return (16 if B <= 16 else 32), (32 if H <= 32 else 64), 32
 
 
 def _active(lengths, T, B, device):
