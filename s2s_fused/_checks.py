@@ -48,3 +48,12 @@ def shape(t: torch.Tensor, name: str, expected: tuple) -> None:
 def choice(value, name: str, options) -> None:
     if value not in options:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
+
+
+def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int) -> None:
+    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), b (G*H,)."""
+    shape(w_ih, "w_ih", (gates * hidden_size, input_size))
+    shape(w_hh, "w_hh", (gates * hidden_size, hidden_size))
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            shape(b, name, (gates * hidden_size,))

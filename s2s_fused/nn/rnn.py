@@ -28,6 +28,20 @@ def _cell_input(module_name, input, hidden_size):
     return input.new_zeros(*batch, hidden_size)
 
 
+class _GRUOptions:
+    """``reset_after`` and ``backend``, shared by GRUCell and GRU."""
+
+    def _set_gru_options(self, reset_after, backend):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
+        self.reset_after = reset_after
+        self.backend = _check_backend_arg(backend)
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.reset_after else s + ", reset_after=False"
+
+
 class LSTMCell(torch.nn.LSTMCell):
     """``torch.nn.LSTMCell`` with a fused forward/backward. Extra argument: ``backend`` (None = process default).
 
@@ -46,7 +60,7 @@ class LSTMCell(torch.nn.LSTMCell):
                          backend=self.backend)
 
 
-class GRUCell(torch.nn.GRUCell):
+class GRUCell(_GRUOptions, torch.nn.GRUCell):
     """``torch.nn.GRUCell`` with a fused forward/backward. Extra arguments: ``reset_after`` (True: torch/cuDNN's
     GRU; False: Cho et al. / d2l's, where the reset gate scales h before W_hn) and ``backend``.
 
@@ -56,14 +70,7 @@ class GRUCell(torch.nn.GRUCell):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
                  backend=None):
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
-        self.reset_after = reset_after
-        self.backend = _check_backend_arg(backend)
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s if self.reset_after else s + ", reset_after=False"
+        self._set_gru_options(reset_after, backend)
 
     def forward(self, input, hx=None):
         if hx is None:
@@ -230,7 +237,7 @@ class LSTM(_FusedRNNBase, torch.nn.RNNBase):
         return out, (h_n, c_n)
 
 
-class GRU(_FusedRNNBase, torch.nn.RNNBase):
+class GRU(_GRUOptions, _FusedRNNBase, torch.nn.RNNBase):
     """``torch.nn.GRU`` with a fused forward/backward over whole sequences. Extra arguments: ``reset_after``
     (True: torch/cuDNN's GRU; False: Cho et al. / d2l's, which torch does not offer) and ``backend``.
 
@@ -244,14 +251,7 @@ class GRU(_FusedRNNBase, torch.nn.RNNBase):
         super().__init__("GRU", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device,
                          dtype=dtype)
-        if not isinstance(reset_after, bool):
-            raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
-        self.reset_after = reset_after
-        self.backend = _check_backend_arg(backend)
-
-    def extra_repr(self):
-        s = super().extra_repr()
-        return s if self.reset_after else s + ", reset_after=False"
+        self._set_gru_options(reset_after, backend)
 
     def _layer_call(self, x, h0, c0, weights, lengths, reverse):
         w_ih, w_hh, *b = weights
