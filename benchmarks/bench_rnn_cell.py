@@ -15,7 +15,6 @@ import torch
 
 from common import Row, base_parser, fill_ratios, markdown_table, measure, write_results
 
-import s2s_fused
 from s2s_fused.backend import is_available
 from s2s_fused.nn import GRUCell, LSTMCell
 

@@ -13,15 +13,15 @@ in alternation, one call each per round, so load from other processes on a share
 from __future__ import annotations
 
 import datetime as _dt
-import statistics
-import time
 
 import torch
 
 try:
-    from common import Row, base_parser, device_name, fill_ratios, markdown_table, versions, write_results
+    from common import (Row, base_parser, device_name, fill_ratios, markdown_table, time_interleaved, versions,
+                        write_results)
 except ImportError:  # run as a module from the repository root
-    from benchmarks.common import Row, base_parser, device_name, fill_ratios, markdown_table, versions, write_results
+    from benchmarks.common import (Row, base_parser, device_name, fill_ratios, markdown_table, time_interleaved,
+                                   versions, write_results)
 
 import s2s_fused
 from s2s_fused import nn as snn
@@ -56,34 +56,6 @@ def _providers(device):
     return base, out
 
 
-def _interleaved(fns, device, repeats, warmup=2):
-    """Time several providers' callables in alternation (one call each per round), so that load from other
-    processes on a shared machine hits them alike; returns {name: (median, p20, p80)} in ms."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            if device.type == "cuda":
-                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                stop.record()
-                stop.synchronize()
-                times[name].append(start.elapsed_time(stop))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) * 1e3)
-    out = {}
-    for name, ts in times.items():
-        ts.sort()
-        q = statistics.quantiles(ts, n=5) if len(ts) >= 5 else [ts[0]] * 4
-        out[name] = (statistics.median(ts), q[0], q[3])
-    return out
-
-
 def bench(device, shapes, dtype, repeats):
     base, providers = _providers(device)
     rows: list[Row] = []
@@ -114,7 +86,7 @@ def bench(device, shapes, dtype, repeats):
 
                 fwd[name], fwd_bwd[name] = run_fwd, run_fwd_bwd
             for mode, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                for name, (med, p20, p80) in _interleaved(fns, device, repeats).items():
+                for name, (med, p20, p80) in time_interleaved(fns, device, repeats=repeats).items():
                     rows.append(Row(op=f"{kind.lower()}_layer", provider=name, shape=shape,
                                     dtype=str(dtype).replace("torch.", ""), mode=mode, median_ms=med, p20_ms=p20,
                                     p80_ms=p80, device=device_name(device), versions=versions(),

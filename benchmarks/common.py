@@ -67,30 +67,53 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def time_once(fn, device: torch.device) -> float:
+    """One call of ``fn`` in milliseconds (GPU: CUDA events around it)."""
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def summarize(times: list[float]):
+    """(median, p20, p80) of a list of times."""
+    times = sorted(times)
+    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
+    return statistics.median(times), q[0], q[3]
+
+
 def time_fn(fn, device: torch.device, *, warmup: int = 3, repeats: int = 20, min_time_s: float = 0.0):
-    """Run ``fn`` repeatedly; returns (median, p20, p80) in milliseconds. GPU: CUDA events per call."""
+    """Run ``fn`` repeatedly; returns (median, p20, p80) in milliseconds."""
     for _ in range(warmup):
         fn()
     _sync(device)
     times = []
     t_end = time.perf_counter() + min_time_s
     while len(times) < repeats or time.perf_counter() < t_end:
-        if device.type == "cuda":
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(start.elapsed_time(stop))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        times.append(time_once(fn, device))
         if len(times) >= 10 * repeats:
             break
-    times.sort()
-    q = statistics.quantiles(times, n=5) if len(times) >= 5 else [times[0]] * 4
-    return statistics.median(times), q[0], q[3]
+    return summarize(times)
+
+
+def time_interleaved(fns: dict, device: torch.device, *, repeats: int, warmup: int = 2) -> dict:
+    """Time several providers' callables in alternation (one call each per round), so that load from other
+    processes on a shared machine hits them alike; returns {name: (median, p20, p80)} in ms."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    _sync(device)
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(time_once(fn, device))
+    return {name: summarize(ts) for name, ts in times.items()}
 
 
 def peak_memory_mb(fn, device: torch.device) -> float:

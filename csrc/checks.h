@@ -30,6 +30,26 @@ inline void check_floating(const at::Tensor& t, const char* name) {
               ": expected a float32, float64, float16 or bfloat16 tensor, got ", s);
 }
 
+// One LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), optional biases (G*H,), all
+// of input's dtype and device.
+inline void check_rnn_weights(const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                              const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t gates, int64_t I, int64_t H) {
+  check_same(w_ih, input, "w_ih", "input");
+  check_same(w_hh, input, "w_hh", "input");
+  check_dim(w_ih, 2, "w_ih");
+  check_dim(w_hh, 2, "w_hh");
+  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, "w_ih: expected shape (", gates * H, ", ", I,
+              "), got ", w_ih.sizes());
+  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, "w_hh: expected shape (", gates * H, ", ", H,
+              "), got ", w_hh.sizes());
+  for (auto [t, name] : {std::pair{&b_ih, "b_ih"}, std::pair{&b_hh, "b_hh"}}) {
+    if (!t->defined()) continue;
+    check_same(*t, input, name, "input");
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == gates * H, name, ": expected shape (", gates * H, ",), got ",
+                t->sizes());
+  }
+}
+
 inline Dtype to_dtype(at::ScalarType s) {
   switch (s) {
     case at::kFloat: return Dtype::Float32;

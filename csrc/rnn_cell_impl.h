@@ -29,24 +29,11 @@ inline CellArgs check_cell_args(const at::Tensor& input, const at::Tensor& hx, c
   check_dim(hx, 2, "hx");
   check_floating(input, "input");
   check_same(hx, input, "hx", "input");
-  check_same(w_ih, input, "w_ih", "input");
-  check_same(w_hh, input, "w_hh", "input");
   const int64_t B = input.size(0), I = input.size(1), H = hx.size(1);
   check_size(hx, 0, B, "hx");
-  check_dim(w_ih, 2, "w_ih");
-  check_dim(w_hh, 2, "w_hh");
-  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, "w_ih: expected shape (", gates * H, ", ", I,
-              "), got ", w_ih.sizes());
-  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, "w_hh: expected shape (", gates * H, ", ", H,
-              "), got ", w_hh.sizes());
   CellArgs a{input.contiguous(), hx.contiguous(), w_ih, w_hh, contiguous_or_undefined(b_ih),
              contiguous_or_undefined(b_hh), B, I, H};
-  for (auto [t, name] : {std::pair{a.b_ih, "b_ih"}, std::pair{a.b_hh, "b_hh"}}) {
-    if (!t.defined()) continue;
-    check_same(t, input, name, "input");
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == gates * H, name, ": expected shape (", gates * H, ",), got ",
-                t.sizes());
-  }
+  check_rnn_weights(input, w_ih, w_hh, a.b_ih, a.b_hh, gates, I, H);
   return a;
 }
 

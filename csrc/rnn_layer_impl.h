@@ -51,24 +51,11 @@ inline LayerArgs check_layer_args(const at::Tensor& input, const at::Tensor& h0,
   check_dim(h0, 2, "h0");
   check_floating(input, "input");
   check_same(h0, input, "h0", "input");
-  check_same(w_ih, input, "w_ih", "input");
-  check_same(w_hh, input, "w_hh", "input");
   const int64_t T = input.size(0), B = input.size(1), I = input.size(2), H = h0.size(1);
   check_size(h0, 0, B, "h0");
-  check_dim(w_ih, 2, "w_ih");
-  check_dim(w_hh, 2, "w_hh");
-  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, "w_ih: expected shape (", gates * H, ", ", I,
-              "), got ", w_ih.sizes());
-  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, "w_hh: expected shape (", gates * H, ", ", H,
-              "), got ", w_hh.sizes());
   LayerArgs a{input.contiguous(), h0.contiguous(), w_ih, w_hh, contiguous_or_undefined(b_ih),
               contiguous_or_undefined(b_hh), active_mask(lengths, input, T, B), T, B, I, H};
-  for (auto [t, name] : {std::pair{a.b_ih, "b_ih"}, std::pair{a.b_hh, "b_hh"}}) {
-    if (!t.defined()) continue;
-    check_same(t, input, name, "input");
-    TORCH_CHECK(t.dim() == 1 && t.size(0) == gates * H, name, ": expected shape (", gates * H, ",), got ",
-                t.sizes());
-  }
+  check_rnn_weights(input, w_ih, w_hh, a.b_ih, a.b_hh, gates, I, H);
   return a;
 }
 

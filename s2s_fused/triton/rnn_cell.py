@@ -21,6 +21,7 @@ import triton.language as tl
 
 from .rnn_common import GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2, LSTM  # noqa: F401
 from .rnn_common import acc_dtype as _acc
+from .rnn_common import gate_dot as _gate_dot
 from .rnn_common import dot_precision as _prec
 from .rnn_common import sigmoid as _sigmoid
 from .rnn_common import tanh as _tanh
@@ -31,24 +32,6 @@ Tensor = torch.Tensor
 
 
 
-
-
-@triton.jit
-def _gate_dot(acc, a_ptr, s_ab, s_ak, w_ptr, s_wn, s_wk, row0, offs_b, offs_h, B, H, K,
-              BLOCK_K: tl.constexpr, PREC: tl.constexpr):
-    """acc += a[offs_b, :] @ w[row0 + offs_h, :]^T over k, masked at the edges. PREC "f32" upcasts the tiles
-    first (the Triton interpreter's bf16 dot is wrong); otherwise it is tl.dot's input_precision."""
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + offs_b[:, None] * s_ab + offs_k[None, :] * s_ak,
-                    mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
-        w = tl.load(w_ptr + (row0 + offs_h)[None, :] * s_wn + offs_k[:, None] * s_wk,
-                    mask=(offs_h[None, :] < H) & (offs_k[:, None] < K), other=0.0)
-        if PREC == "f32":
-            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc, input_precision=PREC)
-    return acc
 
 
 @triton.jit

@@ -24,6 +24,24 @@ def tanh(x):
     return tl.where(x < 0, -t, t)
 
 
+@triton.jit
+def gate_dot(acc, a_ptr, s_ab, s_ak, w_ptr, s_wn, s_wk, row0, offs_b, offs_h, B, H, K,
+              BLOCK_K: tl.constexpr, PREC: tl.constexpr):
+    """acc += a[offs_b, :] @ w[row0 + offs_h, :]^T over k, masked at the edges. PREC "f32" upcasts the tiles
+    first (the Triton interpreter's bf16 dot is wrong); otherwise it is tl.dot's input_precision."""
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(a_ptr + offs_b[:, None].to(tl.int64) * s_ab + offs_k[None, :] * s_ak,
+                    mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
+        w = tl.load(w_ptr + (row0 + offs_h)[None, :].to(tl.int64) * s_wn + offs_k[:, None] * s_wk,
+                    mask=(offs_h[None, :] < H) & (offs_k[:, None] < K), other=0.0)
+        if PREC == "f32":
+            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc, input_precision=PREC)
+    return acc
+
+
 def acc_dtype(dtype):
     """fp64 accumulates in fp64, everything else in fp32."""
     return tl.float64 if dtype == torch.float64 else tl.float32

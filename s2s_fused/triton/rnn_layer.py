@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .rnn_common import GRU_AFTER, GRU_BEFORE_1, GRU_BEFORE_2, LSTM  # noqa: F401
 from .rnn_common import acc_dtype as _acc
+from .rnn_common import gate_dot as _gate_dot
 from .rnn_common import dot_precision as _prec
 from .rnn_common import sigmoid as _sigmoid
 from .rnn_common import tanh as _tanh
@@ -38,17 +39,7 @@ Tensor = torch.Tensor
 def _recurrent_tile(acc, a_ptr, w_ptr, row0, offs_b, offs_h, B, H,
                     BLOCK_K: tl.constexpr, PREC: tl.constexpr):
     """acc += a[offs_b, :] @ w[row0 + offs_h, :]^T; a (B, H) and w (G*H, H) contiguous, masked at the edges."""
-    for k0 in range(0, H, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        a = tl.load(a_ptr + offs_b[:, None].to(tl.int64) * H + offs_k[None, :],
-                    mask=(offs_b[:, None] < B) & (offs_k[None, :] < H), other=0.0)
-        w = tl.load(w_ptr + (row0 + offs_h)[None, :].to(tl.int64) * H + offs_k[:, None],
-                    mask=(offs_h[None, :] < H) & (offs_k[:, None] < H), other=0.0)
-        if PREC == "f32":
-            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a, w, acc, input_precision=PREC)
-    return acc
+    return _gate_dot(acc, a_ptr, H, 1, w_ptr, H, 1, row0, offs_b, offs_h, B, H, H, BLOCK_K, PREC)
 
 
 @triton.jit
