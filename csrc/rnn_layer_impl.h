@@ -101,9 +101,9 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
 // The whole recurrence in one call where the device policy has a persistent kernel for it (CUDA, small batch);
 // false: the caller runs its per-step loop. All buffers are the per-step path's, already initialised.
 template <class PW>
-bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, const at::Tensor& gates,
-                    const at::Tensor& gi, const at::Tensor& ws, const at::Tensor& hs, const at::Tensor& cs,
-                    const at::Tensor& output) {
+bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after, bool fuse_input,
+                    const at::Tensor& gates, const at::Tensor& gi, const at::Tensor& ws, const at::Tensor& hs,
+                    const at::Tensor& cs, const at::Tensor& output) {
   PersistentParams q;
   q.dtype = to_dtype(a.input.scalar_type());
   q.T = a.T;
@@ -111,6 +111,7 @@ bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, co
   q.H = a.H;
   q.gru = gru;
   q.reverse = reverse;
+  q.reset_after = reset_after;
   const at::Tensor w_hh = a.w_hh.contiguous();
   q.w_hh = w_hh.const_data_ptr();
   q.b1 = ptr_or_null(a.b_ih);
@@ -122,7 +123,58 @@ bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, co
   q.cs = cs.defined() ? cs.mutable_data_ptr() : nullptr;
   q.out = output.mutable_data_ptr();
   q.active = a.active.defined() ? a.active.const_data_ptr<uint8_t>() : nullptr;
-  return a.T > 0 && a.B > 0 && pw.persistent(q);
+  const at::Tensor w_ih = fuse_input ? a.w_ih.contiguous() : at::Tensor();
+  if (fuse_input) {
+    q.x = a.input.const_data_ptr();
+    q.w_ih = w_ih.const_data_ptr();
+    q.I = a.I;
+  }
+  const bool done = a.T > 0 && a.B > 0 && pw.persistent(q);
+  TORCH_CHECK(done || !fuse_input, "s2s_fused: internal error: the fused input projection was not computed");
+  return done;
+}
+
+// Whether the policy's persistent path will compute the input projections itself (so none is computed up front).
+template <class PW>
+bool fuse_input_projection(const PW& pw, const LayerArgs& a) {
+  return a.T > 0 && a.B > 0 && a.H > 0 && pw.fuses_input_projection(to_dtype(a.input.scalar_type()));
+}
+
+// The whole backward time loop in one call where the device policy has one (CPU, fp32: packed weights); false:
+// the caller runs its per-step loop. On success the gradient of h0 is left in `dh` (the buffers are swapped when
+// the loop's parity put it in dh_next).
+template <class PW>
+bool run_persistent_backward(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after,
+                             const at::Tensor& go, at::Tensor& dh, at::Tensor& dh_next, const at::Tensor& dc,
+                             const at::Tensor& ws, const at::Tensor& hs, const at::Tensor& cs,
+                             const at::Tensor& dgates, const at::Tensor& dgi, const at::Tensor& dgh,
+                             const at::Tensor& rh) {
+  if (a.T == 0 || a.B == 0) return false;
+  PersistentBackwardParams q;
+  q.dtype = to_dtype(a.input.scalar_type());
+  q.T = a.T;
+  q.B = a.B;
+  q.H = a.H;
+  q.gru = gru;
+  q.reverse = reverse;
+  q.reset_after = reset_after;
+  const at::Tensor w_hh = a.w_hh.contiguous();
+  q.w_hh = w_hh.const_data_ptr();
+  q.go = go.defined() ? go.const_data_ptr() : nullptr;
+  q.dh = dh.mutable_data_ptr();
+  q.dh_next = dh_next.mutable_data_ptr();
+  q.dc = dc.defined() ? dc.mutable_data_ptr() : nullptr;
+  q.ws = ws.const_data_ptr();
+  q.hs = hs.const_data_ptr();
+  q.cs = cs.defined() ? cs.const_data_ptr() : nullptr;
+  q.dgates = dgates.defined() ? dgates.mutable_data_ptr() : nullptr;
+  q.dgi = dgi.defined() ? dgi.mutable_data_ptr() : nullptr;
+  q.dgh = dgh.defined() ? dgh.mutable_data_ptr() : nullptr;
+  q.rh = rh.defined() ? rh.mutable_data_ptr() : nullptr;
+  q.active = a.active.defined() ? a.active.const_data_ptr<uint8_t>() : nullptr;
+  if (!pw.persistent_backward(q)) return false;
+  if (a.T % 2 == 1) std::swap(dh, dh_next);
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------------ LSTM
@@ -140,9 +192,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto opts = a.input.options();
   // The gate buffer starts as the input projection of all steps (one GEMM), takes each step's recurrent GEMM in
   // place and is then activated in place: it is also the workspace backward reads.
-  at::Tensor gates = mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 4 * H});
-  at::Tensor hs = at::empty({T + 1, B, H}, opts), cs = at::empty({T + 1, B, H}, opts);
-  at::Tensor output = at::empty({T, B, H}, opts);
+  const bool fuse_in = fuse_input_projection(pw, a);
+  at::Tensor gates = fuse_in ? pw.buffer({T, B, 4 * H}, opts)
+                             : mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 4 * H});
+  at::Tensor hs = pw.buffer({T + 1, B, H}, opts), cs = pw.buffer({T + 1, B, H}, opts);
+  at::Tensor output = pw.buffer({T, B, H}, opts);
   state_prev(hs, reverse ? T - 1 : 0, reverse).copy_(a.h0);
   state_prev(cs, reverse ? T - 1 : 0, reverse).copy_(c0);
   const at::Tensor w_hh_t = a.w_hh.t();
@@ -152,7 +206,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.b1 = ptr_or_null(a.b_ih);
   p.b2 = ptr_or_null(a.b_hh);
   const int64_t last = reverse ? 0 : T;
-  if (run_persistent(pw, a, /*gru=*/false, reverse, gates, at::Tensor(), at::Tensor(), hs, cs, output)) {
+  if (run_persistent(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, fuse_in, gates, at::Tensor(), at::Tensor(),
+                     hs, cs, output)) {
     return {output, hs.select(0, last).clone(), cs.select(0, last).clone(), hs, cs, gates};
   }
   for (int64_t s = 0; s < T; ++s) {
@@ -190,11 +245,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous(), csc = cs.contiguous();
   at::Tensor dh = grad_state_init(grad_h_n, a, "grad_h_n"), dh_next = at::empty_like(dh);
   at::Tensor dc = grad_state_init(grad_c_n, a, "grad_c_n");
-  at::Tensor dgates = at::empty({T, B, 4 * H}, a.input.options());
+  at::Tensor dgates = pw.buffer({T, B, 4 * H}, a.input.options());
+  const bool done = run_persistent_backward(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, go, dh, dh_next, dc,
+                                            ws, hsc, csc, dgates, at::Tensor(), at::Tensor(), at::Tensor());
   LstmBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
-  for (int64_t s = T - 1; s >= 0; --s) {
+  for (int64_t s = done ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of_step(s, T, reverse);
     at::Tensor dg = dgates.select(0, t);
     p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
@@ -231,12 +288,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
   const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3);
   const int64_t T = a.T, B = a.B, H = a.H;
   const auto opts = a.input.options();
-  const at::Tensor gi = mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 3 * H});
-  at::Tensor hs = at::empty({T + 1, B, H}, opts), output = at::empty({T, B, H}, opts);
+  const bool fuse_in = fuse_input_projection(pw, a);
+  const at::Tensor gi = fuse_in ? at::Tensor() : mm(pw, a.input.view({T * B, a.I}), a.w_ih.t()).view({T, B, 3 * H});
+  at::Tensor hs = pw.buffer({T + 1, B, H}, opts), output = pw.buffer({T, B, H}, opts);
   state_prev(hs, reverse ? T - 1 : 0, reverse).copy_(a.h0);
   // Rows of finished steps are never written by the kernels; zeros keep the returned workspace deterministic.
   const int64_t ws_cols = reset_after ? 4 * H : 3 * H;
-  at::Tensor ws = a.active.defined() ? at::zeros({T, B, ws_cols}, opts) : at::empty({T, B, ws_cols}, opts);
+  at::Tensor ws = a.active.defined() ? at::zeros({T, B, ws_cols}, opts) : pw.buffer({T, B, ws_cols}, opts);
   GruForwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
@@ -253,7 +311,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
     ghn = at::empty({B, H}, opts);
   }
   const int64_t last = reverse ? 0 : T;
-  if (reset_after && run_persistent(pw, a, /*gru=*/true, reverse, at::Tensor(), gi, ws, hs, at::Tensor(), output)) {
+  if (run_persistent(pw, a, /*gru=*/true, reverse, reset_after, fuse_in, at::Tensor(), gi, ws, hs, at::Tensor(),
+                     output)) {
     return {output, hs.select(0, last).clone(), hs, ws};
   }
   for (int64_t s = 0; s < T; ++s) {
@@ -295,22 +354,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor go = masked_grad_output(grad_output, a);
   const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous();
   at::Tensor dh = grad_state_init(grad_h_n, a, "grad_h_n"), dh_next = at::empty_like(dh);
-  at::Tensor dgi = at::empty({T, B, 3 * H}, opts);
+  at::Tensor dgi = pw.buffer({T, B, 3 * H}, opts);
   // reset_after: dgh differs from dgi in its n columns (dn * r); reset_before: gh_n = (r h) W_hn has gradient dn,
   // the same as gi_n, so dgi serves both and rh = r * h is kept per step for the W_hn gradient.
-  at::Tensor dgh = reset_after ? at::empty({T, B, 3 * H}, opts) : dgi;
+  at::Tensor dgh = reset_after ? pw.buffer({T, B, 3 * H}, opts) : dgi;
   at::Tensor rh_all, drh;
   if (!reset_after) {
-    rh_all = at::empty({T, B, H}, opts);
+    rh_all = pw.buffer({T, B, H}, opts);
     drh = at::empty({B, H}, opts);
   }
   const at::Tensor w_rz = reset_after ? a.w_hh : a.w_hh.narrow(0, 0, 2 * H);
   const at::Tensor w_hn = a.w_hh.narrow(0, 2 * H, H);
+  const bool done = run_persistent_backward(pw, a, /*gru=*/true, reverse, reset_after, go, dh, dh_next, at::Tensor(),
+                                            ws, hsc, at::Tensor(), at::Tensor(), dgi, dgh, rh_all);
   GruBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
   p.reset_after = reset_after;
-  for (int64_t s = T - 1; s >= 0; --s) {
+  for (int64_t s = done ? -1 : T - 1; s >= 0; --s) {
     const int64_t t = time_of_step(s, T, reverse);
     at::Tensor dgi_t = dgi.select(0, t), dgh_t = dgh.select(0, t);
     p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};

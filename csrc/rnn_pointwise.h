@@ -99,16 +99,22 @@ struct GruBackwardParams {
   const uint8_t* active = nullptr;
 };
 
-// A whole layer-direction's recurrence in one call (the CUDA persistent kernel, csrc/cuda/rnn_persistent.cu):
-// for LSTM, `gates` (T, B, 4H) holds the input projections and is activated in place (the workspace); for GRU
-// (reset_after), `gi` (T, B, 3H) holds them and `ws` (T, B, 4H) receives (r, z, n, W_hn h + b_hn). hs (and cs)
-// are (T+1, B, H) with the initial state already in place (index 0, or T when reverse); out is (T, B, H).
+// A whole layer-direction's recurrence in one call (the CUDA persistent kernel, csrc/cuda/rnn_persistent.cu, and
+// the CPU packed-weight loop, csrc/cpu/rnn_recurrence_cpu.h): for LSTM, `gates` (T, B, 4H) holds the input
+// projections and is activated in place (the workspace); for GRU, `gi` (T, B, 3H) holds them and `ws` receives
+// (r, z, n, W_hn h + b_hn) (T, B, 4H) with reset_after, (r, z, n) (T, B, 3H) without. hs (and cs) are
+// (T+1, B, H) with the initial state already in place (index 0, or T when reverse); out is (T, B, H).
 // Every buffer is contiguous; active (T, B) is optional. Outputs match the per-step path exactly in layout.
 struct PersistentParams {
   Dtype dtype;
   int64_t T = 0, B = 0, H = 0;
-  bool gru = false, reverse = false;
+  bool gru = false, reverse = false, reset_after = true;
   const void* w_hh = nullptr;  // (G*H, H)
+  // When set, the callee computes the input projections itself, step by step (gates / gi hold nothing on entry;
+  // gi may be nullptr): x (T, B, I) contiguous, w_ih (G*H, I). CPU packed path only (see fuses_input_projection).
+  const void* x = nullptr;
+  const void* w_ih = nullptr;
+  int64_t I = 0;
   const void* b1 = nullptr;    // b_ih (G*H,) or nullptr
   const void* b2 = nullptr;    // b_hh (G*H,) or nullptr
   void* gates = nullptr;       // LSTM
@@ -117,6 +123,31 @@ struct PersistentParams {
   void* hs = nullptr;
   void* cs = nullptr;          // LSTM
   void* out = nullptr;
+  const uint8_t* active = nullptr;
+};
+
+// The backward time loop of a layer-direction in one call (CPU packed-weight loop): the per-step pointwise
+// backward and dh GEMM of rnn_layer_impl.h, with the same buffers. dh (B, H) holds grad_h_n on entry and dh_next
+// (B, H) is scratch; on return the gradient of h0 is in dh when T is even and in dh_next when T is odd (the two
+// swap every step). dc (LSTM, (B, H)) holds grad_c_n on entry and the gradient of c0 on return. go (T, B, H) is
+// the masked output gradient or nullptr. LSTM writes dgates (T, B, 4H); GRU writes dgi and dgh (T, B, 3H; the
+// same buffer without reset_after) and, without reset_after, rh (T, B, H) = r * h for the W_hn gradient.
+struct PersistentBackwardParams {
+  Dtype dtype;
+  int64_t T = 0, B = 0, H = 0;
+  bool gru = false, reverse = false, reset_after = true;
+  const void* w_hh = nullptr;  // (G*H, H)
+  const void* go = nullptr;
+  void* dh = nullptr;
+  void* dh_next = nullptr;
+  void* dc = nullptr;
+  const void* ws = nullptr;
+  const void* hs = nullptr;
+  const void* cs = nullptr;
+  void* dgates = nullptr;
+  void* dgi = nullptr;
+  void* dgh = nullptr;
+  void* rh = nullptr;
   const uint8_t* active = nullptr;
 };
 

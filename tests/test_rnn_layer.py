@@ -356,27 +356,46 @@ def test_bad_lengths_and_devices():
 _CAP_SCRIPT = """
 import torch, s2s_fused
 from s2s_fused.backend import build_info
+torch.set_num_threads(2)  # two threads: each runs the time loop of its own rows (packed path)
 torch.manual_seed(0)
-for kind in ("lstm", "gru"):
-    G = 4 if kind == "lstm" else 3
-    x, h, c = torch.randn(7, 5, 3), torch.randn(5, 19), torch.randn(5, 19)
-    w = (torch.randn(G * 19, 3), torch.randn(G * 19, 19), torch.randn(G * 19), torch.randn(G * 19))
-    lens = torch.tensor([7, 1, 3, 7, 2])
-    hx = (h, c) if kind == "lstm" else h
-    f = getattr(s2s_fused, kind + "_layer")
-    a = f(x, hx, *w, lengths=lens, reverse=True, backend="cpu")[0]
-    b = f(x, hx, *w, lengths=lens, reverse=True, backend="reference")[0]
-    assert (a - b).abs().max() < 1e-5, (kind, (a - b).abs().max())
+# H = 19: a partial panel at every SIMD width; H = 40: full and partial panels; B = 9: 4-, 2- and 1-row tiles.
+for kind, ra in (("lstm", True), ("gru", True), ("gru", False)):
+    for (T, B, I, H) in ((7, 5, 3, 19), (4, 9, 6, 40)):
+        G = 4 if kind == "lstm" else 3
+        x = torch.randn(T, B, I, dtype=torch.float64)
+        hx = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
+        w = [torch.randn(G * H, I), torch.randn(G * H, H), torch.randn(G * H), torch.randn(G * H)]
+        w = [(v * 0.3).double() for v in w]
+        lens = torch.randint(1, T + 1, (B,))
+        lens[0] = T
+        f = getattr(s2s_fused, kind + "_layer")
+        kw = dict(lengths=lens, reverse=True) | ({} if kind == "lstm" else dict(reset_after=ra))
+        results = []
+        for dtype, backend in ((torch.float32, "cpu"), (torch.float64, "reference")):
+            leaves = [t.to(dtype).requires_grad_() for t in [x] + hx + w]
+            hin = tuple(leaves[1:3]) if kind == "lstm" else leaves[1]
+            out = f(leaves[0], hin, *leaves[-4:], backend=backend, **kw)
+            flat = [out[0]] + (list(out[1]) if kind == "lstm" else [out[1]])
+            sum(o.double().sin().sum() for o in flat).backward()
+            results.append([o.detach().double() for o in flat] + [t.grad.double() for t in leaves])
+        for i, (a, b) in enumerate(zip(*results)):
+            err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+            assert err < 1e-4, (kind, ra, T, B, I, H, i, err)
 print(build_info()["cpu_capability"])
 """
 
 
-@pytest.mark.parametrize("cap", ["default", "avx2", "avx512", "avx512-blas"])
+@pytest.mark.parametrize("cap", ["default", "avx2", "avx512", "avx512-blas", "avx512-nopacked"])
 def test_each_cpu_capability(cap):
-    """Each capability's pointwise kernels; "blas": fp32 GEMMs through ATen's BLAS instead of oneDNN."""
+    """Each capability's kernels (pointwise, and the packed-weight recurrence of AVX2/AVX-512) against the fp64
+    reference, outputs and every gradient. "blas": fp32 GEMMs through ATen's BLAS instead of oneDNN;
+    "nopacked": the per-step ATen-GEMM loop instead of the packed recurrence."""
     env = dict(os.environ, ATEN_CPU_CAPABILITY=cap.split("-")[0], PYTHONPATH=os.getcwd())
     if cap.endswith("blas"):
         env["S2S_FUSED_NO_ONEDNN"] = "1"
+        env["S2S_FUSED_NO_PACKED"] = "1"
+    if cap.endswith("nopacked"):
+        env["S2S_FUSED_NO_PACKED"] = "1"
     r = subprocess.run([sys.executable, "-c", _CAP_SCRIPT], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
 

@@ -13,6 +13,7 @@
 #endif
 
 #include "cpu/dispatch.h"
+#include "cpu/memory.h"
 #include "cross_entropy_args.h"
 
 S2S_CPU_KERNEL_TABLE(CrossEntropyKernels, cross_entropy_kernels)
@@ -22,23 +23,6 @@ namespace {
 
 // Rows per task: about 64K logits, so a task outweighs its scheduling cost.
 int64_t ce_grain(int64_t V) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, V)); }
-
-// A freshly allocated multi-MB gradient costs one page fault per 4 KB page on first touch, which here took
-// longer than the whole backward pass (28 of 36 ms for 64 MB). Ask for transparent huge pages on its 2 MB-aligned
-// interior (THP is usually in "madvise" mode), so the first write faults once per 2 MB. A hint only: errors are
-// ignored.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
-  const uintptr_t end = begin + t.nbytes();
-  const uintptr_t lo = (begin + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t hi = end & ~(kHuge - 1);
-  if (hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
 
 void check_valid_len_values(const CeArgs& a) {
   if (!a.valid_len.defined()) return;
@@ -107,7 +91,7 @@ at::Tensor masked_ce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor&
   check_target_values(a);
   at::Tensor lse = lse_in.contiguous();
   at::Tensor grad = at::empty(a.logits.sizes(), a.logits.options().memory_format(at::MemoryFormat::Contiguous));
-  if (grad.nbytes() >= (size_t(8) << 20)) advise_huge_pages(grad);
+  advise_huge_pages(grad);
   CeBackwardParams p;
   p.rows = a.rows;
   p.lse = lse.const_data_ptr();

@@ -9,10 +9,10 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "cpu/dispatch.h"
+#include "cpu/memory.h"
+#include "cpu/rnn_kernel_tables.h"
+#include "cpu/rnn_recurrence_cpu.h"
 #include "rnn_pointwise.h"
-
-S2S_CPU_KERNEL_TABLE(RnnPointwiseKernels, rnn_pointwise_kernels)
 
 // oneDNN's matmul, as ATen uses it (exported by libtorch_cpu; its header is not shipped). Weak, so a torch built
 // without it still loads this extension (and uses ATen's BLAS).
@@ -36,8 +36,15 @@ inline bool use_onednn_gemm(const at::Tensor& out) {
 }
 
 struct CpuPointwise {
-  // No persistent recurrence on CPU: the per-step loop is already one thread pool and cache-resident weights.
-  bool persistent(const PersistentParams&) const { return false; }
+  // fp32: the whole time loop with packed recurrent weights, each thread over its own rows
+  // (rnn_recurrence_cpu.h); other dtypes: the per-step loop of rnn_layer_impl.h.
+  bool persistent(const PersistentParams& q) const { return packed_forward(q); }
+  // The packed path computes each step's input projection next to its recurrent product (same micro-kernel,
+  // rows still in cache), so no (T, B, G*H) projection is computed up front.
+  bool fuses_input_projection(Dtype dtype) const { return use_packed_recurrence(dtype); }
+  bool persistent_backward(const PersistentBackwardParams& q) const { return packed_backward(q); }
+  // Sequence-sized buffers (workspaces, states, gradients): huge-page backed where they are large.
+  at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) const { return empty_huge(sizes, options); }
   // out = a @ b (+ out when accumulate).
   void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
     if (a.size(1) == 0) {  // empty inner dimension: oneDNN and BLAS disagree on what to do; the answer is 0

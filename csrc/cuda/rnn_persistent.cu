@@ -198,6 +198,7 @@ cudaError_t by_dtype(const PersistentParams& p, cudaStream_t stream) {
 
 cudaError_t persistent_recurrence(const PersistentParams& p, cudaStream_t stream) {
   if (p.B < 1 || p.B > kRows || p.T < 1 || p.H < 1) return cudaErrorNotSupported;
+  if (p.gru && !p.reset_after) return cudaErrorNotSupported;  // two products per step: per-step path
   return p.gru ? by_dtype<true>(p, stream) : by_dtype<false>(p, stream);
 }
 

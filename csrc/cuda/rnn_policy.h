@@ -48,6 +48,11 @@ struct CudaRnnPolicy {
     check_launch(err, "persistent_recurrence");
     return true;
   }
+  at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) const { return at::empty(sizes, options); }
+  // The input projections stay one cuBLAS GEMM over all steps, before the recurrence.
+  bool fuses_input_projection(Dtype) const { return false; }
+  // Backward: the per-step loop (cuBLAS dh GEMMs + pointwise kernels).
+  bool persistent_backward(const PersistentBackwardParams&) const { return false; }
   // out = a @ b (+ out when accumulate): cuBLAS through ATen, on the current stream.
   void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
     if (accumulate) out.addmm_(a, b); else at::mm_out(out, a, b);

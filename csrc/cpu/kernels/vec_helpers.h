@@ -58,9 +58,16 @@ inline V vsigmoid(const V& x) {
   return V(S(1)) / (V(S(1)) + x.neg().exp());
 }
 
+// tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|) <= 1: one exp and one division, no overflow. Sleef's
+// tanh took as long as the rest of the LSTM pointwise pass together (perf, benchmarks/NOTES.md rnn_layer); this
+// form's absolute error is a few ulp of 1 (|e|'s rounding, not amplified), within every tolerance we use.
 template <typename V>
 inline V vtanh(const V& x) {
-  return x.tanh();
+  using S = typename V::value_type;
+  const V ax = x.abs();
+  const V e = (ax * V(S(-2))).exp();
+  const V t = (V(S(1)) - e) / (V(S(1)) + e);
+  return V::blendv(t, t.neg(), x < V(S(0)));
 }
 
 }  // namespace CPU_CAPABILITY
