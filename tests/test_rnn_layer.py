@@ -477,3 +477,147 @@ def test_cuda_persistent_small_batch(kind, dtype, B, monkeypatch):
         tol = max(2 * rel_err(theirs, exact), floor)
         assert rel_err(new, exact) <= tol, f"persistent {kind} {dtype} B={B}"
         assert rel_err(step, exact) <= tol, f"per-step {kind} {dtype} B={B}"
+
+
+# ------------------------------------------------------------- triton: persistent program over time (issue 3)
+# s2s_fused/triton/rnn_layer.py runs a layer-direction's whole time loop in one launch where use_persistent(B, H)
+# allows, the per-step kernels otherwise (or with S2S_FUSED_TRITON_NO_PERSISTENT=1). Both paths are selected
+# explicitly here, and a spy on the persistent launcher checks which one ran.
+
+_NO_PERSISTENT = "S2S_FUSED_TRITON_NO_PERSISTENT"
+# (T, B, I, H, lengths, reverse, bias, dtype): H = 1, 7 (one unit tile), 70 and 130 (2 and 3 tiles: a step reads
+# h of units other threads wrote), B = 1, 3, 17 (17: two row blocks), lengths with 1 and T present.
+PERSISTENT_CONFIGS = [
+    (5, 3, 2, 7, [5, 1, 3], False, True, torch.float64),
+    (4, 1, 3, 1, None, True, False, torch.float64),
+    (3, 3, 2, 70, [1, 3, 2], True, True, torch.float64),
+    (2, 17, 3, 130, [2, 1] + [1 + k % 2 for k in range(15)], True, True, torch.float32),
+    (4, 3, 4, 70, [4, 2, 1], False, True, torch.bfloat16),
+    (3, 2, 3, 40, None, True, True, torch.float16),
+]
+
+
+def _persistent_spy(monkeypatch, tri):
+    calls = []
+    real = tri._persistent_forward
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tri, "_persistent_forward", spy)
+    return calls
+
+
+def _layer_call(kind, args, lengths, reverse, backend):
+    """(out, h_n[, c_n]) of the public function."""
+    if kind == "lstm":
+        out, (hn, cn) = s2s_fused.lstm_layer(args[0], (args[1], args[2]), *args[3:], lengths=lengths,
+                                             reverse=reverse, backend=backend)
+        return [out, hn, cn]
+    out, hn = s2s_fused.gru_layer(args[0], args[1], *args[2:], lengths=lengths, reverse=reverse,
+                                  reset_after=kind == "gru", backend=backend)
+    return [out, hn]
+
+
+def _triton_op_call(tri, kind, args, lengths, reverse):
+    """Every output of the Triton forward op, buffers included: LSTM (out, h_n, c_n, hs, cs, ws), GRU (out, h_n,
+    hs, ws)."""
+    if kind == "lstm":
+        return list(tri.lstm_layer_forward(*args, lengths, reverse))
+    return list(tri.gru_layer_forward(*args, lengths, reverse, kind == "gru"))
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+@pytest.mark.parametrize("config", PERSISTENT_CONFIGS, ids=lambda c: f"T{c[0]}B{c[1]}H{c[3]}-{str(c[7])[6:]}")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypatch):
+    from s2s_fused.triton import rnn_layer as tri
+    from tests.helpers import poison_
+    T, B, I, H, lens, reverse, bias, dtype = config
+    base = kind.split("_")[0]
+    lengths = torch.tensor(lens) if lens is not None else None
+    args = _op_args(base, T=T, B=B, I=I, H=H, bias=bias, lengths=False, dtype=dtype)[:-1]
+    w = 3 if base == "lstm" else 2  # weights at torch's init scale: unsaturated gates, errors that show
+    args[w], args[w + 1] = args[w] * I ** -0.5, args[w + 1] * H ** -0.5
+    assert tri.use_persistent(B, H), "the rule must pick the persistent program for this shape"
+    calls = _persistent_spy(monkeypatch, tri)
+
+    # the per-step path, forced by the switch
+    monkeypatch.setenv(_NO_PERSISTENT, "1")
+    step = _triton_op_call(tri, kind, args, lengths, reverse)
+    assert not calls and not tri.use_persistent(B, H)
+    monkeypatch.delenv(_NO_PERSISTENT)
+
+    # the persistent launcher on its own, every buffer it writes poisoned (NaN) except h0 / c0 in place
+    G, lstm = (4 if base == "lstm" else 3), base == "lstm"
+    x, w_ih, w_hh = args[0], args[3 if lstm else 2], args[4 if lstm else 3]
+    b1, b2 = args[-2:]
+    gx = (x.reshape(T * B, I) @ w_ih.t()).view(T, B, G * H).contiguous()
+    hs_step, ws_step = step[3 if lstm else 2], step[-1]
+    first = T if reverse else 0  # the first step's read slot (csrc/rnn_layer_impl.h's time layout)
+    hs, ws, out = (poison_(torch.empty_like(t)) for t in (hs_step, ws_step, step[0]))
+    hs[first] = args[1]
+    cs = None
+    if lstm:
+        cs = poison_(torch.empty_like(step[4]))
+        cs[first] = args[2]
+    mode = {"lstm": tri.LSTM, "gru": tri.GRU_AFTER, "gru_rb": tri.GRU_BEFORE_1}[kind]
+    act = tri._active(lengths, T, B, x.device)
+    tri._forward_sequence(mode, gx, hs, cs, w_hh, b1, b2, act, out, ws, reverse)
+    assert len(calls) == 1
+    same_tol = {torch.float64: 1e-12, torch.float32: 1e-6}.get(dtype, 1e-2)
+    for name, a, b in (("out", out, step[0]), ("hs", hs, hs_step), ("ws", ws, ws_step)) + \
+            ((("cs", cs, step[4]),) if lstm else ()):
+        assert_close(a, b, same_tol, f"persistent vs per-step {kind} {name}")
+
+    # the public function through the persistent path: outputs (and gradients, fp32/fp64) against the reference
+    def outputs_and_grads(leaves, backend):
+        outs = _layer_call(kind, leaves if bias else leaves + [None, None], lengths, reverse, backend)
+        if dtype not in (torch.float64, torch.float32):
+            return outs
+        g = torch.Generator().manual_seed(5)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+        return outs + list(torch.autograd.grad(loss, leaves))
+
+    leaves = [a for a in args if a is not None]
+    ours = outputs_and_grads([a.detach().clone().requires_grad_() for a in leaves], "triton")
+    assert len(calls) == 2
+    # the float64 truth, and torch's own error in this dtype (ARCHITECTURE.md's tolerances)
+    ref64, own = (outputs_and_grads([a.detach().to(d).requires_grad_() for a in leaves], "reference")
+                  for d in (torch.float64, dtype))
+    floor = {torch.float64: 1e-9, torch.float32: 1e-5}.get(dtype, 1e-2)
+    for i, (a, b, c) in enumerate(zip(ours, ref64, own)):
+        tol = floor if dtype == torch.float64 else max(2 * rel_err(c, b), floor)
+        assert_close(a, b, tol, f"persistent {kind} vs reference, output/grad {i}")
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+def test_triton_persistent_gradcheck(kind, monkeypatch):
+    """fp64 gradcheck (fast mode: a random projection per input) of the op whose forward is the persistent
+    program; the backward is the per-step one, so this checks the workspace and states it saves."""
+    from s2s_fused.triton import rnn_layer as tri
+    calls = _persistent_spy(monkeypatch, tri)
+    base = kind.split("_")[0]
+    args = _op_args(base, T=3, B=2, I=2, H=3, lengths=False, requires_grad=True)[:-1]
+    lengths, reverse = torch.tensor([3, 1]), kind != "gru"
+
+    def f(*a):
+        return tuple(_layer_call(kind, list(a), lengths, reverse, "triton"))
+
+    assert torch.autograd.gradcheck(f, tuple(args), fast_mode=True)
+    assert calls
+
+
+def test_triton_persistent_rule(monkeypatch):
+    from s2s_fused.triton import rnn_layer as tri
+    monkeypatch.delenv(_NO_PERSISTENT, raising=False)
+    assert tri.use_persistent(1, 512) is False  # H above PERSISTENT_MAX_H: per-step grid spreads W_hh
+    assert tri.use_persistent(8, tri.PERSISTENT_MAX_H) is True
+    assert tri.use_persistent(4096, 64) is False  # the per-step grid alone fills a GPU
+    assert tri.use_persistent(64, 256) is True
+    monkeypatch.setenv(_NO_PERSISTENT, "1")
+    assert tri.use_persistent(8, 64) is False
+    monkeypatch.setenv(_NO_PERSISTENT, "0")
+    assert tri.use_persistent(8, 64) is True
