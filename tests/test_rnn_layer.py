@@ -621,3 +621,46 @@ def test_triton_persistent_rule(monkeypatch):
     assert tri.use_persistent(8, 64) is False
     monkeypatch.setenv(_NO_PERSISTENT, "0")
     assert tri.use_persistent(8, 64) is True
+
+
+# Compiles the Triton layer kernels for a GPU (sm_90) without one: triton.compile runs the whole pipeline down to
+# cubin with the ptxas Triton ships. Catches what the interpreter accepts and the compiler does not (as a tensor
+# and a scalar returned from one function did). Run in a subprocess: this process's kernels are interpreted.
+_TRITON_COMPILE_SCRIPT = """
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from s2s_fused.triton import rnn_layer as tri
+if "nvidia" not in triton.backends.backends:
+    print("SKIP: no nvidia backend in this triton"); raise SystemExit(0)
+
+def compile_for_gpu(fn, dtype, **consts):
+    sig = {n: "constexpr" if n in consts else ("*u8" if n == "act_ptr" else "*" + dtype) if n.endswith("_ptr")
+           else "i32" for n in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32))
+
+blocks = dict(BLOCK_B=16, BLOCK_H=64)
+fwd = dict(blocks, HAS_B1=True, HAS_B2=True, HAS_ACT=True, BLOCK_K=32)
+for dtype, acc, prec, modes in (("fp32", tl.float32, "ieee", (tri.LSTM, tri.GRU_AFTER, tri.GRU_BEFORE_1)),
+                                ("bf16", tl.float32, "tf32", (tri.LSTM,))):
+    for mode in modes:
+        k = compile_for_gpu(tri._layer_persistent_forward_kernel, dtype, MODE=mode, REVERSE=True, ACC=acc,
+                            PREC=prec, **fwd)
+        assert "bar.sync" in k.asm["ptx"]
+for mode in (tri.GRU_AFTER, tri.GRU_BEFORE_2):
+    compile_for_gpu(tri._layer_step_forward_kernel, "fp32", MODE=mode, ACC=tl.float32, PREC="ieee", **fwd)
+print("compiled")
+"""
+
+
+@pytest.mark.skipif(not is_available("triton") or torch.cuda.is_available(),
+                    reason="no triton, or a GPU that runs the kernels for real (with a Triton API maybe older)")
+def test_triton_layer_kernels_compile_for_gpu():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.getcwd()
+    r = subprocess.run([sys.executable, "-c", _TRITON_COMPILE_SCRIPT], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    if r.stdout.startswith("SKIP"):
+        pytest.skip(r.stdout.strip())
+    assert "compiled" in r.stdout
