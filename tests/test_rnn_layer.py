@@ -650,6 +650,9 @@ for dtype, acc, prec, modes in (("fp32", tl.float32, "ieee", (tri.LSTM, tri.GRU_
         assert "bar.sync" in k.asm["ptx"]
 for mode in (tri.GRU_AFTER, tri.GRU_BEFORE_2):
     compile_for_gpu(tri._layer_step_forward_kernel, "fp32", MODE=mode, ACC=tl.float32, PREC="ieee", **fwd)
+# the launcher specialises integer arguments equal to 1 into constexprs (a batch of 1, one step, one unit)
+compile_for_gpu(tri._layer_persistent_forward_kernel, "fp32", MODE=tri.GRU_BEFORE_1, REVERSE=False, ACC=tl.float32,
+                PREC="ieee", T=1, B=1, H=1, **fwd)
 print("compiled")
 """
 

@@ -171,7 +171,6 @@ def _layer_persistent_forward_kernel(
     G: tl.constexpr = 4 if MODE == 0 else 3
     WSW: tl.constexpr = 3 if MODE == 2 else 4
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    BH = B.to(tl.int64) * H  # one time slice of hs / cs / out, in elements
     for s in range(T):
         if REVERSE:  # step s runs time t = T-1-s, reads hs[t+1], writes hs[t]
             t = T - 1 - s
@@ -181,15 +180,17 @@ def _layer_persistent_forward_kernel(
             t = s
             t_read = s
             t_write = s + 1
-        t64 = t.to(tl.int64)
-        h_ptr = hs_ptr + t_read.to(tl.int64) * BH
-        h1_ptr = hs_ptr + t_write.to(tl.int64) * BH
-        c_ptr = cs_ptr + t_read.to(tl.int64) * BH
-        c1_ptr = cs_ptr + t_write.to(tl.int64) * BH
-        gx_t = gx_ptr + t64 * (BH * G)
-        ws_t = ws_ptr + t64 * (BH * WSW)
-        out_t = out_ptr + t64 * BH
-        act_t = act_ptr + t64 * B
+        # 64-bit slice offsets; the step index is converted, not B or H, which the launcher turns into
+        # constexprs when they equal 1.
+        rows = t.to(tl.int64) * B  # first (t, b) row of step t in gx / out / ws / act
+        rows_read = t_read.to(tl.int64) * B
+        rows_write = t_write.to(tl.int64) * B
+        h_ptr, h1_ptr = hs_ptr + rows_read * H, hs_ptr + rows_write * H
+        c_ptr, c1_ptr = cs_ptr + rows_read * H, cs_ptr + rows_write * H
+        gx_t = gx_ptr + rows * (G * H)
+        ws_t = ws_ptr + rows * (WSW * H)
+        out_t = out_ptr + rows * H
+        act_t = act_ptr + rows
         for j0 in range(0, H, BLOCK_H):
             _forward_tile(gx_t, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_t, h1_ptr, c1_ptr, out_t, ws_t, rh_ptr,
                           offs_b, j0 + tl.arange(0, BLOCK_H), B, H, MODE, HAS_B1, HAS_B2, HAS_ACT, ACC, PREC,
