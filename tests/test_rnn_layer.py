@@ -638,7 +638,8 @@ def compile_for_gpu(fn, dtype, **consts):
     sig = {n: "constexpr" if n in consts else ("*u8" if n == "act_ptr" else "*" + dtype) if n.endswith("_ptr")
            else "i32" for n in fn.arg_names}
     src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32))
+    warps = tri.PERSISTENT_NUM_WARPS if fn is tri._layer_persistent_forward_kernel else 4  # as the launchers
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
 
 blocks = dict(BLOCK_B=16, BLOCK_H=64)
 fwd = dict(blocks, HAS_B1=True, HAS_B2=True, HAS_ACT=True, BLOCK_K=32)
