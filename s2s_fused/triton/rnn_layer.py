@@ -168,8 +168,8 @@ def _layer_persistent_forward_kernel(
     MODE: LSTM, GRU_AFTER, or GRU_BEFORE_1 for both reset_before stages with a barrier between them (stage 2's
     W_hn product reads r * h of every unit). Buffers and time layout as the per-step path: gx (T, B, G*H), hs / cs
     (T+1, B, H) with h0 already in place, out (T, B, H), ws (T, B, {4,3}*H), act (T, B), rh (B, H) scratch."""
-    G: tl.constexpr = 4 if MODE == 0 else 3
-    WSW: tl.constexpr = 3 if MODE == 2 else 4
+    G: tl.constexpr = 4 if MODE == 0 else 3  # gates: LSTM (0) 4, GRU 3
+    WSW: tl.constexpr = 3 if MODE == 2 else 4  # workspace width / H: reset_before (r, z, n) 3, else 4
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     for s in range(T):
         if REVERSE:  # step s runs time t = T-1-s, reads hs[t+1], writes hs[t]
@@ -195,7 +195,7 @@ def _layer_persistent_forward_kernel(
             _forward_tile(gx_t, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_t, h1_ptr, c1_ptr, out_t, ws_t, rh_ptr,
                           offs_b, j0 + tl.arange(0, BLOCK_H), B, H, MODE, HAS_B1, HAS_B2, HAS_ACT, ACC, PREC,
                           BLOCK_B, BLOCK_H, BLOCK_K)
-        if MODE == 2:
+        if MODE == 2:  # GRU_BEFORE_1 above; now stage 2 (mode 3, GRU_BEFORE_2) of every unit tile
             tl.debug_barrier()  # rh of every unit written before any W_hn product reads it
             for j0 in range(0, H, BLOCK_H):
                 _forward_tile(gx_t, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_t, h1_ptr, c1_ptr, out_t, ws_t,
