@@ -12,7 +12,9 @@ in alternation, one call each per round, so load from other processes on a share
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
 
 import torch
 
@@ -39,6 +41,7 @@ GPU_SHAPES = [
     (100, 1, 512, 512, 1, False),
     (100, 4, 512, 512, 1, False),
     (100, 8, 512, 512, 1, False),
+    (100, 8, 256, 256, 1, False),  # small batch, H within the Triton persistent program's limit
 ]
 SMOKE_SHAPES = [(4, 3, 8, 8, 1, False)]
 
@@ -53,7 +56,22 @@ def _providers(device):
             out.append(("s2s_fused-cuda", "cuda"))
         if is_available("triton"):
             out.append(("s2s_fused-triton", "triton"))
+            # the per-step Triton kernels where the default picks the persistent program: its A/B
+            out.append(("s2s_fused-triton-perstep", "triton"))
     return base, out
+
+
+@contextlib.contextmanager
+def _env(name, value):
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = old
 
 
 def bench(device, shapes, dtype, repeats):
@@ -68,6 +86,11 @@ def bench(device, shapes, dtype, repeats):
             shape = f"T={T} B={B} I={I} H={H}" + (f" L={L}" if L > 1 else "") + (" bi" if bi else "")
             fwd, fwd_bwd = {}, {}
             for name, backend in providers:
+                perstep = name.endswith("-perstep")
+                if perstep:
+                    from s2s_fused.triton.rnn_layer import use_persistent
+                    if not use_persistent(B, H):
+                        continue  # the same kernels as s2s_fused-triton
                 if backend is None:
                     mod = ref
                 else:
@@ -75,14 +98,18 @@ def bench(device, shapes, dtype, repeats):
                                              backend=backend)
                     mod.load_state_dict(ref.state_dict())
 
-                def run_fwd(mod=mod):
-                    with torch.no_grad():
+                def path(perstep=perstep):
+                    return _env("S2S_FUSED_TRITON_NO_PERSISTENT", "1") if perstep else contextlib.nullcontext()
+
+                def run_fwd(mod=mod, path=path):
+                    with torch.no_grad(), path():
                         mod(x)
 
-                def run_fwd_bwd(mod=mod):
-                    out, h = mod(xg)
-                    h_n = h[0] if isinstance(h, tuple) else h
-                    (out.sum() + h_n.sum()).backward()
+                def run_fwd_bwd(mod=mod, path=path):
+                    with path():
+                        out, h = mod(xg)
+                        h_n = h[0] if isinstance(h, tuple) else h
+                        (out.sum() + h_n.sum()).backward()
 
                 fwd[name], fwd_bwd[name] = run_fwd, run_fwd_bwd
             for mode, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):

@@ -5,6 +5,10 @@ Forward: the input projection of all T steps is one GEMM (torch); then per step 
 units, adds the precomputed input projection and the biases, and applies the cell update in registers (the
 gate pre-activations never reach memory; only the activated gates, the workspace, are stored for backward).
 GRU reset_before (Cho et al.) needs r * h before its W_hn product, so it runs as two such kernels per step.
+Where the hidden size allows (:func:`use_persistent`), one persistent launch runs the whole time loop instead:
+a program owns a block of batch rows and all their hidden units, loops over steps and, within a step, over the
+unit tiles with the same tile code, with a block-level barrier between steps (batch rows are independent, so no
+grid-wide sync). Both paths write the same buffers, so the backward is shared.
 Backward: per step one pointwise kernel (pre-activation gate gradients, state pass-through of finished rows) and
 the dh GEMM (torch); after the loop the weight gradients as GEMMs over all T*B rows and bias gradients as sums.
 
@@ -14,6 +18,7 @@ backward}_triton`` (torch.library.custom_op) with the fake kernels and autograd 
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -30,9 +35,6 @@ from .rnn_common import tile_sizes as _blocks
 from ..ops import rnn_layer as _layer_ops
 
 Tensor = torch.Tensor
-
-
-
 
 
 @triton.jit
@@ -57,19 +59,23 @@ def _gate_in(gx_ptr, b1_ptr, b2_ptr, gate, offs_b, offs_h, mask, B, H, G: tl.con
 
 @triton.jit
 def _bias_n(b_ptr, offs_h, H, HAS: tl.constexpr, ACC: tl.constexpr):
+    # One return of one type: the compiler rejects a tensor return and a scalar one in the same function, even
+    # behind a constexpr branch (the interpreter accepts it, so only a GPU compile shows it).
+    b = tl.zeros((1, offs_h.shape[0]), dtype=ACC)
     if HAS:
-        return tl.load(b_ptr + 2 * H + offs_h, mask=offs_h < H, other=0.0).to(ACC)[None, :]
-    return 0.0
+        b += tl.load(b_ptr + 2 * H + offs_h, mask=offs_h < H, other=0.0).to(ACC)[None, :]
+    return b
 
 
 @triton.jit
-def _layer_step_forward_kernel(
-    gx_ptr, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_ptr, h1_ptr, c1_ptr, out_ptr, ws_ptr, rh_ptr, B, H,
-    MODE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_ACT: tl.constexpr, ACC: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+def _forward_tile(
+    gx_ptr, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_ptr, h1_ptr, c1_ptr, out_ptr, ws_ptr, rh_ptr, offs_b, offs_h,
+    B, H, MODE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_ACT: tl.constexpr,
+    ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    """One step of one (batch rows offs_b x hidden units offs_h) tile; the pointers are that step's (B, .) slices.
+    Shared by the per-step kernel (one tile per program) and the persistent one (every tile of a row block, for
+    every step, in one program)."""
     mask = (offs_b[:, None] < B) & (offs_h[None, :] < H)
     bh = offs_b[:, None].to(tl.int64) * H + offs_h[None, :]
     keep = mask
@@ -131,6 +137,71 @@ def _layer_step_forward_kernel(
             tl.store(out_ptr + bh, tl.where(keep, h, 0.0).to(ty), mask=mask)
         else:  # reset_before stage 1: rh = r * h for stage 2's W_hn product
             tl.store(rh_ptr + bh, (r * hprev).to(ty), mask=mask)
+
+
+@triton.jit
+def _layer_step_forward_kernel(
+    gx_ptr, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_ptr, h1_ptr, c1_ptr, out_ptr, ws_ptr, rh_ptr, B, H,
+    MODE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_ACT: tl.constexpr, ACC: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One step: program (i, j) computes the tile of batch rows block i and hidden units block j."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    _forward_tile(gx_ptr, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_ptr, h1_ptr, c1_ptr, out_ptr, ws_ptr, rh_ptr,
+                  offs_b, offs_h, B, H, MODE, HAS_B1, HAS_B2, HAS_ACT, ACC, PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+
+
+@triton.jit
+def _layer_persistent_forward_kernel(
+    gx_ptr, hs_ptr, cs_ptr, w_ptr, b1_ptr, b2_ptr, act_ptr, out_ptr, ws_ptr, rh_ptr, T, B, H,
+    MODE: tl.constexpr, REVERSE: tl.constexpr, HAS_B1: tl.constexpr, HAS_B2: tl.constexpr,
+    HAS_ACT: tl.constexpr, ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The whole time loop of one layer-direction in one launch. Program i owns batch rows block i and *all* H
+    units of them. Rows are independent in the recurrence, so no other program ever reads what this one writes:
+    the only sync needed is a block-level barrier after each step, as step t+1's product reads h_t of every unit
+    (written by other threads of this program). No grid-wide sync, so any grid size runs (and the interpreter,
+    which runs programs one after another, too).
+
+    MODE: LSTM, GRU_AFTER, or GRU_BEFORE_1 for both reset_before stages with a barrier between them (stage 2's
+    W_hn product reads r * h of every unit). Buffers and time layout as the per-step path: gx (T, B, G*H), hs / cs
+    (T+1, B, H) with h0 already in place, out (T, B, H), ws (T, B, {4,3}*H), act (T, B), rh (B, H) scratch."""
+    G: tl.constexpr = 4 if MODE == 0 else 3  # gates: LSTM (0) 4, GRU 3
+    WSW: tl.constexpr = 3 if MODE == 2 else 4  # workspace width / H: reset_before (r, z, n) 3, else 4
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    for s in range(T):
+        if REVERSE:  # step s runs time t = T-1-s, reads hs[t+1], writes hs[t]
+            t = T - 1 - s
+            t_read = t + 1
+            t_write = t
+        else:  # reads hs[t], writes hs[t+1]
+            t = s
+            t_read = s
+            t_write = s + 1
+        # 64-bit slice offsets; the step index is converted, not B or H, which the launcher turns into
+        # constexprs when they equal 1.
+        rows = t.to(tl.int64) * B  # first (t, b) row of step t in gx / out / ws / act
+        rows_read = t_read.to(tl.int64) * B
+        rows_write = t_write.to(tl.int64) * B
+        h_ptr, h1_ptr = hs_ptr + rows_read * H, hs_ptr + rows_write * H
+        c_ptr, c1_ptr = cs_ptr + rows_read * H, cs_ptr + rows_write * H
+        gx_t = gx_ptr + rows * (G * H)
+        ws_t = ws_ptr + rows * (WSW * H)
+        out_t = out_ptr + rows * H
+        act_t = act_ptr + rows
+        for j0 in range(0, H, BLOCK_H):
+            _forward_tile(gx_t, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_t, h1_ptr, c1_ptr, out_t, ws_t, rh_ptr,
+                          offs_b, j0 + tl.arange(0, BLOCK_H), B, H, MODE, HAS_B1, HAS_B2, HAS_ACT, ACC, PREC,
+                          BLOCK_B, BLOCK_H, BLOCK_K)
+        if MODE == 2:  # GRU_BEFORE_1 above; now stage 2 (mode 3, GRU_BEFORE_2) of every unit tile
+            tl.debug_barrier()  # rh of every unit written before any W_hn product reads it
+            for j0 in range(0, H, BLOCK_H):
+                _forward_tile(gx_t, h_ptr, c_ptr, w_ptr, b1_ptr, b2_ptr, act_t, h1_ptr, c1_ptr, out_t, ws_t,
+                              rh_ptr, offs_b, j0 + tl.arange(0, BLOCK_H), B, H, 3, HAS_B1, HAS_B2, HAS_ACT, ACC,
+                              PREC, BLOCK_B, BLOCK_H, BLOCK_K)
+        tl.debug_barrier()  # h_t (and c_t) of every unit written before step s+1 reads them
 
 
 @triton.jit
@@ -205,9 +276,6 @@ def _layer_step_backward_kernel(
 # ------------------------------------------------------------------------------------------------ launchers
 
 
-
-
-
 def _active(lengths, T, B, device):
     if lengths is None:
         return None
@@ -250,6 +318,62 @@ def _step_forward(mode, gx, h, c, w, b1, b2, act, h1, c1, out, ws, rh, B, H):
         PREC=_prec(h.dtype), BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk)
 
 
+# The persistent program (one launch for all T steps) where the hidden size allows; the per-step kernels above it.
+# Its program runs the cdiv(H, BLOCK_H) unit tiles of a step one after another and streams all of W_hh (G*H*H
+# elements: 1 MiB for an fp32 LSTM at H = 256) through one SM per step, where the per-step grid spreads that over
+# cdiv(H, BLOCK_H) programs but pays a launch per step (several microseconds from Python). Up to H = 256 (at most
+# 4 tiles in a row; W_hh of an fp32 LSTM up to H = 128, bf16 up to ~H = 180, even fits an H100 SM's 256 KiB L1 and
+# can stay there across steps) the launches saved should outweigh the lost parallelism; above, the per-step grid
+# wins. Batch: the persistent grid is cdiv(B, 16) programs, the per-step one cdiv(B, BLOCK_B) * cdiv(H, BLOCK_H);
+# persistent only while the per-step grid stays within half a wave of a 108-132 SM GPU (<= 64 programs), i.e.
+# while a per-step launch is latency-bound rather than filling the GPU. Both limits are first guesses, not yet
+# measured on a GPU (see benchmarks/NOTES.md, rnn_layer). S2S_FUSED_TRITON_NO_PERSISTENT=1 forces the per-step path.
+PERSISTENT_MAX_H = 256
+PERSISTENT_MAX_STEP_PROGRAMS = 64
+PERSISTENT_BLOCK_B = 16  # the smallest tl.dot tile: the most programs for a given B
+# 8 warps: a persistent program usually has its SM to itself, so more warps hide more latency; and ptxas (sm_90,
+# fp32 LSTM, 16 x 64 tiles) reports 255 registers + 136 B of spills at 4 warps, 255 + 36 B at 8.
+PERSISTENT_NUM_WARPS = 8
+
+
+def use_persistent(B: int, H: int) -> bool:
+    """Whether a (B, H) layer runs its time loop as one persistent launch (see the rule above)."""
+    if os.environ.get("S2S_FUSED_TRITON_NO_PERSISTENT", "0") not in ("", "0"):
+        return False
+    bb, bh, _ = _blocks(B, H)
+    return H <= PERSISTENT_MAX_H and triton.cdiv(B, bb) * triton.cdiv(H, bh) <= PERSISTENT_MAX_STEP_PROGRAMS
+
+
+def _persistent_forward(mode, gx, hs, cs, w, b1, b2, act, out, ws, rh, reverse):
+    T, B, H = out.shape
+    _, bh, bk = _blocks(B, H)
+    dummy = ws
+    d = lambda t: t if t is not None else dummy  # noqa: E731  (absent operands: never read)
+    _layer_persistent_forward_kernel[(triton.cdiv(B, PERSISTENT_BLOCK_B),)](
+        gx, hs, d(cs), w, d(b1), d(b2), d(act), out, ws, d(rh), T, B, H,
+        MODE=mode, REVERSE=reverse, HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_ACT=act is not None,
+        ACC=_acc(hs.dtype), PREC=_prec(hs.dtype), BLOCK_B=PERSISTENT_BLOCK_B, BLOCK_H=bh, BLOCK_K=bk,
+        num_warps=PERSISTENT_NUM_WARPS)
+
+
+def _forward_sequence(mode, gx, hs, cs, w, b1, b2, act, out, ws, reverse):
+    """All T steps of one layer-direction (B, H > 0): one persistent launch, or per step one kernel (two for GRU
+    reset_before, mode GRU_BEFORE_1). hs / cs (T+1, B, H) hold h0 / c0 at the first step's read slot."""
+    T, B, H = out.shape
+    rh = hs.new_empty(B, H) if mode == GRU_BEFORE_1 else None
+    if use_persistent(B, H):
+        _persistent_forward(mode, gx, hs, cs, w, b1, b2, act, out, ws, rh, reverse)
+        return
+    for s in range(T):
+        t = _time_of_step(s, T, reverse)
+        c, c1 = (_prev(cs, t, reverse), _next(cs, t, reverse)) if cs is not None else (None, None)
+        args = (gx[t], _prev(hs, t, reverse), c, w, b1, b2, act[t] if act is not None else None,
+                _next(hs, t, reverse), c1, out[t], ws[t], rh, B, H)
+        _step_forward(mode, *args)
+        if mode == GRU_BEFORE_1:
+            _step_forward(GRU_BEFORE_2, *args)
+
+
 def _step_backward(mode, go, dh, dc, ws, hx, cx, c1, act, drh, dg, dgh, dcx, dhx, rh, B, H):
     bb, bh, _ = _blocks(B, H)
     dummy = dg
@@ -277,11 +401,7 @@ def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh
     act = _active(lengths, T, B, input.device)
     w, b1, b2 = w_hh.contiguous(), _contig(b_ih), _contig(b_hh)
     if B > 0 and H > 0:
-        for s in range(T):
-            t = _time_of_step(s, T, reverse)
-            _step_forward(LSTM, gx[t], _prev(hs, t, reverse), _prev(cs, t, reverse), w, b1, b2,
-                          act[t] if act is not None else None, _next(hs, t, reverse), _next(cs, t, reverse),
-                          out[t], ws[t], None, B, H)
+        _forward_sequence(LSTM, gx, hs, cs, w, b1, b2, act, out, ws, reverse)
     else:
         hs.copy_(_prev(hs, T - 1 if reverse else 0, reverse).expand_as(hs))
         cs.copy_(_prev(cs, T - 1 if reverse else 0, reverse).expand_as(cs))
@@ -329,18 +449,9 @@ def gru_layer_forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
     _prev(hs, T - 1 if reverse else 0, reverse).copy_(h0)
     act = _active(lengths, T, B, input.device)
     w, b1, b2 = w_hh.contiguous(), _contig(b_ih), _contig(b_hh)
-    rh = None if reset_after else input.new_empty(B, H)
     if B > 0 and H > 0:
-        for s in range(T):
-            t = _time_of_step(s, T, reverse)
-            a = act[t] if act is not None else None
-            args = (gx[t], _prev(hs, t, reverse), None, w, b1, b2, a, _next(hs, t, reverse), None, out[t], ws[t],
-                    rh, B, H)
-            if reset_after:
-                _step_forward(GRU_AFTER, *args)
-            else:
-                _step_forward(GRU_BEFORE_1, *args)
-                _step_forward(GRU_BEFORE_2, *args)
+        _forward_sequence(GRU_AFTER if reset_after else GRU_BEFORE_1, gx, hs, None, w, b1, b2, act, out, ws,
+                          reverse)
     else:
         hs.copy_(_prev(hs, T - 1 if reverse else 0, reverse).expand_as(hs))
     last = 0 if reverse else T
