@@ -29,10 +29,13 @@ inline int64_t row_grain(int64_t H, int64_t gates) { return std::max<int64_t>(1,
 // fp32 GEMMs through oneDNN where it is available: on this project's AMD (Zen, AVX-512) machines MKL's sgemm
 // takes its generic path, and oneDNN's kernels (the ones torch.nn.LSTM's CPU path uses) were 7-25% faster on
 // the layer's shapes (benchmarks/NOTES.md, rnn_layer). Other dtypes, and builds without oneDNN: ATen (BLAS).
-inline bool use_onednn_gemm(const at::Tensor& out) {
+// Small products stay on ATen's BLAS: oneDNN builds a primitive per call, which costs more than a small GEMM
+// (a T=1, B=1, H=4 GRU layer's backward took 68 us with its three weight-gradient GEMMs on oneDNN).
+inline bool use_onednn_gemm(const at::Tensor& out, int64_t inner) {
   static const bool available = at::hasMKLDNN() && &at::native::mkldnn_matmul != nullptr &&
                                 std::getenv("S2S_FUSED_NO_ONEDNN") == nullptr;
-  return available && out.scalar_type() == at::kFloat && out.numel() > 0;
+  constexpr int64_t kMinMacs = int64_t(1) << 18;  // 64^3
+  return available && out.scalar_type() == at::kFloat && out.numel() > 0 && out.numel() * inner >= kMinMacs;
 }
 
 struct CpuPointwise {
@@ -51,7 +54,7 @@ struct CpuPointwise {
       if (!accumulate) out.zero_();
       return;
     }
-    if (use_onednn_gemm(out)) {
+    if (use_onednn_gemm(out, a.size(1))) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.f : 0.f, 1.f);
     } else if (accumulate) {
       out.addmm_(a, b);

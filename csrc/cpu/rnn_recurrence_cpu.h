@@ -15,6 +15,7 @@
 
 #include <cstdlib>
 
+#include "cpu/memory.h"
 #include "cpu/rnn_kernel_tables.h"
 
 namespace s2s_fused::cpu {
@@ -30,7 +31,7 @@ inline bool use_packed_recurrence(Dtype dtype) {
 
 // A packed copy of B (K x N), B[k][n] = src[k * sk + n * sn], packed in parallel over panels.
 inline at::Tensor pack_operand(const PackedLayout& L, const float* src, int64_t sk, int64_t sn) {
-  at::Tensor packed = at::empty({L.numel()}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor packed = empty_huge({L.numel()}, at::TensorOptions().dtype(at::kFloat));
   float* dst = packed.data_ptr<float>();
   const auto& k = packed_gemm_kernels();
   at::parallel_for(0, L.panels, 1, [&](int64_t p0, int64_t p1) { k.pack(L, src, sk, sn, dst, p0, p1); });
