@@ -133,7 +133,8 @@ void run_steps(const PW& pw, const StepLoopKey& key, F&& fn) {
 }
 
 // Direction d's arguments: the shared input and lengths mask, direction d's initial state and weights.
-inline std::pair<LayerArgs, LayerArgs> check_bidir_args(
+using BidirArgs = std::pair<LayerArgs, LayerArgs>;
+inline BidirArgs check_bidir_args(
     const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const at::Tensor& w_ih_r,
     const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
@@ -194,8 +195,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_ih_r, const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r,
     const std::optional<at::Tensor>& b_hh_r, const std::optional<at::Tensor>& lengths) {
   using namespace bidir;
-  const std::pair<LayerArgs, LayerArgs> aa = check_bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
-                                         lengths, 4);
+  const BidirArgs aa = check_bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                                       lengths, 4);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
   check_same(c0, input, "c0", "input");
@@ -275,8 +276,8 @@ lstm_layer_bidir_backward_impl(const PW& pw, const std::optional<at::Tensor>& gr
   using namespace bidir;
   check_dim(hs, 4, "hs");
   check_size(hs, 0, 2, "hs");
-  const std::pair<LayerArgs, LayerArgs> aa = check_bidir_args(input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt, w_ih_r,
-                                         w_hh_r, std::nullopt, std::nullopt, lengths, 4);
+  const BidirArgs aa = check_bidir_args(input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt, w_ih_r,
+                                       w_hh_r, std::nullopt, std::nullopt, lengths, 4);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
   const int64_t T = a0.T, B = a0.B, H = a0.H, I = a0.I;
@@ -354,8 +355,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bidir_forwa
     const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
     const std::optional<at::Tensor>& lengths, bool reset_after) {
   using namespace bidir;
-  const std::pair<LayerArgs, LayerArgs> aa = check_bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
-                                         lengths, 3);
+  const BidirArgs aa = check_bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r,
+                                       lengths, 3);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
   const int64_t T = a0.T, B = a0.B, H = a0.H, I = a0.I;
@@ -446,8 +447,8 @@ gru_layer_bidir_backward_impl(const PW& pw, const std::optional<at::Tensor>& gra
   using namespace bidir;
   check_dim(hs, 4, "hs");
   check_size(hs, 0, 2, "hs");
-  const std::pair<LayerArgs, LayerArgs> aa = check_bidir_args(input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt, w_ih_r,
-                                         w_hh_r, std::nullopt, std::nullopt, lengths, 3);
+  const BidirArgs aa = check_bidir_args(input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt, w_ih_r,
+                                       w_hh_r, std::nullopt, std::nullopt, lengths, 3);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
   const int64_t T = a0.T, B = a0.B, H = a0.H, I = a0.I;

@@ -104,6 +104,7 @@ class StepGraphCache {
     cudaGraphExec_t exec = nullptr;
     c10::MempoolId_t pool{0, 0};
     bool has_pool = false;
+    int pool_refs = 0;  // beginAllocateToPool calls (each takes a reference; releasePool drops one)
   };
 
   StepGraphCache() = default;
@@ -136,7 +137,9 @@ class StepGraphCache {
   }
 
   static void release_pool(Entry& e) {
-    if (e.has_pool) c10::cuda::CUDACachingAllocator::releasePool(e.device, e.pool);
+    for (; e.has_pool && e.pool_refs > 0; --e.pool_refs) {
+      c10::cuda::CUDACachingAllocator::releasePool(e.device, e.pool);
+    }
     e.has_pool = false;
   }
 
@@ -179,6 +182,7 @@ class StepGraphCache {
     const cudaStream_t s = side.stream();
     c10::cuda::CUDACachingAllocator::beginAllocateToPool(e.device, e.pool,
                                                          [s](cudaStream_t x) { return x == s; });
+    ++e.pool_refs;
     cudaGraph_t graph = nullptr;
     bool ok = false;
     {

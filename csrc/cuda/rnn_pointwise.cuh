@@ -21,12 +21,15 @@ cudaError_t gru_backward_stage2(const GruBackwardParams& p, int64_t B, cudaStrea
 // Both directions of a bidirectional layer in one launch (gridDim.z = 2): p0 is the forward direction's step, p1
 // the reverse direction's (each with its own pointers and row strides; same H and dtype). Same results as
 // calling the single-direction launcher on p0 and then on p1.
-cudaError_t lstm_forward_bidir(const LstmForwardParams& p0, const LstmForwardParams& p1, int64_t B, cudaStream_t stream);
-cudaError_t lstm_backward_bidir(const LstmBackwardParams& p0, const LstmBackwardParams& p1, int64_t B, cudaStream_t stream);
+cudaError_t lstm_forward_bidir(const LstmForwardParams& p0, const LstmForwardParams& p1, int64_t B,
+                               cudaStream_t stream);
+cudaError_t lstm_backward_bidir(const LstmBackwardParams& p0, const LstmBackwardParams& p1, int64_t B,
+                                cudaStream_t stream);
 cudaError_t gru_forward_bidir(const GruForwardParams& p0, const GruForwardParams& p1, int64_t B, cudaStream_t stream);
 cudaError_t gru_forward_stage2_bidir(const GruForwardParams& p0, const GruForwardParams& p1, int64_t B,
                                      cudaStream_t stream);
-cudaError_t gru_backward_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B, cudaStream_t stream);
+cudaError_t gru_backward_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B,
+                               cudaStream_t stream);
 cudaError_t gru_backward_stage2_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B,
                                       cudaStream_t stream);
 
