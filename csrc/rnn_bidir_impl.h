@@ -8,7 +8,7 @@
 //    gridDim.z = 2), else the single-direction kernel runs twice (CPU: the policy of csrc/cpu/rnn_pointwise_cpu.h,
 //    which is how this template is tested without a GPU);
 //  - the whole per-step loop goes through `pw.run_steps(key, fn)` when the policy has it (CUDA: replayed as a CUDA
-//    graph when S2S_FUSED_CUDA_GRAPH=1, csrc/cuda/rnn_graph.h), else it just runs.
+//    graph when S2S_FUSED_CUDA_GRAPH=1, csrc/cuda/rnn_graph.h; rnn_step_loop.h), else it just runs.
 //
 // Buffers are direction-stacked and in time layout, so direction d's slice is exactly what the single-direction op
 // returns for that direction (reverse = d == 1): hs, cs (2, T+1, B, H); workspace (2, T, B, G'H). At step s the
@@ -26,32 +26,9 @@
 #include <vector>
 
 #include "rnn_layer_impl.h"
+#include "rnn_step_loop.h"  // StepLoopKey, run_steps (CUDA graph hook)
 
 namespace s2s_fused {
-
-// What a recorded per-step loop depends on (CUDA graphs): `shape` fixes the sequence of launches (op, dtype,
-// device, sizes, strides, flags); `ptrs` are the data pointers the launches read and write.
-struct StepLoopKey {
-  std::vector<int64_t> shape;
-  std::vector<int64_t> ptrs;
-  void add(int64_t v) { shape.push_back(v); }
-  void add(const at::Tensor& t) {
-    if (!t.defined()) {
-      shape.push_back(-1);
-      return;
-    }
-    shape.push_back(t.dim());
-    for (int64_t i = 0; i < t.dim(); ++i) {
-      shape.push_back(t.size(i));
-      shape.push_back(t.stride(i));
-    }
-    ptrs.push_back(static_cast<int64_t>(reinterpret_cast<intptr_t>(t.const_data_ptr())));
-  }
-  template <class... Ts>
-  void add_all(const Ts&... ts) {
-    (add(ts), ...);
-  }
-};
 
 namespace bidir {
 
@@ -84,11 +61,6 @@ template <class PW>
 constexpr bool has_batched_gemm = requires(const PW& pw, at::Tensor& o, const at::Tensor& a, bool acc) {
   pw.gemm_batched(o, a, a, acc);
 };
-template <class PW>
-constexpr bool has_step_recorder = requires(const PW& pw, const StepLoopKey& k, const std::function<void()>& f) {
-  pw.run_steps(k, f);
-};
-
 // Both directions' pointwise step in one call where the policy offers it, else the single-direction kernel twice.
 #define S2S_BIDIR_POINTWISE(name, P)                                                      \
   template <class PW>                                                                     \
@@ -119,16 +91,6 @@ void gemm(const PW& pw, const at::Tensor& out, const at::Tensor& a, const at::Te
       at::Tensor o = out.select(0, d);
       pw.gemm(o, a.select(0, d), b.select(0, d), accumulate);
     }
-  }
-}
-
-// Runs the per-step loop `fn`: through the policy's recorder where it has one (CUDA graphs), else directly.
-template <class PW, class F>
-void run_steps(const PW& pw, const StepLoopKey& key, F&& fn) {
-  if constexpr (has_step_recorder<PW>) {
-    pw.run_steps(key, std::function<void()>(std::forward<F>(fn)));
-  } else {
-    fn();
   }
 }
 

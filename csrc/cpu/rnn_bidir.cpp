@@ -15,7 +15,7 @@ using OptT = std::optional<at::Tensor>;
 
 // The CPU policy has none of the two-direction methods: every step runs the single-direction kernels twice.
 static_assert(!bidir::has_bidir_pointwise<CpuPointwise> && !bidir::has_batched_gemm<CpuPointwise> &&
-              !bidir::has_step_recorder<CpuPointwise>);
+              !has_step_recorder<CpuPointwise>);
 
 auto lstm_bidir_forward_cpu(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
                             const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,

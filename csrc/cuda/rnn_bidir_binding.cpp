@@ -17,7 +17,7 @@ using OptT = std::optional<at::Tensor>;
 // The CUDA policy takes the two-direction paths of the template (not its per-direction fallbacks).
 static_assert(bidir::has_bidir_pointwise<CudaRnnPolicy>, "CudaRnnPolicy: the *_bidir pointwise launchers");
 static_assert(bidir::has_batched_gemm<CudaRnnPolicy>, "CudaRnnPolicy: gemm_batched");
-static_assert(bidir::has_step_recorder<CudaRnnPolicy>, "CudaRnnPolicy: run_steps (CUDA graphs)");
+static_assert(has_step_recorder<CudaRnnPolicy>, "CudaRnnPolicy: run_steps (CUDA graphs)");
 
 auto lstm_bidir_forward_cuda(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0,
                              const at::Tensor& w_ih, const at::Tensor& w_hh, const OptT& b_ih, const OptT& b_hh,
