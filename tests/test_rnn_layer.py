@@ -515,11 +515,16 @@ def _bidir_both_ways(kind, x, h0, c0, w, lens):
     return [o, h], [torch.cat([p[0] for p in per], -1), torch.stack([p[1] for p in per])]
 
 
+@pytest.mark.parametrize("branches", [False, True], ids=["cpu-policy", "cuda-branches"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
 @pytest.mark.parametrize("shape", [(7, 5, 3, 4, True), (1, 1, 2, 3, True), (6, 3, 4, 5, False), (3, 4, 1, 17, True)],
                          ids=["T7-packed", "T1-B1-packed", "T6-dense-nobias", "T3-H17-packed"])
-def test_bidir_op_matches_per_direction_ops(kind, shape):
-    """Outputs, final states, saved tensors and every gradient equal the two single-direction ops'."""
+def test_bidir_op_matches_per_direction_ops(kind, shape, branches, monkeypatch):
+    """Outputs, final states, saved tensors and every gradient equal the two single-direction ops'. cuda-branches:
+    a CPU test policy with the CUDA policy's two-direction methods (batched GEMMs through the same ATen calls on
+    the strided step views), so the template's CUDA branches run here too."""
+    if branches:
+        monkeypatch.setenv("S2S_FUSED_TEST_BIDIR_BRANCHES", "1")
     T, B, I, H, packed = shape
     base = kind.split("_")[0]
     x, h0, c0, w, lens = _bidir_args(base, T, B, I, H, bias=shape != (6, 3, 4, 5, False), lengths=packed,
@@ -549,6 +554,28 @@ def test_bidir_op_matches_per_direction_ops(kind, shape):
     for d in range(2):
         for k in saved:
             assert_close(out[k][d], ones[d][k], 1e-12, f"saved #{k} direction {d}")
+
+
+def test_bidir_cuda_branches_are_taken(monkeypatch):
+    """The test policy really runs the two-direction branches: one batched GEMM per recurrent product per step
+    (aten::bmm / baddbmm_ show in the profiler; the CPU policy's oneDNN GEMMs do not go through the dispatcher)."""
+    T = 5
+    x, h0, c0, w, lens = _bidir_args("gru", T, 4, 3, 8)
+
+    def count(fn):
+        with torch.profiler.profile() as prof:
+            fn()
+        return {e.key: e.count for e in prof.key_averages() if "bmm" in e.key}
+
+    def run():
+        return gru_layer_bidir(x, h0, w[0], w[1], lengths=lens, reset_after=False, backend="cpu")
+
+    assert count(run) == {}
+    monkeypatch.setenv("S2S_FUSED_TEST_BIDIR_BRANCHES", "1")
+    assert count(run).get("aten::bmm") == 2 * T  # reset_before: the r,z product and the n product per step
+    x, h0, c0, w, lens = _bidir_args("lstm", T, 4, 3, 8)
+    got = count(lambda: lstm_layer_bidir(x, (h0, c0), w[0], w[1], lengths=lens, backend="cpu"))
+    assert got.get("aten::baddbmm_") == T
 
 
 @pytest.mark.parametrize("lengths", [False, True])
