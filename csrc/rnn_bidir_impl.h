@@ -130,6 +130,10 @@ inline at::Tensor grad_state_init2(const std::optional<at::Tensor>& g, const Lay
   return g->contiguous();
 }
 
+// The persistent recurrence covers B <= 8 (csrc/cuda/rnn_pointwise.cuh); above it the per-direction (T, B, H)
+// outputs it needs are not even allocated. A larger limit there only needs this raised.
+constexpr int64_t kPersistentMaxBatch = 8;
+
 inline int64_t time_of(int64_t s, int64_t T, int64_t d) { return d == 0 ? s : T - 1 - s; }
 
 // The final states (2, B, H) of a (2, T+1, B, H) state buffer: forward direction after time T-1, reverse after
@@ -180,7 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   if (T == 0 || B == 0 || H == 0) return {output, final_states(hs, T), final_states(cs, T), hs, cs, gates};
   // Small batch on CUDA: the persistent kernel per direction (one launch each for the whole sequence).
-  {
+  if (B <= kPersistentMaxBatch) {
     at::Tensor out0 = at::empty({T, B, H}, opts), out1 = at::empty({T, B, H}, opts);
     if (run_persistent(pw, a0, /*gru=*/false, /*reverse=*/false, gates.select(0, 0), at::Tensor(), at::Tensor(),
                        hs.select(0, 0), cs.select(0, 0), out0)) {
@@ -336,7 +340,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_bidir_forwa
   const int64_t ws_cols = reset_after ? 4 * H : 3 * H;
   at::Tensor ws = a0.active.defined() ? at::zeros({2, T, B, ws_cols}, opts) : at::empty({2, T, B, ws_cols}, opts);
   if (T == 0 || B == 0 || H == 0) return {output, final_states(hs, T), hs, ws};
-  if (reset_after) {
+  if (reset_after && B <= kPersistentMaxBatch) {
     at::Tensor out0 = at::empty({T, B, H}, opts), out1 = at::empty({T, B, H}, opts);
     if (run_persistent(pw, a0, /*gru=*/true, /*reverse=*/false, at::Tensor(), gi.select(0, 0), ws.select(0, 0),
                        hs.select(0, 0), at::Tensor(), out0)) {
