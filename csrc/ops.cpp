@@ -53,6 +53,32 @@ TORCH_LIBRARY(s2s_fused, m) {
       "Tensor hs, Tensor workspace, Tensor? lengths, bool reverse, bool reset_after) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
 
+  // ---------------------------------------------------------------- rnn_layer_bidir
+  // Both directions of one bidirectional layer in one op (csrc/rnn_bidir_impl.h): step s runs the forward
+  // direction at time s and the reverse one at time T-1-s together (one batched recurrent GEMM and one pointwise
+  // launch per step on CUDA). h0, c0, h_n, c_n (2, B, H) direction-major; output (T, B, 2H) = the two
+  // directions' outputs concatenated; hs, cs (2, T+1, B, H) and workspace (2, T, B, G'H): direction d's slice is
+  // what the single-direction op returns for reverse = (d == 1). Backward returns grad_h0/grad_c0 (2, B, H) and
+  // each direction's weight gradients (the _r ones: reverse).
+  m.def(
+      "lstm_layer_bidir_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, Tensor? lengths) -> "
+      "(Tensor output, Tensor h_n, Tensor c_n, Tensor hs, Tensor cs, Tensor workspace)");
+  m.def(
+      "lstm_layer_bidir_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, "
+      "Tensor w_ih, Tensor w_hh, Tensor w_ih_r, Tensor w_hh_r, Tensor hs, Tensor cs, Tensor workspace, "
+      "Tensor? lengths) -> (Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_bias, Tensor grad_w_ih_r, Tensor grad_w_hh_r, Tensor grad_bias_r)");
+  m.def(
+      "gru_layer_bidir_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, Tensor? lengths, bool reset_after) -> "
+      "(Tensor output, Tensor h_n, Tensor hs, Tensor workspace)");
+  m.def(
+      "gru_layer_bidir_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor w_ih, Tensor w_hh, "
+      "Tensor w_ih_r, Tensor w_hh_r, Tensor hs, Tensor workspace, Tensor? lengths, bool reset_after) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, "
+      "Tensor grad_b_hh, Tensor grad_w_ih_r, Tensor grad_w_hh_r, Tensor grad_b_ih_r, Tensor grad_b_hh_r)");
+
   // ---------------------------------------------------------------- cross_entropy
   // logits (N, V) or (B, T, V), any strides; target int64 shaped as logits without V; valid_len int64 (B,) (3-D
   // only). loss, lse: per position, shaped as target, float32 (float64 for float64 logits); 0 where masked.

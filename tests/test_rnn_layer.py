@@ -717,3 +717,288 @@ def test_cuda_triton_persistent(kind, dtype, B, monkeypatch):
         tol = max(2 * rel_err(theirs, exact), floor)
         assert rel_err(new, exact) <= tol, f"triton persistent {kind} {dtype} B={B}"
         assert rel_err(step, exact) <= tol, f"triton per-step {kind} {dtype} B={B}"
+# ================================================================ rnn_layer_bidir (both directions in one op)
+# The two-direction ops run, on CPU, the same template as on CUDA with the single-direction kernels twice per step
+# (csrc/rnn_bidir_impl.h): checked here against two single-direction ops (values, saved tensors, gradients),
+# torch.nn with loaded weights (through the modules, forced onto the bidir path), gradcheck and opcheck.
+import s2s_fused.nn.rnn as _snn_rnn  # noqa: E402
+from s2s_fused.ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir  # noqa: E402
+
+
+def _bidir_args(kind, T, B, I, H, *, bias=True, lengths=True, dtype=torch.float64, requires_grad=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = 4 if kind == "lstm" else 3
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).to(dtype).requires_grad_(requires_grad)
+
+    x, h0 = r(T, B, I), r(2, B, H)
+    c0 = r(2, B, H) if kind == "lstm" else None
+    w = [[r(G * H, I), r(G * H, H)] + ([r(G * H), r(G * H)] if bias else [None, None]) for _ in range(2)]
+    return x, h0, c0, w, (_lengths(T, B) if lengths else None)
+
+
+def _bidir_both_ways(kind, x, h0, c0, w, lens):
+    """(fused two-direction result, per-direction result) as flat lists [output, h_n(, c_n)]."""
+    if kind == "lstm":
+        o, (h, c) = lstm_layer_bidir(x, (h0, c0), w[0], w[1], lengths=lens, backend="cpu")
+        per = [s2s_fused.lstm_layer(x, (h0[d], c0[d]), *w[d], lengths=lens, reverse=d == 1, backend="cpu")
+               for d in range(2)]
+        return [o, h, c], [torch.cat([p[0] for p in per], -1), torch.stack([p[1][0] for p in per]),
+                           torch.stack([p[1][1] for p in per])]
+    ra = kind == "gru"
+    o, h = gru_layer_bidir(x, h0, w[0], w[1], lengths=lens, reset_after=ra, backend="cpu")
+    per = [s2s_fused.gru_layer(x, h0[d], *w[d], lengths=lens, reverse=d == 1, reset_after=ra, backend="cpu")
+           for d in range(2)]
+    return [o, h], [torch.cat([p[0] for p in per], -1), torch.stack([p[1] for p in per])]
+
+
+@pytest.mark.parametrize("branches", [False, True], ids=["cpu-policy", "cuda-branches"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+@pytest.mark.parametrize("shape", [(7, 5, 3, 4, True), (1, 1, 2, 3, True), (6, 3, 4, 5, False), (3, 4, 1, 17, True)],
+                         ids=["T7-packed", "T1-B1-packed", "T6-dense-nobias", "T3-H17-packed"])
+def test_bidir_op_matches_per_direction_ops(kind, shape, branches, monkeypatch):
+    """Outputs, final states, saved tensors and every gradient equal the two single-direction ops'. cuda-branches:
+    a CPU test policy with the CUDA policy's two-direction methods (batched GEMMs through the same ATen calls on
+    the strided step views), so the template's CUDA branches run here too."""
+    if branches:
+        monkeypatch.setenv("S2S_FUSED_TEST_BIDIR_BRANCHES", "1")
+    T, B, I, H, packed = shape
+    base = kind.split("_")[0]
+    x, h0, c0, w, lens = _bidir_args(base, T, B, I, H, bias=shape != (6, 3, 4, 5, False), lengths=packed,
+                                     requires_grad=True)
+    leaves = [x, h0] + ([c0] if c0 is not None else []) + [t for d in w for t in d if t is not None]
+    fused, per = _bidir_both_ways(kind, x, h0, c0, w, lens)
+    g = torch.Generator().manual_seed(5)
+    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in per]
+    gf = torch.autograd.grad(sum((o * c).sum() for o, c in zip(fused, cot)), leaves)
+    gp = torch.autograd.grad(sum((o * c).sum() for o, c in zip(per, cot)), leaves)
+    for i, (a, b) in enumerate(zip(fused + list(gf), per + list(gp))):
+        assert_close(a, b, 1e-12, f"{kind} output/grad #{i}")
+    # the saved tensors: direction d's slice is the single-direction op's
+    det = [[t.detach() if t is not None else None for t in d] for d in w]
+    if base == "lstm":
+        out = torch.ops.s2s_fused.lstm_layer_bidir_forward(x.detach(), h0.detach(), c0.detach(), *det[0], *det[1],
+                                                           lens)
+        ones = [torch.ops.s2s_fused.lstm_layer_forward(x.detach(), h0[d].detach(), c0[d].detach(), *det[d], lens,
+                                                       d == 1) for d in range(2)]
+        saved = (3, 4, 5)
+    else:
+        ra = kind == "gru"
+        out = torch.ops.s2s_fused.gru_layer_bidir_forward(x.detach(), h0.detach(), *det[0], *det[1], lens, ra)
+        ones = [torch.ops.s2s_fused.gru_layer_forward(x.detach(), h0[d].detach(), *det[d], lens, d == 1, ra)
+                for d in range(2)]
+        saved = (2, 3)
+    for d in range(2):
+        for k in saved:
+            assert_close(out[k][d], ones[d][k], 1e-12, f"saved #{k} direction {d}")
+
+
+def test_bidir_cuda_branches_are_taken(monkeypatch):
+    """The test policy really runs the two-direction branches: one batched GEMM per recurrent product per step
+    (aten::bmm / baddbmm_ show in the profiler; the CPU policy's oneDNN GEMMs do not go through the dispatcher)."""
+    T = 5
+    x, h0, c0, w, lens = _bidir_args("gru", T, 4, 3, 8)
+
+    def count(fn):
+        with torch.profiler.profile() as prof:
+            fn()
+        return {e.key: e.count for e in prof.key_averages() if "bmm" in e.key}
+
+    def run():
+        return gru_layer_bidir(x, h0, w[0], w[1], lengths=lens, reset_after=False, backend="cpu")
+
+    assert count(run) == {}
+    monkeypatch.setenv("S2S_FUSED_TEST_BIDIR_BRANCHES", "1")
+    assert count(run).get("aten::bmm") == 2 * T  # reset_before: the r,z product and the n product per step
+    x, h0, c0, w, lens = _bidir_args("lstm", T, 4, 3, 8)
+    got = count(lambda: lstm_layer_bidir(x, (h0, c0), w[0], w[1], lengths=lens, backend="cpu"))
+    assert got.get("aten::baddbmm_") == T
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+def test_bidir_gradcheck(kind, lengths):
+    base = kind.split("_")[0]
+    x, h0, c0, w, lens = _bidir_args(base, 3, 3, 2, 2, lengths=lengths, requires_grad=True)
+    if base == "lstm":
+        def f(x, h0, c0, *ws):
+            o, (h, c) = lstm_layer_bidir(x, (h0, c0), ws[:4], ws[4:], lengths=lens, backend="cpu")
+            return o, h, c
+        inputs = (x, h0, c0, *w[0], *w[1])
+    else:
+        def f(x, h0, *ws):
+            return gru_layer_bidir(x, h0, ws[:4], ws[4:], lengths=lens, reset_after=kind == "gru", backend="cpu")
+        inputs = (x, h0, *w[0], *w[1])
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_bidir_opcheck(kind):
+    op = getattr(torch.ops.s2s_fused, f"{kind}_layer_bidir_forward")
+    for rg in (False, True):
+        for bias, lengths in ((True, True), (False, False)):
+            x, h0, c0, w, lens = _bidir_args(kind, 4, 3, 2, 3, bias=bias, lengths=lengths, requires_grad=rg,
+                                             dtype=torch.float32)
+            args = [x, h0] + ([c0] if kind == "lstm" else []) + w[0] + w[1] + [lens]
+            if kind == "gru":
+                args.append(bias)  # reset_after both ways
+            torch.library.opcheck(op, tuple(args))
+    x, h0, c0, w, lens = _bidir_args(kind, 4, 3, 2, 3, dtype=torch.float32)
+    if kind == "lstm":
+        out, hn, cn, hs, cs, ws = op(x, h0, c0, *w[0], *w[1], lens)
+        torch.library.opcheck(torch.ops.s2s_fused.lstm_layer_bidir_backward,
+                              (torch.randn_like(out), torch.randn_like(hn), None, x, w[0][0], w[0][1], w[1][0],
+                               w[1][1], hs, cs, ws, lens))
+    else:
+        for ra in (True, False):
+            out, hn, hs, ws = op(x, h0, *w[0], *w[1], lens, ra)
+            torch.library.opcheck(torch.ops.s2s_fused.gru_layer_bidir_backward,
+                                  (torch.randn_like(out), torch.randn_like(hn), x, w[0][0], w[0][1], w[1][0],
+                                   w[1][1], hs, ws, lens, ra))
+
+
+# (kind, num_layers, batch_first, bias, packed, T, B, I, H): the modules forced onto the two-direction op on CPU
+BIDIR_MODULE_CONFIGS = [
+    ("LSTM", 1, False, True, True, 9, 4, 3, 5),
+    ("LSTM", 2, True, False, False, 4, 2, 5, 3),
+    ("LSTM", 2, False, True, True, 1, 1, 2, 4),
+    ("GRU", 1, True, True, True, 9, 4, 3, 5),
+    ("GRU", 2, False, False, True, 5, 3, 2, 6),
+    ("GRU", 2, True, True, False, 3, 1, 4, 3),
+]
+
+
+@pytest.mark.parametrize("cfg", BIDIR_MODULE_CONFIGS, ids=[
+    f"{c[0]}-L{c[1]}-{'bf' if c[2] else 'tf'}-{'bias' if c[3] else 'nobias'}-{'packed' if c[4] else 'dense'}-T{c[5]}"
+    f"-B{c[6]}" for c in BIDIR_MODULE_CONFIGS])
+def test_bidir_module_path_matches_torch(cfg, monkeypatch):
+    kind, L, bf, bias, packed, T, B, I, H = cfg
+    monkeypatch.setattr(_snn_rnn, "_BIDIR_FUSED_ON_CPU", True)
+    calls = []
+    real = getattr(_snn_rnn, f"{kind.lower()}_layer_bidir")
+    monkeypatch.setattr(_snn_rnn, f"{kind.lower()}_layer_bidir", lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref, ours = _pair(kind, I, H, L, bias, bf, True, torch.float64, backend="cpu")
+    x = _make_input(T, B, I, bf, torch.float64)
+    hx = _hx(kind, L, 2, B, H, torch.float64)
+    lens = _lengths(T, B) if packed else None
+    o_ref, g_ref = _run(ref, x, hx, packed_lengths=lens, batch_first=bf)
+    o, g = _run(ours, x, hx, packed_lengths=lens, batch_first=bf)
+    assert len(calls) == L, "the module did not take the two-direction op"
+    for i, (a, b) in enumerate(zip(o + g, o_ref + g_ref)):
+        assert_close(a, b, 1e-9, f"{kind} bidir module #{i}")
+    # S2S_FUSED_NO_BIDIR_FUSED=1: back to one op per direction, same numbers
+    calls.clear()
+    monkeypatch.setenv("S2S_FUSED_NO_BIDIR_FUSED", "1")
+    o2, g2 = _run(ours, x, hx, packed_lengths=lens, batch_first=bf)
+    assert not calls
+    for a, b in zip(o + g, o2 + g2):
+        assert_close(a, b, 1e-12, "per-direction fallback")
+
+
+def test_bidir_module_gru_reset_before_and_compile(monkeypatch):
+    """reset_after=False through the two-direction op equals the per-direction path; torch.compile(fullgraph)
+    traces the module's two-direction path."""
+    m = snn.GRU(3, 4, 2, bidirectional=True, dtype=torch.float64, reset_after=False, backend="cpu")
+    x = _make_input(6, 3, 3, False, torch.float64)
+    lens = _lengths(6, 3)
+    o_per, g_per = _run(m, x, None, packed_lengths=lens)
+    monkeypatch.setattr(_snn_rnn, "_BIDIR_FUSED_ON_CPU", True)
+    o, g = _run(m, x, None, packed_lengths=lens)
+    for a, b in zip(o + g, o_per + g_per):
+        assert_close(a, b, 1e-12, "reset_before bidir")
+    lstm = snn.LSTM(3, 4, bidirectional=True, backend="cpu")
+    xs = torch.randn(5, 2, 3)
+    compiled = torch.compile(lstm, fullgraph=True, backend="aot_eager")
+    assert_close(compiled(xs)[0], lstm(xs)[0], 1e-6, "compiled bidir LSTM")
+
+
+def test_bidir_bad_input():
+    x, h0, c0, w, lens = _bidir_args("lstm", 4, 3, 2, 3)
+    with pytest.raises(ValueError, match=r"hx\[0\].*\(2, B, H\)"):
+        lstm_layer_bidir(x, (h0[:1], c0[:1]), w[0], w[1], backend="cpu")
+    with pytest.raises(TypeError, match="weights_reverse"):
+        lstm_layer_bidir(x, (h0, c0), w[0], w[1][:2], backend="cpu")
+    with pytest.raises(ValueError, match="w_hh"):
+        lstm_layer_bidir(x, (h0, c0), w[0], [w[1][0], w[1][1][:, :2], None, None], backend="cpu")
+    with pytest.raises(RuntimeError, match="h0"):
+        torch.ops.s2s_fused.lstm_layer_bidir_forward(x, h0[0], c0[0], *w[0], *w[1], lens)
+    xg, hg, _, wg, _ = _bidir_args("gru", 4, 3, 2, 3)
+    with pytest.raises(RuntimeError, match="w_hh"):
+        torch.ops.s2s_fused.gru_layer_bidir_forward(xg, hg, *wg[0], wg[1][0], wg[1][1][:3], None, None, None, True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+@pytest.mark.parametrize("B", [3, 40])  # 3: persistent kernel per direction (fp32); 40: the per-step bidir path
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_bidir_op_matches_per_direction(kind, B, dtype):
+    base = kind.split("_")[0]
+    x, h0, c0, w, lens = _bidir_args(base, 11, B, 5, 33, dtype=dtype, requires_grad=True)
+    to = lambda t: t.detach().cuda().requires_grad_() if t is not None else None  # noqa: E731
+    x, h0 = to(x), to(h0)
+    c0 = to(c0)
+    w = [[to(t) for t in d] for d in w]
+    leaves = [x, h0] + ([c0] if c0 is not None else []) + [t for d in w for t in d if t is not None]
+    if base == "lstm":
+        o, (h, c) = lstm_layer_bidir(x, (h0, c0), w[0], w[1], lengths=lens, backend="cuda")
+        per = [s2s_fused.lstm_layer(x, (h0[d], c0[d]), *w[d], lengths=lens, reverse=d == 1, backend="cuda")
+               for d in range(2)]
+        fused = [o, h, c]
+        ref = [torch.cat([p[0] for p in per], -1), torch.stack([p[1][0] for p in per]),
+               torch.stack([p[1][1] for p in per])]
+    else:
+        ra = kind == "gru"
+        o, h = gru_layer_bidir(x, h0, w[0], w[1], lengths=lens, reset_after=ra, backend="cuda")
+        per = [s2s_fused.gru_layer(x, h0[d], *w[d], lengths=lens, reverse=d == 1, reset_after=ra, backend="cuda")
+               for d in range(2)]
+        fused, ref = [o, h], [torch.cat([p[0] for p in per], -1), torch.stack([p[1] for p in per])]
+    cot = [torch.randn_like(r) for r in ref]
+    gf = torch.autograd.grad(sum((a * c).sum() for a, c in zip(fused, cot)), leaves)
+    gp = torch.autograd.grad(sum((a * c).sum() for a, c in zip(ref, cot)), leaves)
+    tol = 1e-9 if dtype == torch.float64 else 1e-4  # fp32: batched vs single GEMMs may round differently
+    for i, (a, b) in enumerate(zip(fused + list(gf), ref + list(gp))):
+        assert_close(a, b, tol, f"cuda bidir {kind} #{i}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("graph", ["0", "1"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+def test_cuda_bidir_module_and_graph_replay(kind, graph, monkeypatch):
+    """The module's two-direction path against cuDNN (float64, packed), eager and with the step loop recorded as a
+    CUDA graph (S2S_FUSED_CUDA_GRAPH=1: call 1 warms up, call 2 captures, later calls replay or update)."""
+    monkeypatch.setenv("S2S_FUSED_CUDA_GRAPH", graph)
+    monkeypatch.setenv("S2S_FUSED_NO_PERSISTENT", "1")
+    ref, ours = _pair(kind, 9, 33, 2, True, False, True, torch.float64, backend="cuda")
+    ref, ours = ref.cuda(), ours.cuda()
+    for seed in range(4):  # same shapes each time: pointers may repeat (replay) or not (exec update)
+        x = _make_input(13, 17, 9, False, torch.float64, seed=seed).cuda()
+        lens = _lengths(13, 17)
+        o_ref, g_ref = _run(ref, x, None, packed_lengths=lens)
+        o, g = _run(ours, x, None, packed_lengths=lens)
+        for a, b in zip(o_ref + g_ref, o + g):
+            assert_close(b, a, 1e-9, f"{kind} graph={graph} call {seed}")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_inside_user_capture(monkeypatch):
+    """With S2S_FUSED_CUDA_GRAPH=1 inside the user's own torch.cuda.graph capture the loop runs eagerly (is
+    recorded into the user's graph), and replaying that graph gives the eager result."""
+    monkeypatch.setenv("S2S_FUSED_CUDA_GRAPH", "1")
+    m = snn.GRU(8, 16, bidirectional=True, backend="cuda").cuda()
+    x = torch.randn(10, 24, 8, device="cuda")
+    with torch.no_grad():
+        want = m(x)[0]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(2):
+                m(x)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = m(x)[0]
+        g.replay()
+        torch.cuda.synchronize()
+    assert_close(out, want, 1e-6, "user capture")
+# ============================================================ end of rnn_layer_bidir

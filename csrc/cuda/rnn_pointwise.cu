@@ -44,7 +44,7 @@ __device__ __forceinline__ int64_t unit_index() { return blockIdx.x * int64_t(bl
 template <typename A> __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp(-x)); }
 
 template <typename T>
-__global__ void lstm_forward_kernel(LstmForwardParams p, int64_t B) {
+__device__ __forceinline__ void lstm_forward_body(const LstmForwardParams& p, int64_t B) {
   using A = typename Acc<T>::type;
   const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
@@ -73,7 +73,7 @@ __global__ void lstm_forward_kernel(LstmForwardParams p, int64_t B) {
 }
 
 template <typename T>
-__global__ void lstm_backward_kernel(LstmBackwardParams p, int64_t B) {
+__device__ __forceinline__ void lstm_backward_body(const LstmBackwardParams& p, int64_t B) {
   using A = typename Acc<T>::type;
   const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
@@ -98,7 +98,7 @@ __global__ void lstm_backward_kernel(LstmBackwardParams p, int64_t B) {
 
 // reset_after: the whole cell; reset_before: stage 1 (r, z, rh = r * hx).
 template <typename T>
-__global__ void gru_forward_kernel(GruForwardParams p, int64_t B) {
+__device__ __forceinline__ void gru_forward_body(const GruForwardParams& p, int64_t B) {
   using A = typename Acc<T>::type;
   const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
@@ -129,7 +129,7 @@ __global__ void gru_forward_kernel(GruForwardParams p, int64_t B) {
 }
 
 template <typename T>
-__global__ void gru_forward_stage2_kernel(GruForwardParams p, int64_t B) {
+__device__ __forceinline__ void gru_forward_stage2_body(const GruForwardParams& p, int64_t B) {
   using A = typename Acc<T>::type;
   const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
@@ -149,7 +149,7 @@ __global__ void gru_forward_stage2_kernel(GruForwardParams p, int64_t B) {
 }
 
 template <typename T>
-__global__ void gru_backward_kernel(GruBackwardParams p, int64_t B) {
+__device__ __forceinline__ void gru_backward_body(const GruBackwardParams& p, int64_t B) {
   using A = typename Acc<T>::type;
   const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
@@ -181,7 +181,7 @@ __global__ void gru_backward_kernel(GruBackwardParams p, int64_t B) {
 }
 
 template <typename T>
-__global__ void gru_backward_stage2_kernel(GruBackwardParams p, int64_t B) {
+__device__ __forceinline__ void gru_backward_stage2_body(const GruBackwardParams& p, int64_t B) {
   using A = typename Acc<T>::type;
   const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
   if (j >= H || b >= B) return;
@@ -199,18 +199,62 @@ __global__ void gru_backward_stage2_kernel(GruBackwardParams p, int64_t B) {
 
 constexpr int kThreads = 128;
 
+// The kernels: one direction (the cells and the single-direction layers), or both directions of a bidirectional
+// layer in one launch (gridDim.z = 2, block z runs direction z with its own parameters). The z branch is
+// uniform per block and keeps both parameter sets in the kernel's parameter space (no local copy).
+template <typename P>
+struct ParamPair {
+  P p0, p1;
+};
+
+#define S2S_POINTWISE_KERNELS(name, P)                                            \
+  template <typename T>                                                           \
+  __global__ void name##_kernel(P p, int64_t B) {                                 \
+    name##_body<T>(p, B);                                                         \
+  }                                                                               \
+  template <typename T>                                                           \
+  __global__ void name##_bidir_kernel(ParamPair<P> pp, int64_t B) {               \
+    if (blockIdx.z == 0) name##_body<T>(pp.p0, B); else name##_body<T>(pp.p1, B); \
+  }
+
+S2S_POINTWISE_KERNELS(lstm_forward, LstmForwardParams)
+S2S_POINTWISE_KERNELS(lstm_backward, LstmBackwardParams)
+S2S_POINTWISE_KERNELS(gru_forward, GruForwardParams)
+S2S_POINTWISE_KERNELS(gru_forward_stage2, GruForwardParams)
+S2S_POINTWISE_KERNELS(gru_backward, GruBackwardParams)
+S2S_POINTWISE_KERNELS(gru_backward_stage2, GruBackwardParams)
+
+// `kernel` names the kernel template, `args` its arguments; nz = 1 (one direction) or 2 (bidir).
+#define S2S_POINTWISE_DISPATCH(kernel, args)                                                             \
+  switch (dtype) {                                                                                       \
+    case Dtype::Float32: kernel<float><<<grid, kThreads, 0, stream>>> args; break;                       \
+    case Dtype::Float64: kernel<double><<<grid, kThreads, 0, stream>>> args; break;                      \
+    case Dtype::Float16: kernel<__half><<<grid, kThreads, 0, stream>>> args; break;                      \
+    case Dtype::BFloat16: kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>> args; break;              \
+  }
+
+inline dim3 pointwise_grid(int64_t H, int64_t B, unsigned nz) {
+  return dim3(static_cast<unsigned>((H + kThreads - 1) / kThreads), static_cast<unsigned>(B), nz);
+}
+
 #define S2S_POINTWISE_LAUNCH(name)                                                               \
   template <typename P>                                                                          \
   cudaError_t launch_##name(const P& p, int64_t B, cudaStream_t stream) {                        \
     if (B == 0 || p.H == 0) return cudaSuccess;                                                  \
     if (B > 65535) return cudaErrorInvalidConfiguration;                                         \
-    const dim3 grid(static_cast<unsigned>((p.H + kThreads - 1) / kThreads), static_cast<unsigned>(B)); \
-    switch (p.dtype) {                                                                           \
-      case Dtype::Float32: name##_kernel<float><<<grid, kThreads, 0, stream>>>(p, B); break;     \
-      case Dtype::Float64: name##_kernel<double><<<grid, kThreads, 0, stream>>>(p, B); break;    \
-      case Dtype::Float16: name##_kernel<__half><<<grid, kThreads, 0, stream>>>(p, B); break;    \
-      case Dtype::BFloat16: name##_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p, B); break; \
-    }                                                                                            \
+    const dim3 grid = pointwise_grid(p.H, B, 1);                                                 \
+    const Dtype dtype = p.dtype;                                                                 \
+    S2S_POINTWISE_DISPATCH(name##_kernel, (p, B))                                                \
+    return cudaGetLastError();                                                                   \
+  }                                                                                              \
+  template <typename P>                                                                          \
+  cudaError_t launch_##name##_bidir(const P& p0, const P& p1, int64_t B, cudaStream_t stream) {  \
+    if (B == 0 || p0.H == 0) return cudaSuccess;                                                 \
+    if (B > 65535 || p1.H != p0.H || p1.dtype != p0.dtype) return cudaErrorInvalidConfiguration; \
+    const dim3 grid = pointwise_grid(p0.H, B, 2);                                                \
+    const Dtype dtype = p0.dtype;                                                                \
+    const ParamPair<P> pp{p0, p1};                                                               \
+    S2S_POINTWISE_DISPATCH(name##_bidir_kernel, (pp, B))                                         \
     return cudaGetLastError();                                                                   \
   }
 
@@ -383,6 +427,18 @@ cudaError_t gru_backward(const GruBackwardParams& p, int64_t B, cudaStream_t s) 
 cudaError_t gru_backward_stage2(const GruBackwardParams& p, int64_t B, cudaStream_t s) {
   return launch_gru_backward_stage2(p, B, s);
 }
+
+// Both directions of a bidirectional layer in one launch (p0: forward direction, p1: reverse; same H, dtype).
+#define S2S_POINTWISE_BIDIR_ENTRY(name, P)                                                  \
+  cudaError_t name##_bidir(const P& p0, const P& p1, int64_t B, cudaStream_t s) {           \
+    return launch_##name##_bidir(p0, p1, B, s);                                            \
+  }
+S2S_POINTWISE_BIDIR_ENTRY(lstm_forward, LstmForwardParams)
+S2S_POINTWISE_BIDIR_ENTRY(lstm_backward, LstmBackwardParams)
+S2S_POINTWISE_BIDIR_ENTRY(gru_forward, GruForwardParams)
+S2S_POINTWISE_BIDIR_ENTRY(gru_forward_stage2, GruForwardParams)
+S2S_POINTWISE_BIDIR_ENTRY(gru_backward, GruBackwardParams)
+S2S_POINTWISE_BIDIR_ENTRY(gru_backward_stage2, GruBackwardParams)
 
 cudaError_t lstm_fused_step(const FusedStepParams& p, cudaStream_t s) {
   if (!fused_step_supported(p)) return cudaErrorNotSupported;

@@ -18,6 +18,21 @@ cudaError_t gru_forward_stage2(const GruForwardParams& p, int64_t B, cudaStream_
 cudaError_t gru_backward(const GruBackwardParams& p, int64_t B, cudaStream_t stream);
 cudaError_t gru_backward_stage2(const GruBackwardParams& p, int64_t B, cudaStream_t stream);
 
+// Both directions of a bidirectional layer in one launch (gridDim.z = 2): p0 is the forward direction's step, p1
+// the reverse direction's (each with its own pointers and row strides; same H and dtype). Same results as
+// calling the single-direction launcher on p0 and then on p1.
+cudaError_t lstm_forward_bidir(const LstmForwardParams& p0, const LstmForwardParams& p1, int64_t B,
+                               cudaStream_t stream);
+cudaError_t lstm_backward_bidir(const LstmBackwardParams& p0, const LstmBackwardParams& p1, int64_t B,
+                                cudaStream_t stream);
+cudaError_t gru_forward_bidir(const GruForwardParams& p0, const GruForwardParams& p1, int64_t B, cudaStream_t stream);
+cudaError_t gru_forward_stage2_bidir(const GruForwardParams& p0, const GruForwardParams& p1, int64_t B,
+                                     cudaStream_t stream);
+cudaError_t gru_backward_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B,
+                               cudaStream_t stream);
+cudaError_t gru_backward_stage2_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B,
+                                      cudaStream_t stream);
+
 // One whole step in one kernel: each block computes, for a tile of batch rows and a tile of hidden units, the
 // G gate pre-activations x W_ih^T + h W_hh^T (+ biases) of that tile (all gates, so the cell update happens in
 // registers) and applies the LSTM (G = 4) or GRU reset_after (G = 3) update in the epilogue. For small batch,

@@ -3,10 +3,14 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdlib>
+#include <functional>
+#include <vector>
 
+#include "cuda/rnn_graph.h"
 #include "cuda/rnn_pointwise.cuh"
 
 namespace s2s_fused::cuda {
@@ -53,6 +57,45 @@ struct CudaRnnPolicy {
   bool fuses_input_projection(Dtype) const { return false; }
   // Backward: the per-step loop (cuBLAS dh GEMMs + pointwise kernels).
   bool persistent_backward(const PersistentBackwardParams&) const { return false; }
+  // Both directions of a bidirectional layer's step in one launch (csrc/rnn_bidir_impl.h).
+  void lstm_forward_bidir(const LstmForwardParams& p0, const LstmForwardParams& p1, int64_t B) const {
+    check_launch(cuda::lstm_forward_bidir(p0, p1, B, stream()), "lstm_forward_bidir");
+  }
+  void lstm_backward_bidir(const LstmBackwardParams& p0, const LstmBackwardParams& p1, int64_t B) const {
+    check_launch(cuda::lstm_backward_bidir(p0, p1, B, stream()), "lstm_backward_bidir");
+  }
+  void gru_forward_bidir(const GruForwardParams& p0, const GruForwardParams& p1, int64_t B) const {
+    check_launch(cuda::gru_forward_bidir(p0, p1, B, stream()), "gru_forward_bidir");
+  }
+  void gru_forward_stage2_bidir(const GruForwardParams& p0, const GruForwardParams& p1, int64_t B) const {
+    check_launch(cuda::gru_forward_stage2_bidir(p0, p1, B, stream()), "gru_forward_stage2_bidir");
+  }
+  void gru_backward_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B) const {
+    check_launch(cuda::gru_backward_bidir(p0, p1, B, stream()), "gru_backward_bidir");
+  }
+  void gru_backward_stage2_bidir(const GruBackwardParams& p0, const GruBackwardParams& p1, int64_t B) const {
+    check_launch(cuda::gru_backward_stage2_bidir(p0, p1, B, stream()), "gru_backward_stage2_bidir");
+  }
+  // out[d] = a[d] @ b[d] (+ out[d]) over a leading dimension of 2 (the directions): one strided-batched cuBLAS
+  // GEMM. Operands may be strided (2, rows, cols) views with any direction stride (rnn_bidir_impl.h pair_view).
+  void gemm_batched(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
+    if (accumulate) out.baddbmm_(a, b); else at::bmm_out(out, a, b);
+  }
+  // A layer's whole per-step loop: replayed as a CUDA graph when S2S_FUSED_CUDA_GRAPH=1 (rnn_graph.h; opt-in,
+  // unmeasured), else run directly. The key gets the cuBLAS math flags, which change the kernels cuBLAS picks.
+  template <class Key>
+  void run_steps(const Key& key, const std::function<void()>& fn) const {
+    if (!cuda_graph_enabled()) {
+      fn();
+      return;
+    }
+    std::vector<int64_t> shape = key.shape;
+    const auto& ctx = at::globalContext();
+    shape.push_back(static_cast<int64_t>(ctx.allowTF32CuBLAS()));
+    shape.push_back(static_cast<int64_t>(ctx.allowFP16ReductionCuBLAS()));
+    shape.push_back(static_cast<int64_t>(ctx.allowBF16ReductionCuBLAS()));
+    StepGraphCache::instance().run(shape, key.ptrs, fn);
+  }
   // out = a @ b (+ out when accumulate): cuBLAS through ATen, on the current stream.
   void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
     if (accumulate) out.addmm_(a, b); else at::mm_out(out, a, b);

@@ -101,6 +101,28 @@ def _packed_layout(batch_sizes: torch.Tensor):
     return T, B, lengths, positions
 
 
+# ---- rnn_layer_bidir: bidirectional layers on CUDA run both directions in one op per layer (one batched recurrent
+# GEMM and one pointwise launch per step; csrc/rnn_bidir_impl.h) when the layer backend resolves to "cuda".
+# S2S_FUSED_NO_BIDIR_FUSED=1 goes back to one op per direction. CPU keeps the per-direction ops (the two-direction
+# op on CPU only runs the same kernels twice per step); tests set _BIDIR_FUSED_ON_CPU to drive this path on CPU.
+import os  # noqa: E402
+
+from ..backend import resolve as _resolve_backend  # noqa: E402
+from ..ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir  # noqa: E402
+
+_BIDIR_FUSED_ON_CPU = False
+
+
+def _use_bidir_fused(module, x):
+    if os.environ.get("S2S_FUSED_NO_BIDIR_FUSED") == "1":
+        return False
+    want = "cuda" if x.is_cuda else ("cpu" if _BIDIR_FUSED_ON_CPU and x.device.type == "cpu" else None)
+    if want is None:
+        return False
+    return _resolve_backend(f"{module._kind.lower()}_layer", module.backend, x.device) == want
+# ---- end of rnn_layer_bidir
+
+
 class _FusedRNNBase:
     """The forward shared by LSTM and GRU: torch's input conventions (batch_first, unbatched, PackedSequence, hx
     None) around one fused op call per layer and direction; inter-layer dropout in training only, as torch."""
@@ -175,7 +197,17 @@ class _FusedRNNBase:
         per_dir = len(weights) // (L * D)
         h_n, c_n = [], []
         layer_in = x
+        bidir_fused = D == 2 and _use_bidir_fused(self, x)
         for layer in range(L):
+            if bidir_fused:  # both directions in one op (rnn_layer_bidir)
+                k = 2 * layer
+                layer_in, h, c = self._bidir_call(layer_in, h0[k:k + 2], c0[k:k + 2] if lstm else None,
+                                                  weights[k * per_dir:(k + 2) * per_dir], per_dir, lengths)
+                h_n += list(h.unbind(0))
+                c_n += list(c.unbind(0)) if lstm else [None, None]
+                if self.dropout > 0 and self.training and layer < L - 1:
+                    layer_in = torch.nn.functional.dropout(layer_in, self.dropout, training=True)
+                continue
             outs = []
             for d in range(D):
                 k = layer * D + d
@@ -232,6 +264,11 @@ class LSTM(_FusedRNNBase, torch.nn.RNNBase):
                                  backend=self.backend)
         return out, h, c
 
+    def _bidir_call(self, x, h0, c0, weights, per_dir, lengths):
+        wf, wr = (list(weights[i:i + per_dir]) + [None, None] * (per_dir == 2) for i in (0, per_dir))
+        out, (h, c) = lstm_layer_bidir(x, (h0, c0), tuple(wf), tuple(wr), lengths=lengths, backend=self.backend)
+        return out, h, c
+
     def forward(self, input, hx=None):
         out, h_n, c_n = self._run(input, hx)
         return out, (h_n, c_n)
@@ -258,6 +295,12 @@ class GRU(_GRUOptions, _FusedRNNBase, torch.nn.RNNBase):
         b_ih, b_hh = b if b else (None, None)
         out, h = gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
                            reset_after=self.reset_after, backend=self.backend)
+        return out, h, None
+
+    def _bidir_call(self, x, h0, c0, weights, per_dir, lengths):
+        wf, wr = (list(weights[i:i + per_dir]) + [None, None] * (per_dir == 2) for i in (0, per_dir))
+        out, h = gru_layer_bidir(x, h0, tuple(wf), tuple(wr), lengths=lengths, reset_after=self.reset_after,
+                                 backend=self.backend)
         return out, h, None
 
     def forward(self, input, hx=None):

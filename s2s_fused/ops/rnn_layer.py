@@ -211,3 +211,163 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reve
         op = _ops.gru_layer_forward
     out, h_n, *_ = op(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     return out, h_n
+
+
+# ================================================================ rnn_layer_bidir (both directions in one op)
+# torch.ops.s2s_fused.{lstm,gru}_layer_bidir_forward / _backward (csrc/rnn_bidir_impl.h; CPU and CUDA): both
+# directions of one bidirectional layer, step s running the forward direction at time s and the reverse one at
+# time T-1-s together (on CUDA one batched recurrent GEMM and one pointwise launch per step). h0, c0, h_n, c_n are
+# (2, B, H) direction-major (as a bidirectional module's hx slice); output (T, B, 2H) is the two directions'
+# outputs concatenated; the saved hs, cs (2, T+1, B, H) and workspace (2, T, B, G'H) hold, per direction, what
+# the single-direction op saves. The modules use these ops for CUDA input (s2s_fused.nn.rnn).
+
+
+@torch.library.register_fake("s2s_fused::lstm_layer_bidir_forward")
+def _lstm_bidir_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths):
+    torch._check(h0.dim() == 3 and h0.shape[0] == 2, lambda: "h0 must be (2, B, H)")
+    T, B, H = _fake_layer_common(input, h0[0], w_ih, w_hh, 4)
+    new = input.new_empty
+    return (new(T, B, 2 * H), new(2, B, H), new(2, B, H), new(2, T + 1, B, H), new(2, T + 1, B, H),
+            new(2, T, B, 4 * H))
+
+
+@torch.library.register_fake("s2s_fused::lstm_layer_bidir_backward")
+def _lstm_bidir_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace,
+                         lengths):
+    B, H = hs.shape[2], hs.shape[3]
+    return (input.new_empty(input.shape), hs.new_empty(2, B, H), hs.new_empty(2, B, H),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]),
+            w_ih_r.new_empty(w_ih_r.shape), w_hh_r.new_empty(w_hh_r.shape), w_ih_r.new_empty(w_ih_r.shape[0]))
+
+
+@torch.library.register_fake("s2s_fused::gru_layer_bidir_forward")
+def _gru_bidir_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, reset_after):
+    torch._check(h0.dim() == 3 and h0.shape[0] == 2, lambda: "h0 must be (2, B, H)")
+    T, B, H = _fake_layer_common(input, h0[0], w_ih, w_hh, 3)
+    new = input.new_empty
+    return new(T, B, 2 * H), new(2, B, H), new(2, T + 1, B, H), new(2, T, B, (4 if reset_after else 3) * H)
+
+
+@torch.library.register_fake("s2s_fused::gru_layer_bidir_backward")
+def _gru_bidir_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths,
+                        reset_after):
+    B, H = hs.shape[2], hs.shape[3]
+    G = w_ih.shape[0]
+    return (input.new_empty(input.shape), hs.new_empty(2, B, H), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), w_ih.new_empty(G), w_ih.new_empty(G), w_ih_r.new_empty(w_ih_r.shape),
+            w_hh_r.new_empty(w_hh_r.shape), w_ih_r.new_empty(G), w_ih_r.new_empty(G))
+
+
+def _lstm_bidir_setup(ctx, inputs, output):
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths = inputs
+    _, _, _, hs, cs, workspace = output
+    ctx.save_for_backward(input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths)
+    ctx.has_bias = tuple(b is not None for b in (b_ih, b_hh, b_ih_r, b_hh_r))
+    ctx.mark_non_differentiable(hs, cs, workspace)
+
+
+def _lstm_bidir_backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
+    input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths = ctx.saved_tensors
+    if grad_output is None and grad_h_n is None and grad_c_n is None:
+        return (None,) * 12
+    g_in, g_h0, g_c0, g_wih, g_whh, g_b, g_wih_r, g_whh_r, g_b_r = _ops.lstm_layer_bidir_backward(
+        grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths)
+    hb = ctx.has_bias
+    return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if hb[0] else None, g_b if hb[1] else None, g_wih_r, g_whh_r,
+            g_b_r if hb[2] else None, g_b_r if hb[3] else None, None)
+
+
+def _gru_bidir_setup(ctx, inputs, output):
+    input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, reset_after = inputs
+    _, _, hs, workspace = output
+    ctx.save_for_backward(input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths)
+    ctx.has_bias = tuple(b is not None for b in (b_ih, b_hh, b_ih_r, b_hh_r))
+    ctx.reset_after = reset_after
+    ctx.mark_non_differentiable(hs, workspace)
+
+
+def _gru_bidir_backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
+    input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths = ctx.saved_tensors
+    if grad_output is None and grad_h_n is None:
+        return (None,) * 12
+    (g_in, g_h0, g_wih, g_whh, g_bih, g_bhh, g_wih_r, g_whh_r, g_bih_r,
+     g_bhh_r) = _ops.gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs,
+                                              workspace, lengths, ctx.reset_after)
+    hb = ctx.has_bias
+    return (g_in, g_h0, g_wih, g_whh, g_bih if hb[0] else None, g_bhh if hb[1] else None, g_wih_r, g_whh_r,
+            g_bih_r if hb[2] else None, g_bhh_r if hb[3] else None, None, None)
+
+
+torch.library.register_autograd("s2s_fused::lstm_layer_bidir_forward", _lstm_bidir_backward,
+                                setup_context=_lstm_bidir_setup)
+torch.library.register_autograd("s2s_fused::gru_layer_bidir_forward", _gru_bidir_backward,
+                                setup_context=_gru_bidir_setup)
+
+
+def _bidir_weights(weights, name):
+    if not isinstance(weights, (tuple, list)) or len(weights) != 4:
+        raise TypeError(f"{name}: expected a tuple (w_ih, w_hh, b_ih, b_hh) (biases may be None), got "
+                        f"{type(weights).__name__}" + (f" of length {len(weights)}" if
+                                                       isinstance(weights, (tuple, list)) else ""))
+    return tuple(weights)
+
+
+def _check_bidir_state(h, name):
+    _checks.tensor(h, name, dims=3, floating=True)
+    if h.shape[0] != 2:
+        raise ValueError(f"{name}: expected shape (2, B, H) (one state per direction), got {tuple(h.shape)}")
+
+
+def lstm_layer_bidir(input, hx, weights, weights_reverse, *, lengths=None, backend=None):
+    """Both directions of one bidirectional LSTM layer in one fused op.
+
+    input (T, B, I); hx = (h0, c0), each (2, B, H) (direction 0 forward, 1 reverse); weights and
+    weights_reverse = (w_ih (4H, I), w_hh (4H, H), b_ih, b_hh) of each direction (biases (4H,) or None); lengths
+    as :func:`lstm_layer`. Returns (output (T, B, 2H), (h_n, c_n) each (2, B, H)): the same as
+    :func:`lstm_layer` with reverse=False and reverse=True, outputs concatenated and states stacked. Backends
+    ``cpu`` and ``cuda`` run the two-direction op; ``reference`` and ``triton`` run their per-direction layers.
+    """
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise TypeError(f"hx: expected a tuple (h0, c0) of two tensors, got {type(hx).__name__}")
+    h, c = hx
+    wf, wr = _bidir_weights(weights, "weights"), _bidir_weights(weights_reverse, "weights_reverse")
+    _check_bidir_state(h, "hx[0]")
+    _check_bidir_state(c, "hx[1]")
+    for d, w in ((0, wf), (1, wr)):
+        _check_layer("lstm", input, h[d], *w, 4, lengths, c=c[d])
+    be = resolve("lstm_layer", backend, input.device)
+    if be in ("reference", "triton"):
+        outs, hs, cs = [], [], []
+        for d, w in ((0, wf), (1, wr)):
+            o, (hn, cn) = lstm_layer(input, (h[d], c[d]), *w, lengths=lengths, reverse=d == 1, backend=be)
+            outs.append(o)
+            hs.append(hn)
+            cs.append(cn)
+        return torch.cat(outs, dim=-1), (torch.stack(hs), torch.stack(cs))
+    out, h_n, c_n, *_ = _ops.lstm_layer_bidir_forward(input, h, c, *wf, *wr, lengths)
+    return out, (h_n, c_n)
+
+
+def gru_layer_bidir(input, hx, weights, weights_reverse, *, lengths=None, reset_after=True, backend=None):
+    """Both directions of one bidirectional GRU layer in one fused op.
+
+    input (T, B, I); hx (2, B, H); weights, weights_reverse = (w_ih (3H, I), w_hh (3H, H), b_ih, b_hh);
+    lengths, reset_after as :func:`gru_layer`. Returns (output (T, B, 2H), h_n (2, B, H)), the same as
+    :func:`gru_layer` run per direction (outputs concatenated, states stacked).
+    """
+    wf, wr = _bidir_weights(weights, "weights"), _bidir_weights(weights_reverse, "weights_reverse")
+    _check_bidir_state(hx, "hx")
+    for d, w in ((0, wf), (1, wr)):
+        _check_layer("gru", input, hx[d], *w, 3, lengths)
+    _check_flag(reset_after, "reset_after")
+    be = resolve("gru_layer", backend, input.device)
+    if be in ("reference", "triton"):
+        outs, hs = [], []
+        for d, w in ((0, wf), (1, wr)):
+            o, hn = gru_layer(input, hx[d], *w, lengths=lengths, reverse=d == 1, reset_after=reset_after, backend=be)
+            outs.append(o)
+            hs.append(hn)
+        return torch.cat(outs, dim=-1), torch.stack(hs)
+    out, h_n, *_ = _ops.gru_layer_bidir_forward(input, hx, *wf, *wr, lengths, reset_after)
+    return out, h_n
+# ============================================================ end of rnn_layer_bidir
