@@ -22,6 +22,7 @@
 
 #include "checks.h"
 #include "rnn_cell_impl.h"  // mm(pw, a, b), the shared GEMM helper
+#include "rnn_step_loop.h"  // StepLoopKey, run_steps: the per-step loops as CUDA graphs (opt-in)
 
 namespace s2s_fused {
 
@@ -141,11 +142,11 @@ bool fuse_input_projection(const PW& pw, const LayerArgs& a) {
 }
 
 // The whole backward time loop in one call where the device policy has one (CPU, fp32: packed weights); false:
-// the caller runs its per-step loop. On success the gradient of h0 is left in `dh` (the buffers are swapped when
-// the loop's parity put it in dh_next).
+// the caller runs its per-step loop. dh / dh_next are the two halves of the caller's (2, B, H) parity buffer; as
+// in the per-step loop, the gradient of h0 ends in half T % 2.
 template <class PW>
 bool run_persistent_backward(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after,
-                             const at::Tensor& go, at::Tensor& dh, at::Tensor& dh_next, const at::Tensor& dc,
+                             const at::Tensor& go, const at::Tensor& dh, const at::Tensor& dh_next, const at::Tensor& dc,
                              const at::Tensor& ws, const at::Tensor& hs, const at::Tensor& cs,
                              const at::Tensor& dgates, const at::Tensor& dgi, const at::Tensor& dgh,
                              const at::Tensor& rh) {
@@ -172,9 +173,24 @@ bool run_persistent_backward(const PW& pw, const LayerArgs& a, bool gru, bool re
   q.dgh = dgh.defined() ? dgh.mutable_data_ptr() : nullptr;
   q.rh = rh.defined() ? rh.mutable_data_ptr() : nullptr;
   q.active = a.active.defined() ? a.active.const_data_ptr<uint8_t>() : nullptr;
-  if (!pw.persistent_backward(q)) return false;
-  if (a.T % 2 == 1) std::swap(dh, dh_next);
-  return true;
+  return pw.persistent_backward(q);
+}
+
+// What a layer-direction's per-step loop depends on besides its buffers (the CUDA graph cache key).
+inline StepLoopKey loop_key(int64_t op, const LayerArgs& a, bool reverse, int64_t flag) {
+  StepLoopKey k;
+  k.add_all(op, static_cast<int64_t>(a.input.scalar_type()), static_cast<int64_t>(a.input.device().type()),
+            static_cast<int64_t>(a.input.device().index()), a.T, a.B, a.I, a.H, static_cast<int64_t>(reverse), flag);
+  k.add_all(a.w_hh, a.b_ih, a.b_hh, a.active);
+  return k;
+}
+
+// The gradient state alternates between the two halves of a (2, B, H) buffer, step k reading half k % 2: which half
+// holds the result depends on T only, not on host state the loop changes (a replayed CUDA graph runs no host code).
+inline at::Tensor grad_state_pair(const std::optional<at::Tensor>& g, const LayerArgs& a, const char* name) {
+  at::Tensor buf = at::empty({2, a.B, a.H}, a.input.options());
+  buf.select(0, 0).copy_(grad_state_init(g, a, name));
+  return buf;
 }
 
 // ------------------------------------------------------------------------------------------------ LSTM
@@ -210,21 +226,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                      hs, cs, output)) {
     return {output, hs.select(0, last).clone(), cs.select(0, last).clone(), hs, cs, gates};
   }
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = time_of_step(s, T, reverse);
-    at::Tensor g = gates.select(0, t);
-    const at::Tensor hprev = state_prev(hs, t, reverse);
-    pw.gemm(g, hprev, w_hh_t, /*accumulate=*/true);
-    p.g1 = cmat(g);
-    p.ws = mat(g);
-    p.cx = cmat(state_prev(cs, t, reverse));
-    p.hx = cmat(hprev);
-    p.h1 = mat(state_next(hs, t, reverse));
-    p.c1 = mat(state_next(cs, t, reverse));
-    p.out = mat(output.select(0, t));
-    p.active = active_row(a.active, t);
-    pw.lstm_forward(p, B);
-  }
+  StepLoopKey key = loop_key(/*op=*/11, a, reverse, 0);
+  key.add_all(gates, hs, cs, output);
+  run_steps(pw, key, [&] {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of_step(s, T, reverse);
+      at::Tensor g = gates.select(0, t);
+      const at::Tensor hprev = state_prev(hs, t, reverse);
+      pw.gemm(g, hprev, w_hh_t, /*accumulate=*/true);
+      p.g1 = cmat(g);
+      p.ws = mat(g);
+      p.cx = cmat(state_prev(cs, t, reverse));
+      p.hx = cmat(hprev);
+      p.h1 = mat(state_next(hs, t, reverse));
+      p.c1 = mat(state_next(cs, t, reverse));
+      p.out = mat(output.select(0, t));
+      p.active = active_row(a.active, t);
+      pw.lstm_forward(p, B);
+    }
+  });
   return {output, hs.select(0, last).clone(), cs.select(0, last).clone(), hs, cs, gates};
 }
 
@@ -243,32 +263,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_saved(workspace, {T, B, 4 * H}, input, "workspace");
   const at::Tensor go = masked_grad_output(grad_output, a);
   const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous(), csc = cs.contiguous();
-  at::Tensor dh = grad_state_init(grad_h_n, a, "grad_h_n"), dh_next = at::empty_like(dh);
+  const at::Tensor dh_buf = grad_state_pair(grad_h_n, a, "grad_h_n");
   at::Tensor dc = grad_state_init(grad_c_n, a, "grad_c_n");
   at::Tensor dgates = pw.buffer({T, B, 4 * H}, a.input.options());
-  const bool done = run_persistent_backward(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, go, dh, dh_next, dc,
-                                            ws, hsc, csc, dgates, at::Tensor(), at::Tensor(), at::Tensor());
+  const bool done = run_persistent_backward(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, go, dh_buf.select(0, 0),
+                                            dh_buf.select(0, 1), dc, ws, hsc, csc, dgates, at::Tensor(),
+                                            at::Tensor(), at::Tensor());
   LstmBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
-  for (int64_t s = done ? -1 : T - 1; s >= 0; --s) {
-    const int64_t t = time_of_step(s, T, reverse);
-    at::Tensor dg = dgates.select(0, t);
-    p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
-    p.dh2 = cmat(dh);
-    p.dc1 = cmat(dc);
-    p.ws = cmat(ws.select(0, t));
-    p.cx = cmat(state_prev(csc, t, reverse));
-    p.c1 = cmat(state_next(csc, t, reverse));
-    p.dgates = mat(dg);
-    p.dcx = mat(dc);  // in place: each element of dc is read before it is overwritten
-    p.active = active_row(a.active, t);
-    p.dhx = mat(dh_next);
-    if (p.active) dh_next.zero_();  // finished rows get dh passed through by the kernel, the others dg @ W_hh
-    pw.lstm_backward(p, B);
-    pw.gemm(dh_next, dg, a.w_hh, /*accumulate=*/p.active != nullptr);
-    std::swap(dh, dh_next);
-  }
+  StepLoopKey key = loop_key(/*op=*/12, a, reverse, 0);
+  key.add_all(go, ws, hsc, csc, dh_buf, dc, dgates);
+  if (!done && T > 0) run_steps(pw, key, [&] {
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = time_of_step(T - 1 - k, T, reverse);
+      at::Tensor dh = dh_buf.select(0, k % 2), dh_next = dh_buf.select(0, (k + 1) % 2);
+      at::Tensor dg = dgates.select(0, t);
+      p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
+      p.dh2 = cmat(dh);
+      p.dc1 = cmat(dc);
+      p.ws = cmat(ws.select(0, t));
+      p.cx = cmat(state_prev(csc, t, reverse));
+      p.c1 = cmat(state_next(csc, t, reverse));
+      p.dgates = mat(dg);
+      p.dcx = mat(dc);  // in place: each element of dc is read before it is overwritten
+      p.active = active_row(a.active, t);
+      p.dhx = mat(dh_next);
+      if (p.active) dh_next.zero_();  // finished rows get dh passed through by the kernel, the others dg @ W_hh
+      pw.lstm_backward(p, B);
+      pw.gemm(dh_next, dg, a.w_hh, /*accumulate=*/p.active != nullptr);
+    }
+  });
+  const at::Tensor dh = dh_buf.select(0, T % 2).clone();
   const at::Tensor dg2 = dgates.view({T * B, 4 * H});
   at::Tensor grad_input = mm(pw, dg2, a.w_ih).view({T, B, a.I});
   at::Tensor grad_w_ih = mm(pw, dg2.t(), a.input.view({T * B, a.I}));
@@ -315,27 +341,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_layer_forward_imp
                      output)) {
     return {output, hs.select(0, last).clone(), hs, ws};
   }
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = time_of_step(s, T, reverse);
-    const at::Tensor hprev = state_prev(hs, t, reverse);
-    pw.gemm(gh, hprev, w_rz_t, false);
-    p.gi = cmat(gi.select(0, t));
-    p.gh = cmat(gh);
-    p.hx = cmat(hprev);
-    p.h1 = mat(state_next(hs, t, reverse));
-    p.ws = mat(ws.select(0, t));
-    p.out = mat(output.select(0, t));
-    p.active = active_row(a.active, t);
-    if (reset_after) {
-      pw.gru_forward(p, B);
-    } else {
-      p.rh = mat(rh);
-      pw.gru_forward(p, B);
-      pw.gemm(ghn, rh, w_hn_t, false);
-      p.ghn = cmat(ghn);
-      pw.gru_forward_stage2(p, B);
+  StepLoopKey key = loop_key(/*op=*/13, a, reverse, reset_after);
+  key.add_all(gi, hs, ws, output, gh, rh, ghn);
+  run_steps(pw, key, [&] {
+    for (int64_t s = 0; s < T; ++s) {
+      const int64_t t = time_of_step(s, T, reverse);
+      const at::Tensor hprev = state_prev(hs, t, reverse);
+      pw.gemm(gh, hprev, w_rz_t, false);
+      p.gi = cmat(gi.select(0, t));
+      p.gh = cmat(gh);
+      p.hx = cmat(hprev);
+      p.h1 = mat(state_next(hs, t, reverse));
+      p.ws = mat(ws.select(0, t));
+      p.out = mat(output.select(0, t));
+      p.active = active_row(a.active, t);
+      if (reset_after) {
+        pw.gru_forward(p, B);
+      } else {
+        p.rh = mat(rh);
+        pw.gru_forward(p, B);
+        pw.gemm(ghn, rh, w_hn_t, false);
+        p.ghn = cmat(ghn);
+        pw.gru_forward_stage2(p, B);
+      }
     }
-  }
+  });
   return {output, hs.select(0, last).clone(), hs, ws};
 }
 
@@ -353,7 +383,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_saved(workspace, {T, B, (reset_after ? 4 : 3) * H}, input, "workspace");
   const at::Tensor go = masked_grad_output(grad_output, a);
   const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous();
-  at::Tensor dh = grad_state_init(grad_h_n, a, "grad_h_n"), dh_next = at::empty_like(dh);
+  const at::Tensor dh_buf = grad_state_pair(grad_h_n, a, "grad_h_n");
   at::Tensor dgi = pw.buffer({T, B, 3 * H}, opts);
   // reset_after: dgh differs from dgi in its n columns (dn * r); reset_before: gh_n = (r h) W_hn has gradient dn,
   // the same as gi_n, so dgi serves both and rh = r * h is kept per step for the W_hn gradient.
@@ -365,35 +395,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   }
   const at::Tensor w_rz = reset_after ? a.w_hh : a.w_hh.narrow(0, 0, 2 * H);
   const at::Tensor w_hn = a.w_hh.narrow(0, 2 * H, H);
-  const bool done = run_persistent_backward(pw, a, /*gru=*/true, reverse, reset_after, go, dh, dh_next, at::Tensor(),
-                                            ws, hsc, at::Tensor(), at::Tensor(), dgi, dgh, rh_all);
+  const bool done = run_persistent_backward(pw, a, /*gru=*/true, reverse, reset_after, go, dh_buf.select(0, 0),
+                                            dh_buf.select(0, 1), at::Tensor(), ws, hsc, at::Tensor(), at::Tensor(),
+                                            dgi, dgh, rh_all);
   GruBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
   p.reset_after = reset_after;
-  for (int64_t s = done ? -1 : T - 1; s >= 0; --s) {
-    const int64_t t = time_of_step(s, T, reverse);
-    at::Tensor dgi_t = dgi.select(0, t), dgh_t = dgh.select(0, t);
-    p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
-    p.dh2 = cmat(dh);
-    p.ws = cmat(ws.select(0, t));
-    p.hx = cmat(state_prev(hsc, t, reverse));
-    p.dgi = mat(dgi_t);
-    p.dgh = mat(dgh_t);
-    p.dhx = mat(dh_next);
-    p.active = active_row(a.active, t);
-    pw.gru_backward(p, B);
-    if (reset_after) {
-      pw.gemm(dh_next, dgh_t, w_rz, true);
-    } else {
-      pw.gemm(drh, dgi_t.narrow(1, 2 * H, H), w_hn, false);
-      p.drh = cmat(drh);
-      p.rh = mat(rh_all.select(0, t));
-      pw.gru_backward_stage2(p, B);
-      pw.gemm(dh_next, dgi_t.narrow(1, 0, 2 * H), w_rz, true);
+  StepLoopKey key = loop_key(/*op=*/14, a, reverse, reset_after);
+  key.add_all(go, ws, hsc, dh_buf, dgi, dgh, rh_all, drh);
+  if (!done && T > 0) run_steps(pw, key, [&] {
+    for (int64_t k = 0; k < T; ++k) {
+      const int64_t t = time_of_step(T - 1 - k, T, reverse);
+      at::Tensor dh = dh_buf.select(0, k % 2), dh_next = dh_buf.select(0, (k + 1) % 2);
+      at::Tensor dgi_t = dgi.select(0, t), dgh_t = dgh.select(0, t);
+      p.dh1 = go.defined() ? cmat(go.select(0, t)) : CMat{};
+      p.dh2 = cmat(dh);
+      p.ws = cmat(ws.select(0, t));
+      p.hx = cmat(state_prev(hsc, t, reverse));
+      p.dgi = mat(dgi_t);
+      p.dgh = mat(dgh_t);
+      p.dhx = mat(dh_next);
+      p.active = active_row(a.active, t);
+      pw.gru_backward(p, B);
+      if (reset_after) {
+        pw.gemm(dh_next, dgh_t, w_rz, true);
+      } else {
+        pw.gemm(drh, dgi_t.narrow(1, 2 * H, H), w_hn, false);
+        p.drh = cmat(drh);
+        p.rh = mat(rh_all.select(0, t));
+        pw.gru_backward_stage2(p, B);
+        pw.gemm(dh_next, dgi_t.narrow(1, 0, 2 * H), w_rz, true);
+      }
     }
-    std::swap(dh, dh_next);
-  }
+  });
+  const at::Tensor dh = dh_buf.select(0, T % 2).clone();
   const at::Tensor dgi2 = dgi.view({T * B, 3 * H}), dgh2 = dgh.view({T * B, 3 * H});
   const at::Tensor h_read = states_read(hsc, T, reverse);
   at::Tensor grad_input = mm(pw, dgi2, a.w_ih).view({T, B, a.I});

@@ -981,6 +981,29 @@ def test_cuda_bidir_module_and_graph_replay(kind, graph, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("graph", ["0", "1"])
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "GRU_rb"])
+def test_cuda_single_direction_graph_replay(kind, graph, monkeypatch):
+    """Single-direction layers (rnn_layer_impl.h's loops) with the step loop recorded as a CUDA graph: every
+    output and gradient against float64 torch (reset_before: against the per-step eager run), 4 calls."""
+    monkeypatch.setenv("S2S_FUSED_CUDA_GRAPH", graph)
+    monkeypatch.setenv("S2S_FUSED_NO_PERSISTENT", "1")
+    base, kw = kind.split("_")[0], ({"reset_after": False} if kind.endswith("rb") else {})
+    ref, ours = _pair(base, 9, 33, 2, True, False, False, torch.float64, backend="cuda", **kw)
+    ref, ours = ref.cuda(), ours.cuda()
+    if kw:
+        ref = getattr(snn, base)(9, 33, 2, dtype=torch.float64, backend="reference", **kw).cuda()
+        ref.load_state_dict(ours.state_dict())
+    for seed in range(4):
+        x = _make_input(13, 17, 9, False, torch.float64, seed=seed).cuda()
+        lens = _lengths(13, 17) if seed % 2 else None
+        o_ref, g_ref = _run(ref, x, None, packed_lengths=lens)
+        o, g = _run(ours, x, None, packed_lengths=lens)
+        for a, b in zip(o_ref + g_ref, o + g):
+            assert_close(b, a, 1e-9, f"{kind} graph={graph} call {seed}")
+
+
+@pytest.mark.gpu
 def test_cuda_graph_inside_user_capture(monkeypatch):
     """With S2S_FUSED_CUDA_GRAPH=1 inside the user's own torch.cuda.graph capture the loop runs eagerly (is
     recorded into the user's graph), and replaying that graph gives the eager result."""
