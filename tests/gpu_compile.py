@@ -203,8 +203,6 @@ def _rnn_layer():
                         if B == 1 and dtype != torch.float32:
                             continue
                         for lengths, reverse, bias in ((True, True, True), (False, False, False)):
-                            if B == 1 and not bias:
-                                continue
                             lens = torch.tensor([T] + [max(1, T - 1)] * (B - 1)) if lengths else None
                             x = torch.randn(T, B, I, dtype=dtype)
                             h0, c0 = torch.randn(B, H, dtype=dtype), torch.randn(B, H, dtype=dtype)
@@ -273,6 +271,20 @@ def _beam():
 SCENARIOS = {"rnn_cell": _rnn_cell, "rnn_layer": _rnn_layer, "cross_entropy": _cross_entropy, "beam": _beam}
 
 
+def unlaunched_kernels(family, found):
+    """@triton.jit functions the family's module launches (``name[`` in its source) that its scenario never
+    launched: a kernel added without a scenario here would otherwise go unchecked."""
+    import importlib
+    import inspect
+    import re
+
+    import triton
+    module = importlib.import_module(f"s2s_fused.triton.{family}")
+    jitted = {n for n, v in vars(module).items() if isinstance(v, triton.runtime.JITFunction)}
+    launched = set(re.findall(r"\b(\w+)\[", inspect.getsource(module))) & jitted
+    return sorted(launched - {launch.fn.__name__ for launch in found})
+
+
 def launches(family):
     """The distinct launches of a family's launchers over its scenario, in first-seen order. Launches that differ
     only in which pointers / integers are 16-byte aligned (time slices of one buffer) count as one: alignment
@@ -285,20 +297,21 @@ def launches(family):
 
 def covering(all_launches):
     """A subset of the launches that still shows every kernel with each value of each of its constexprs (flags,
-    dtypes, blocks), each pointer type and each set of arguments specialised to 1, and each of its modes (MODE /
-    STAGE) with each of those: greedily the launch with the most features not yet covered. Compiling every
-    distinct launch (``--all``) takes minutes."""
+    dtypes, blocks), each pointer type, each (floating pointer types, arguments specialised to 1) pair, and each of
+    its modes (MODE / STAGE) with each of those: greedily the launch with the most features not yet covered.
+    Compiling every distinct launch (``--all``) takes minutes."""
     def features(launch):
         name = launch.fn.__name__
         consts = {n: repr(v) for (i,), v in launch.constexprs.items() for n in [launch.fn.arg_names[i]]}
         ones = tuple(sorted(n for n, v in consts.items() if not launch.fn.params[launch.fn.arg_names.index(n)]
                             .is_constexpr))
-        single = ({(n, v) for n, v in consts.items()} | {("ptrs", t) for t in launch.signature.values()
-                                                          if t.startswith("*")}
-                  | {("ones", ones), ("warps", launch.num_warps)})
+        ptrs = {t for t in launch.signature.values() if t.startswith("*")}
+        floats = tuple(sorted(t for t in ptrs if t[1:] in ("fp16", "bf16", "fp32", "fp64")))
+        single = {(n, v) for n, v in consts.items()} | {("args", floats, ones), ("warps", launch.num_warps)}
         # and each mode (the constexpr that selects most of the code) with each of the other values
         modes = [(n, consts[n]) for n in ("MODE", "STAGE") if n in consts]
-        return {(name,) + f for f in single} | {(name,) + m + f for m in modes for f in single}
+        return ({(name,) + f for f in single} | {(name,) + m + f for m in modes for f in single}
+                | {(name, "ptr", t) for t in ptrs})
     todo = [(launch, features(launch)) for launch in all_launches]
     uncovered = set().union(*(f for _, f in todo)) if todo else set()
     chosen = []
@@ -399,6 +412,10 @@ def main(argv):
         found = launches(family)
         chosen = found if everything else covering(found)
         print(f"{family}: {len(found)} distinct launches, compiling {len(chosen)}", flush=True)
+        missing = unlaunched_kernels(family, found)
+        if missing:
+            print(f"FAIL {family}: kernels its scenario never launches: {missing}")
+            return 1
         for launch in chosen:
             wrong = specialization_mismatches(launch)
             if wrong:
