@@ -6,13 +6,16 @@ into a constexpr because it equals 1). Here each kernel goes through the whole p
 ptxas Triton ships: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``.
 
 The configurations are not listed by hand: each family's launchers run on CPU tensors with their kernels replaced
-by recorders (``record_launches``), over the shapes, dtypes and optional arguments below, and every distinct
-launch is compiled with the signature the Triton launcher would give it: tensors as typed pointers (16-byte
-aligned ones with the divisibility hint), integers as i32 / i64 (multiples of 16 with the hint), an integer equal
-to 1 as a constexpr, floats as fp32, and the constexpr arguments with their values.
+by recorders (``record_launches``), over the shapes, dtypes and optional arguments below, and the launches are
+compiled with the signature the Triton launcher would give them: tensors as typed pointers (16-byte aligned ones
+with the divisibility hint), integers as i32 / i64 (multiples of 16 with the hint), an integer equal to 1 as a
+constexpr, floats as fp32, and the constexpr arguments with their values (checked against Triton's own
+specialisation where it exposes it). By default a covering subset (:func:`covering`), with ``--all`` every distinct
+launch.
 
-Usage: ``python -m tests.gpu_compile FAMILY...`` (no TRITON_INTERPRET) prints ``compiled N`` or ``SKIP: why``;
-tests call :func:`check_families`, which runs that in a subprocess (this process's kernels are interpreted).
+Usage: ``python -m tests.gpu_compile [--all] [FAMILY...]`` (no TRITON_INTERPRET) prints ``compiled N`` or
+``SKIP: why``; tests call :func:`check_families`, which runs that in a subprocess (this process's kernels are
+interpreted). GPU_COMPILE_WORKERS (default 2) compiles in that many forked processes.
 """
 from __future__ import annotations
 
