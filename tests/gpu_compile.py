@@ -345,6 +345,13 @@ def _api_problem():
     params = inspect.signature(ASTSource).parameters
     if not {"fn", "signature", "constexprs", "attrs"} <= set(params):
         return f"ASTSource has another signature in triton {triton.__version__}: {list(params)}"
+
+    @triton.jit
+    def probe(x_ptr, n, K: triton.language.constexpr):
+        pass
+    if not (hasattr(probe, "arg_names") and [getattr(p, "is_constexpr", None) for p in getattr(probe, "params", [])]
+            == [False, False, True]):
+        return f"JITFunction has no arg_names / params[i].is_constexpr in triton {triton.__version__}"
     return None
 
 
