@@ -524,3 +524,11 @@ def test_decoder_bad_inputs():
         greedy_decode(None, init, 0, 1, 4)
     with pytest.raises(ValueError, match="batch_size"):
         greedy_decode(m.step, None, 0, 1, 4)
+
+
+def test_triton_beam_kernels_compile_for_gpu():
+    """The Triton beam kernels (chunk, merge, exact), in the configurations their launcher uses (logit dtypes,
+    with and without `finished`, strided vocabularies, B = K = V = k = 1 and eos_id = 1 as constexprs), compiled
+    for sm_90 down to cubin without a GPU: the interpreter accepts code the compiler rejects (tests/gpu_compile.py)."""
+    from tests.gpu_compile import check_families
+    check_families("beam")

@@ -525,3 +525,11 @@ def test_linear_all_masked_and_no_grad_paths():
     ref = reference.linear_masked_cross_entropy(h, w, t, vl)
     assert_close(with_grad, ref, 1e-12, "grad path")
     assert_close(without, ref, 1e-12, "no-grad path")
+
+
+def test_triton_ce_kernels_compile_for_gpu():
+    """The Triton cross-entropy forward / backward kernels, in the configurations their launchers use (dtypes,
+    valid_len and label smoothing on and off, 2-D / 3-D logits, sizes of 1 as constexprs), compiled for sm_90 down
+    to cubin without a GPU: the interpreter accepts code the compiler rejects (tests/gpu_compile.py)."""
+    from tests.gpu_compile import check_families
+    check_families("cross_entropy")

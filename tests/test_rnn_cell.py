@@ -489,3 +489,12 @@ def test_torch_compile_with_process_default_backend():
     with s2s_fused.use_backend("reference"):
         assert_close(fn(x, h), expected, 1e-5, "reference backend")
     assert len(calls) == 2, "changing the process default must re-trace"
+
+
+def test_triton_cell_kernels_compile_for_gpu():
+    """The Triton cell kernels (forward in all four modes, LSTM / GRU pointwise backward), in the configurations
+    their launchers use (dtypes, with and without biases / state gradients, strided inputs, sizes of 1 as
+    constexprs), compiled for sm_90 down to cubin without a GPU: the interpreter accepts code the compiler rejects
+    (tests/gpu_compile.py)."""
+    from tests.gpu_compile import check_families
+    check_families("rnn_cell")

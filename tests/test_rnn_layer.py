@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import s2s_fused
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
+from tests.gpu_compile import check_families
 from tests.helpers import assert_close, rel_err
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -642,51 +643,11 @@ def test_triton_persistent_rule(monkeypatch):
     assert tri.use_persistent(8, 64) is True
 
 
-# Compiles the Triton layer kernels for a GPU (sm_90) without one: triton.compile runs the whole pipeline down to
-# cubin with the ptxas Triton ships. Catches what the interpreter accepts and the compiler does not (as a tensor
-# and a scalar returned from one function did). Run in a subprocess: this process's kernels are interpreted.
-_TRITON_COMPILE_SCRIPT = """
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from s2s_fused.triton import rnn_layer as tri
-if "nvidia" not in triton.backends.backends:
-    print("SKIP: no nvidia backend in this triton"); raise SystemExit(0)
-
-def compile_for_gpu(fn, dtype, **consts):
-    sig = {n: "constexpr" if n in consts else ("*u8" if n == "act_ptr" else "*" + dtype) if n.endswith("_ptr")
-           else "i32" for n in fn.arg_names}
-    src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in consts.items()})
-    warps = tri.PERSISTENT_NUM_WARPS if fn is tri._layer_persistent_forward_kernel else 4  # as the launchers
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
-
-blocks = dict(BLOCK_B=16, BLOCK_H=64)
-fwd = dict(blocks, HAS_B1=True, HAS_B2=True, HAS_ACT=True, BLOCK_K=32)
-for dtype, acc, prec, modes in (("fp32", tl.float32, "ieee", (tri.LSTM, tri.GRU_AFTER, tri.GRU_BEFORE_1)),
-                                ("bf16", tl.float32, "tf32", (tri.LSTM,))):
-    for mode in modes:
-        k = compile_for_gpu(tri._layer_persistent_forward_kernel, dtype, MODE=mode, REVERSE=True, ACC=acc,
-                            PREC=prec, **fwd)
-        assert "bar.sync" in k.asm["ptx"]
-for mode in (tri.GRU_AFTER, tri.GRU_BEFORE_2):
-    compile_for_gpu(tri._layer_step_forward_kernel, "fp32", MODE=mode, ACC=tl.float32, PREC="ieee", **fwd)
-# the launcher specialises integer arguments equal to 1 into constexprs (a batch of 1, one step, one unit)
-compile_for_gpu(tri._layer_persistent_forward_kernel, "fp32", MODE=tri.GRU_BEFORE_1, REVERSE=False, ACC=tl.float32,
-                PREC="ieee", T=1, B=1, H=1, **fwd)
-print("compiled")
-"""
-
-
-@pytest.mark.skipif(not is_available("triton") or torch.cuda.is_available(),
-                    reason="no triton, or a GPU that runs the kernels for real (with a Triton API maybe older)")
 def test_triton_layer_kernels_compile_for_gpu():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.getcwd()
-    r = subprocess.run([sys.executable, "-c", _TRITON_COMPILE_SCRIPT], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-3000:]
-    if r.stdout.startswith("SKIP"):
-        pytest.skip(r.stdout.strip())
-    assert "compiled" in r.stdout
+    """The per-step and persistent forward and the step backward kernels, in the configurations their launchers
+    use (modes, dtypes, optional operands, sizes of 1 as constexprs), compiled for sm_90 down to cubin without a
+    GPU; the persistent program keeps its block barriers (tests/gpu_compile.py)."""
+    check_families("rnn_layer")
 
 
 @pytest.mark.gpu

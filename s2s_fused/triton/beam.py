@@ -24,7 +24,8 @@ import triton.language as tl
 from .. import reference
 
 FAST_MAX_K = 64
-_INT64_MIN = -(2**63)
+# A constexpr: the GPU compiler rejects plain Python globals in @triton.jit code (the interpreter reads them).
+_INT64_MIN = tl.constexpr(-(2**63))
 
 
 @triton.jit

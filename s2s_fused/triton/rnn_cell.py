@@ -36,12 +36,13 @@ Tensor = torch.Tensor
 
 @triton.jit
 def _bias(b_ptr, col0, offs_h, H, HAS: tl.constexpr):
+    # One return of one type: the GPU compiler rejects a tensor return and a scalar one in the same function, even
+    # behind a constexpr branch (the interpreter accepts it). Without a bias: a zero row, folded away.
+    ACC: tl.constexpr = tl.float64 if b_ptr.dtype.element_ty == tl.float64 else tl.float32
+    b = tl.zeros((1, offs_h.shape[0]), dtype=ACC)
     if HAS:
-        b = tl.load(b_ptr + col0 + offs_h, mask=offs_h < H, other=0.0)
-        if b.dtype != tl.float64:
-            b = b.to(tl.float32)
-        return b[None, :]
-    return 0.0
+        b += tl.load(b_ptr + col0 + offs_h, mask=offs_h < H, other=0.0).to(ACC)[None, :]
+    return b
 
 
 @triton.jit
