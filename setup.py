@@ -10,6 +10,7 @@ TORCH_CUDA_ARCH_LIST picks the CUDA archs (default "8.0;9.0+PTX" when no GPU is 
 builds -O0 -g.
 """
 import os
+import sys
 import platform
 from pathlib import Path
 
@@ -78,6 +79,14 @@ def make_extension():
     debug = _flag("S2S_FUSED_DEBUG")
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+    # at::parallel_for is inline: its `#pragma omp parallel` is compiled into *our* objects, and without -fopenmp
+    # it silently runs every loop on one thread. Linking libgomp is safe: libtorch_cpu already loaded the one
+    # with this soname (torch/lib/libgomp.so.1), so the process keeps a single OpenMP runtime and torch's
+    # thread count (torch.set_num_threads) governs ours.
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     caps = cpu_capabilities()
     defines = [f"-DS2S_HAVE_CAPABILITY_{cap}" for cap in caps]
     sources = [str(CSRC / "ops.cpp")] + sorted(str(p) for p in (CSRC / "cpu").glob("*.cpp"))
@@ -99,8 +108,9 @@ def make_extension():
             "s2s_fused._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + defines + ["-DS2S_WITH_CUDA", f'-DS2S_CUDA_ARCH_LIST="{arch}"'],
                                 "nvcc": nvcc},
+            extra_link_args=link,
         )
-    return CppExtension("s2s_fused._C", sources, include_dirs=include_dirs,
+    return CppExtension("s2s_fused._C", sources, include_dirs=include_dirs, extra_link_args=link,
                         extra_compile_args={"cxx": cxx + defines})
 
 
