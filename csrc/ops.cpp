@@ -52,6 +52,13 @@ TORCH_LIBRARY(s2s_fused, m) {
       "gru_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor input, Tensor w_ih, Tensor w_hh, "
       "Tensor hs, Tensor workspace, Tensor? lengths, bool reverse, bool reset_after) -> (Tensor grad_input, "
       "Tensor grad_h0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh)");
+  // Inference: the forward with nothing saved for backward (no workspace or state history is written).
+  m.def(
+      "lstm_layer_inference(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
+      "Tensor? b_hh, Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n)");
+  m.def(
+      "gru_layer_inference(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor? lengths, bool reverse, bool reset_after) -> (Tensor output, Tensor h_n)");
 
   // ---------------------------------------------------------------- rnn_layer_bidir
   // Both directions of one bidirectional layer in one op (csrc/rnn_bidir_impl.h): step s runs the forward

@@ -104,7 +104,7 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
 template <class PW>
 bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after, bool fuse_input,
                     const at::Tensor& gates, const at::Tensor& gi, const at::Tensor& ws, const at::Tensor& hs,
-                    const at::Tensor& cs, const at::Tensor& output) {
+                    const at::Tensor& cs, const at::Tensor& output, bool keep_workspace = true) {
   PersistentParams q;
   q.dtype = to_dtype(a.input.scalar_type());
   q.T = a.T;
@@ -124,7 +124,9 @@ bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bo
   q.cs = cs.defined() ? cs.mutable_data_ptr() : nullptr;
   q.out = output.mutable_data_ptr();
   q.active = a.active.defined() ? a.active.const_data_ptr<uint8_t>() : nullptr;
+  q.keep_workspace = keep_workspace;
   const at::Tensor w_ih = fuse_input ? a.w_ih.contiguous() : at::Tensor();
+  q.fuse_input = fuse_input;
   if (fuse_input) {
     q.x = a.input.const_data_ptr();
     q.w_ih = w_ih.const_data_ptr();
@@ -146,7 +148,8 @@ bool fuse_input_projection(const PW& pw, const LayerArgs& a) {
 // in the per-step loop, the gradient of h0 ends in half T % 2.
 template <class PW>
 bool run_persistent_backward(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after,
-                             const at::Tensor& go, const at::Tensor& dh, const at::Tensor& dh_next, const at::Tensor& dc,
+                             const at::Tensor& go, const at::Tensor& dh, const at::Tensor& dh_next,
+                             const at::Tensor& dc,
                              const at::Tensor& ws, const at::Tensor& hs, const at::Tensor& cs,
                              const at::Tensor& dgates, const at::Tensor& dgi, const at::Tensor& dgh,
                              const at::Tensor& rh) {
@@ -266,9 +269,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor dh_buf = grad_state_pair(grad_h_n, a, "grad_h_n");
   at::Tensor dc = grad_state_init(grad_c_n, a, "grad_c_n");
   at::Tensor dgates = pw.buffer({T, B, 4 * H}, a.input.options());
-  const bool done = run_persistent_backward(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, go, dh_buf.select(0, 0),
-                                            dh_buf.select(0, 1), dc, ws, hsc, csc, dgates, at::Tensor(),
-                                            at::Tensor(), at::Tensor());
+  const bool done = run_persistent_backward(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, go,
+                                            dh_buf.select(0, 0), dh_buf.select(0, 1), dc, ws, hsc, csc, dgates,
+                                            at::Tensor(), at::Tensor(), at::Tensor());
   LstmBackwardParams p;
   p.dtype = to_dtype(input.scalar_type());
   p.H = H;
@@ -446,6 +449,59 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_b_ih = dgi2.sum(0);
   at::Tensor grad_b_hh = reset_after ? dgh2.sum(0) : grad_b_ih.clone();
   return {grad_input, dh, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh};
+}
+
+// ------------------------------------------------------------------------------------------- inference
+// Forward with nothing kept for backward: (output, h_n[, c_n]). Where the policy's persistent path can run it
+// (CPU fp32: PersistentParams::keep_workspace = false), the states alternate between two (B, H) slots and the
+// gates live one step at a time, so no (T, B, G*H) workspace or (T+1, B, H) state history is written (nor
+// page-faulted in); elsewhere the training forward runs and its saved tensors are dropped.
+
+template <class PW>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_inference_impl(
+    const PW& pw, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
+  if (!fuse_input_projection(pw, a)) {
+    auto r = lstm_layer_forward_impl(pw, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+    return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
+  }
+  check_same(c0, input, "c0", "input");
+  TORCH_CHECK(c0.sizes() == h0.sizes(), "c0: expected shape ", h0.sizes(), " (as h0), got ", c0.sizes());
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const auto opts = a.input.options();
+  const at::Tensor states = at::empty({2, 2, B, H}, opts);  // (h | c, slot)
+  const at::Tensor hs = states.select(0, 0), cs = states.select(0, 1);
+  hs.select(0, 0).copy_(a.h0);
+  cs.select(0, 0).copy_(c0);
+  const at::Tensor gates = at::empty({B, 4 * H}, opts);
+  const at::Tensor output = pw.buffer({T, B, H}, opts);
+  run_persistent(pw, a, /*gru=*/false, reverse, /*reset_after=*/true, /*fuse_input=*/true, gates, at::Tensor(),
+                 at::Tensor(), hs, cs, output, /*keep_workspace=*/false);
+  return {output, hs.select(0, T % 2).clone(), cs.select(0, T % 2).clone()};
+}
+
+template <class PW>
+std::tuple<at::Tensor, at::Tensor> gru_layer_inference_impl(
+    const PW& pw, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
+  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3);
+  if (!fuse_input_projection(pw, a)) {
+    auto r = gru_layer_forward_impl(pw, input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after);
+    return {std::get<0>(r), std::get<1>(r)};
+  }
+  const int64_t T = a.T, B = a.B, H = a.H;
+  const auto opts = a.input.options();
+  const at::Tensor hs = at::empty({2, B, H}, opts);
+  hs.select(0, 0).copy_(a.h0);
+  // reset_before keeps r, z between its two stages in a one-step workspace; reset_after needs none.
+  const at::Tensor ws = reset_after ? at::Tensor() : at::empty({B, 3 * H}, opts);
+  const at::Tensor output = pw.buffer({T, B, H}, opts);
+  run_persistent(pw, a, /*gru=*/true, reverse, reset_after, /*fuse_input=*/true, at::Tensor(), at::Tensor(), ws, hs,
+                 at::Tensor(), output, /*keep_workspace=*/false);
+  return {output, hs.select(0, T % 2).clone()};
 }
 
 }  // namespace s2s_fused

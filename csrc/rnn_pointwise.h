@@ -110,8 +110,9 @@ struct PersistentParams {
   int64_t T = 0, B = 0, H = 0;
   bool gru = false, reverse = false, reset_after = true;
   const void* w_hh = nullptr;  // (G*H, H)
-  // When set, the callee computes the input projections itself, step by step (gates / gi hold nothing on entry;
+  // With fuse_input, the callee computes the input projections itself, step by step (gates / gi hold nothing on entry;
   // gi may be nullptr): x (T, B, I) contiguous, w_ih (G*H, I). CPU packed path only (see fuses_input_projection).
+  bool fuse_input = false;  // x / w_ih may be nullptr with it when I = 0
   const void* x = nullptr;
   const void* w_ih = nullptr;
   int64_t I = 0;
@@ -124,6 +125,10 @@ struct PersistentParams {
   void* cs = nullptr;          // LSTM
   void* out = nullptr;
   const uint8_t* active = nullptr;
+  // Inference (CPU packed path): nothing is kept for backward. hs and cs are then (2, B, H), step s reading slot
+  // s % 2 and writing the other (the final state ends in slot T % 2); gates is one (B, 4H) step buffer (LSTM); ws
+  // is a (B, 3H) step buffer for GRU reset_before and unused (nullptr) with reset_after.
+  bool keep_workspace = true;
 };
 
 // The backward time loop of a layer-direction in one call (CPU packed-weight loop): the per-step pointwise

@@ -265,6 +265,8 @@ def test_opcheck(kind):
             samples.append(args + extra)
     for s in samples:
         torch.library.opcheck(op, tuple(s))
+    for s in samples[:2]:  # the inference op: no autograd, no saved tensors
+        torch.library.opcheck(getattr(torch.ops.s2s_fused, f"{kind}_layer_inference"), tuple(s))
     # the backward ops on their own
     args = _op_args(kind, dtype=torch.float32)
     if kind == "lstm":
@@ -312,6 +314,8 @@ def test_torch_compile_fullgraph(kind):
     # PackedSequence input (unsorted lengths) through the compiled module
     p = pack_padded_sequence(x.detach(), torch.tensor([6, 2]), batch_first=True, enforce_sorted=False)
     assert_close(compiled(p)[0].data, m(p)[0].data, 1e-6, "compiled packed")
+    with torch.no_grad():  # inference: the ops that keep nothing for backward, traced too
+        assert_close(compiled(x)[0], eager, 1e-6, "compiled no_grad")
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -359,9 +363,10 @@ import torch, s2s_fused
 from s2s_fused.backend import build_info
 torch.set_num_threads(2)  # two threads: each runs the time loop of its own rows (packed path)
 torch.manual_seed(0)
-# H = 19: a partial panel at every SIMD width; H = 40: full and partial panels; B = 9: 4-, 2- and 1-row tiles.
+# H = 19: a partial panel at every SIMD width; H = 40: full and partial panels; B = 9: 4-, 2- and 1-row tiles;
+# I = 0: an empty input projection; T = B = 1.
 for kind, ra in (("lstm", True), ("gru", True), ("gru", False)):
-    for (T, B, I, H) in ((7, 5, 3, 19), (4, 9, 6, 40)):
+    for (T, B, I, H) in ((7, 5, 3, 19), (4, 9, 6, 40), (5, 3, 0, 16), (1, 1, 2, 3)):
         G = 4 if kind == "lstm" else 3
         x = torch.randn(T, B, I, dtype=torch.float64)
         hx = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
@@ -380,8 +385,18 @@ for kind, ra in (("lstm", True), ("gru", True), ("gru", False)):
             sum(o.double().sin().sum() for o in flat).backward()
             results.append([o.detach().double() for o in flat] + [t.grad.double() for t in leaves])
         for i, (a, b) in enumerate(zip(*results)):
+            assert a.shape == b.shape, (kind, ra, T, B, I, H, i)
+            if b.numel() == 0:
+                continue
             err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
             assert err < 1e-4, (kind, ra, T, B, I, H, i, err)
+        # inference (nothing kept for backward) gives the training forward's numbers exactly
+        with torch.no_grad():
+            leaves = [t.float() for t in [x] + hx + w]
+            hin = tuple(leaves[1:3]) if kind == "lstm" else leaves[1]
+            inf = f(leaves[0], hin, *leaves[-4:], backend="cpu", **kw)
+        for a, b in zip([inf[0]] + (list(inf[1]) if kind == "lstm" else [inf[1]]), results[0]):
+            assert torch.equal(a.double(), b), (kind, ra, T, B, I, H, "inference")
 print(build_info()["cpu_capability"])
 """
 

@@ -39,6 +39,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                  reverse, reset_after);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_inference_cpu(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  return lstm_layer_inference_impl(CpuPointwise{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_layer_inference_cpu(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
+  return gru_layer_inference_impl(CpuPointwise{}, input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after);
+}
+
 }  // namespace
 }  // namespace s2s_fused::cpu
 
@@ -47,4 +61,6 @@ TORCH_LIBRARY_IMPL(s2s_fused, CPU, m) {
   m.impl("lstm_layer_backward", &s2s_fused::cpu::lstm_layer_backward_cpu);
   m.impl("gru_layer_forward", &s2s_fused::cpu::gru_layer_forward_cpu);
   m.impl("gru_layer_backward", &s2s_fused::cpu::gru_layer_backward_cpu);
+  m.impl("lstm_layer_inference", &s2s_fused::cpu::lstm_layer_inference_cpu);
+  m.impl("gru_layer_inference", &s2s_fused::cpu::gru_layer_inference_cpu);
 }

@@ -47,7 +47,9 @@ struct CpuPointwise {
   bool fuses_input_projection(Dtype dtype) const { return use_packed_recurrence(dtype); }
   bool persistent_backward(const PersistentBackwardParams& q) const { return packed_backward(q); }
   // Sequence-sized buffers (workspaces, states, gradients): huge-page backed where they are large.
-  at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) const { return empty_huge(sizes, options); }
+  at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) const {
+    return empty_huge(sizes, options);
+  }
   // out = a @ b (+ out when accumulate).
   void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate) const {
     if (a.size(1) == 0) {  // empty inner dimension: oneDNN and BLAS disagree on what to do; the answer is 0

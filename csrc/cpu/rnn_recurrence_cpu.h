@@ -75,7 +75,7 @@ inline bool packed_forward(const PersistentParams& q) {
   }
   // Input projections, when fused: gates (+)= x_t @ W_ih^T with every gate of a unit side by side, as above.
   const int64_t I = q.I;
-  const bool fuse_in = q.x != nullptr;
+  const bool fuse_in = q.fuse_input;
   const PackedLayout Li = PackedLayout::gated(I, q.gru ? 3 : 4, H, Wd);
   at::Tensor packed_i, gi_scratch;
   if (fuse_in) {
@@ -90,19 +90,22 @@ inline bool packed_forward(const PersistentParams& q) {
   float* rh_p = before ? rh.data_ptr<float>() : nullptr;
   float* ghn_p = before ? ghn.data_ptr<float>() : nullptr;
   const int64_t wsG = q.gru ? (before ? 3 : 4) : 4;
+  const bool keep = q.keep_workspace;
 
   for_row_blocks(B, [&](int64_t r0, int64_t r1) {
     const int64_t M = r1 - r0;
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = q.reverse ? T - 1 - s : s;
-      const int64_t prev = q.reverse ? t + 1 : t, next = q.reverse ? t : t + 1;
+      // State slots: the time layout of the saved states, or (inference) two slots alternating by step parity.
+      const int64_t prev = !keep ? s % 2 : q.reverse ? t + 1 : t;
+      const int64_t next = !keep ? (s + 1) % 2 : q.reverse ? t : t + 1;
       const float* hx = at_row<float>(static_cast<const void*>(q.hs), prev * B, H);
       float* h1 = at_row<float>(q.hs, next * B, H);
       float* out = at_row<float>(q.out, t * B, H);
       const uint8_t* act = q.active ? q.active + t * B : nullptr;
       const float* xt = fuse_in ? at_row<float>(q.x, t * B + r0, I) : nullptr;
       if (!q.gru) {
-        float* g = at_row<float>(q.gates, t * B, 4 * H);
+        float* g = at_row<float>(q.gates, keep ? t * B : 0, 4 * H);
         if (fuse_in) gk.gemm(Li, pi, xt, I, M, g + r0 * 4 * H, 4 * H, false);
         gk.gemm(L, pw, hx + r0 * H, H, M, g + r0 * 4 * H, 4 * H, true);
         LstmForwardParams p;
@@ -137,7 +140,7 @@ inline bool packed_forward(const PersistentParams& q) {
       p.gh = {gh_p, G * H};
       p.hx = {hx, H};
       p.h1 = {h1, H};
-      p.ws = {at_row<float>(q.ws, t * B, wsG * H), wsG * H};
+      p.ws = !q.ws ? Mat{} : Mat{at_row<float>(q.ws, keep ? t * B : 0, wsG * H), wsG * H};
       p.out = {out, H};
       p.active = act;
       if (!before) {

@@ -48,6 +48,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                  lengths, reverse, reset_after);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_inference_cuda(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return lstm_layer_inference_impl(CudaRnnPolicy{}, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_layer_inference_cuda(
+    const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  return gru_layer_inference_impl(CudaRnnPolicy{}, input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after);
+}
+
 }  // namespace
 }  // namespace s2s_fused::cuda
 
@@ -56,4 +72,6 @@ TORCH_LIBRARY_IMPL(s2s_fused, CUDA, m) {
   m.impl("lstm_layer_backward", &s2s_fused::cuda::lstm_layer_backward_cuda);
   m.impl("gru_layer_forward", &s2s_fused::cuda::gru_layer_forward_cuda);
   m.impl("gru_layer_backward", &s2s_fused::cuda::gru_layer_backward_cuda);
+  m.impl("lstm_layer_inference", &s2s_fused::cuda::lstm_layer_inference_cuda);
+  m.impl("gru_layer_inference", &s2s_fused::cuda::gru_layer_inference_cuda);
 }

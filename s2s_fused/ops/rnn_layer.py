@@ -60,6 +60,24 @@ def _gru_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengt
             w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]), w_ih.new_empty(w_ih.shape[0]))
 
 
+@torch.library.register_fake("s2s_fused::lstm_layer_inference")
+def _lstm_inf_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 4)
+    new = input.new_empty
+    return new(T, B, H), new(B, H), new(B, H)
+
+
+@torch.library.register_fake("s2s_fused::gru_layer_inference")
+def _gru_inf_fake(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
+    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 3)
+    return input.new_empty(T, B, H), input.new_empty(B, H)
+
+
+def _inference(*tensors) -> bool:
+    """No gradient can flow back through this call: the forward need not keep anything for backward."""
+    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+
+
 # ------------------------------------------------------------------------------------------------ autograd
 # The same glue serves the compiled ops and their Triton twins: `suffix` picks the backward op.
 
@@ -183,6 +201,8 @@ def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, rev
     if be == "triton":
         from ..triton import rnn_layer as tri
         op = tri.lstm_layer_forward
+    elif _inference(input, h, c, w_ih, w_hh, b_ih, b_hh):
+        op = _ops.lstm_layer_inference
     else:
         op = _ops.lstm_layer_forward
     out, h_n, c_n, *_ = op(input, h, c, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
@@ -207,6 +227,8 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reve
     if be == "triton":
         from ..triton import rnn_layer as tri
         op = tri.gru_layer_forward
+    elif _inference(input, hx, w_ih, w_hh, b_ih, b_hh):
+        op = _ops.gru_layer_inference
     else:
         op = _ops.gru_layer_forward
     out, h_n, *_ = op(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
