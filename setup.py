@@ -80,13 +80,13 @@ def make_extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx = opt + ["-std=c++20", "-fvisibility=hidden", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
     # at::parallel_for is inline: its `#pragma omp parallel` is compiled into *our* objects, and without -fopenmp
-    # it silently runs every loop on one thread. Linking libgomp is safe: libtorch_cpu already loaded the one
-    # with this soname (torch/lib/libgomp.so.1), so the process keeps a single OpenMP runtime and torch's
-    # thread count (torch.set_num_threads) governs ours.
+    # it silently runs every loop on one thread. Compile with it but do not link an OpenMP runtime: the GOMP_* /
+    # omp_* symbols then resolve to the one libtorch_cpu loaded (torch/lib/libgomp*.so, whatever its soname:
+    # some wheels bundle it under a hashed name), so the process keeps a single OpenMP runtime and
+    # torch.set_num_threads governs our loops too.
     link = []
     if sys.platform.startswith("linux"):
         cxx.append("-fopenmp")
-        link.append("-fopenmp")
     caps = cpu_capabilities()
     defines = [f"-DS2S_HAVE_CAPABILITY_{cap}" for cap in caps]
     sources = [str(CSRC / "ops.cpp")] + sorted(str(p) for p in (CSRC / "cpu").glob("*.cpp"))

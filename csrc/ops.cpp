@@ -2,7 +2,10 @@
 // csrc/cuda/<family>_binding.cpp, Triton launchers from Python (s2s_fused/triton/<family>.py). The Python side
 // (s2s_fused/ops/<family>.py) adds the fake kernels and autograd.
 #include <Python.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <atomic>
 
 #include "cpu/dispatch.h"
 
@@ -131,9 +134,13 @@ PyObject* build_info(PyObject*, PyObject*) {
 #else
   PyObject* with_cuda = Py_False;
 #endif
-  return Py_BuildValue("{s:O,s:s,s:N,s:s}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
+  // How many chunks our own at::parallel_for splits work into right now (its OpenMP pragma is compiled into this
+  // extension: 1 with torch's thread count above 1 means the build lost -fopenmp and every CPU loop runs serially).
+  std::atomic<int> chunks{0};
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) { chunks.fetch_add(1); });
+  return Py_BuildValue("{s:O,s:s,s:N,s:s,s:i}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
                        "cpu_capabilities_compiled", compiled_caps, "cpu_capability",
-                       capability_name(runtime_capability()));
+                       capability_name(runtime_capability()), "parallel_for_chunks", chunks.load());
 }
 
 PyMethodDef methods[] = {

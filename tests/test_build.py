@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import s2s_fused
@@ -36,6 +37,22 @@ def test_extension_builds_every_cpu_capability_of_this_machine():
     assert "DEFAULT" in info["cpu_capabilities_compiled"]
     assert info["cpu_capability"] in info["cpu_capabilities_compiled"]
     assert info["with_cuda"] == (torch.version.cuda is not None) or not info["with_cuda"]
+
+
+def test_our_cpu_loops_run_in_parallel():
+    """at::parallel_for's OpenMP pragma is compiled into our extension: without -fopenmp it silently runs every
+    CPU loop on one thread (it did for a whole session). With torch's thread count above 1 it must split."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the OpenMP build flag is set for Linux")
+    old = torch.get_num_threads()
+    try:
+        ext = s2s_fused.backend._extension()
+        torch.set_num_threads(2)
+        assert ext.build_info()["parallel_for_chunks"] == 2
+        torch.set_num_threads(1)
+        assert ext.build_info()["parallel_for_chunks"] == 1
+    finally:
+        torch.set_num_threads(old)
 
 
 def test_available_backends():
