@@ -99,13 +99,9 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
 }
 
 
-// The whole recurrence in one call where the device policy has a persistent kernel for it (CUDA, small batch);
-// false: the caller runs its per-step loop. All buffers are the per-step path's, already initialised.
-template <class PW>
-bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after, bool fuse_input,
-                    const at::Tensor& gates, const at::Tensor& gi, const at::Tensor& ws, const at::Tensor& hs,
-                    const at::Tensor& cs, const at::Tensor& output, bool keep_workspace = true) {
-  PersistentParams q;
+// w_hh must be contiguous and outlive the call that reads q.
+inline void set_recurrence_shape(RecurrenceShape& q, const LayerArgs& a, const at::Tensor& w_hh, bool gru,
+                                 bool reverse, bool reset_after) {
   q.dtype = to_dtype(a.input.scalar_type());
   q.T = a.T;
   q.B = a.B;
@@ -113,8 +109,18 @@ bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bo
   q.gru = gru;
   q.reverse = reverse;
   q.reset_after = reset_after;
-  const at::Tensor w_hh = a.w_hh.contiguous();
   q.w_hh = w_hh.const_data_ptr();
+}
+
+// The whole recurrence in one call where the device policy has a persistent kernel for it (CUDA, small batch);
+// false: the caller runs its per-step loop. All buffers are the per-step path's, already initialised.
+template <class PW>
+bool run_persistent(const PW& pw, const LayerArgs& a, bool gru, bool reverse, bool reset_after, bool fuse_input,
+                    const at::Tensor& gates, const at::Tensor& gi, const at::Tensor& ws, const at::Tensor& hs,
+                    const at::Tensor& cs, const at::Tensor& output, bool keep_workspace = true) {
+  PersistentParams q;
+  const at::Tensor w_hh = a.w_hh.contiguous();
+  set_recurrence_shape(q, a, w_hh, gru, reverse, reset_after);
   q.b1 = ptr_or_null(a.b_ih);
   q.b2 = ptr_or_null(a.b_hh);
   q.gates = gates.defined() ? gates.mutable_data_ptr() : nullptr;
@@ -155,15 +161,8 @@ bool run_persistent_backward(const PW& pw, const LayerArgs& a, bool gru, bool re
                              const at::Tensor& rh) {
   if (a.T == 0 || a.B == 0) return false;
   PersistentBackwardParams q;
-  q.dtype = to_dtype(a.input.scalar_type());
-  q.T = a.T;
-  q.B = a.B;
-  q.H = a.H;
-  q.gru = gru;
-  q.reverse = reverse;
-  q.reset_after = reset_after;
   const at::Tensor w_hh = a.w_hh.contiguous();
-  q.w_hh = w_hh.const_data_ptr();
+  set_recurrence_shape(q, a, w_hh, gru, reverse, reset_after);
   q.go = go.defined() ? go.const_data_ptr() : nullptr;
   q.dh = dh.mutable_data_ptr();
   q.dh_next = dh_next.mutable_data_ptr();

@@ -105,11 +105,15 @@ struct GruBackwardParams {
 // (r, z, n, W_hn h + b_hn) (T, B, 4H) with reset_after, (r, z, n) (T, B, 3H) without. hs (and cs) are
 // (T+1, B, H) with the initial state already in place (index 0, or T when reverse); out is (T, B, H).
 // Every buffer is contiguous; active (T, B) is optional. Outputs match the per-step path exactly in layout.
-struct PersistentParams {
+// What both whole-recurrence calls (forward and backward) are about.
+struct RecurrenceShape {
   Dtype dtype;
   int64_t T = 0, B = 0, H = 0;
   bool gru = false, reverse = false, reset_after = true;
   const void* w_hh = nullptr;  // (G*H, H)
+};
+
+struct PersistentParams : RecurrenceShape {
   // With fuse_input, the callee computes the input projections itself, step by step (gates / gi hold nothing on entry;
   // gi may be nullptr): x (T, B, I) contiguous, w_ih (G*H, I). CPU packed path only (see fuses_input_projection).
   bool fuse_input = false;  // x / w_ih may be nullptr with it when I = 0
@@ -137,11 +141,7 @@ struct PersistentParams {
 // swap every step). dc (LSTM, (B, H)) holds grad_c_n on entry and the gradient of c0 on return. go (T, B, H) is
 // the masked output gradient or nullptr. LSTM writes dgates (T, B, 4H); GRU writes dgi and dgh (T, B, 3H; the
 // same buffer without reset_after) and, without reset_after, rh (T, B, H) = r * h for the W_hn gradient.
-struct PersistentBackwardParams {
-  Dtype dtype;
-  int64_t T = 0, B = 0, H = 0;
-  bool gru = false, reverse = false, reset_after = true;
-  const void* w_hh = nullptr;  // (G*H, H)
+struct PersistentBackwardParams : RecurrenceShape {
   const void* go = nullptr;
   void* dh = nullptr;
   void* dh_next = nullptr;
