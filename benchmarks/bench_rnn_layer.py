@@ -13,19 +13,15 @@ in alternation, one call each per round, so load from other processes on a share
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import os
 
 import torch
 
 try:
-    from common import (Row, base_parser, device_name, fill_ratios, markdown_table, time_interleaved, versions,
-                        write_results)
+    from common import fill_ratios, interleaved_rows, layer_bench_main
 except ImportError:  # run as a module from the repository root
-    from benchmarks.common import (Row, base_parser, device_name, fill_ratios, markdown_table, time_interleaved,
-                                   versions, write_results)
+    from benchmarks.common import fill_ratios, interleaved_rows, layer_bench_main
 
-import s2s_fused
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
 
@@ -76,7 +72,7 @@ def _env(name, value):
 
 def bench(device, shapes, dtype, repeats):
     base, providers = _providers(device)
-    rows: list[Row] = []
+    rows = []
     for kind in ("LSTM", "GRU"):
         for T, B, I, H, L, bi in shapes:
             torch.manual_seed(0)
@@ -112,32 +108,14 @@ def bench(device, shapes, dtype, repeats):
                         (out.sum() + h_n.sum()).backward()
 
                 fwd[name], fwd_bwd[name] = run_fwd, run_fwd_bwd
-            for mode, fns in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
-                for name, (med, p20, p80) in time_interleaved(fns, device, repeats=repeats).items():
-                    rows.append(Row(op=f"{kind.lower()}_layer", provider=name, shape=shape,
-                                    dtype=str(dtype).replace("torch.", ""), mode=mode, median_ms=med, p20_ms=p20,
-                                    p80_ms=p80, device=device_name(device), versions=versions(),
-                                    date=_dt.date.today().isoformat()))
-                    print(f"{kind} {shape} {mode:8s} {name:18s} {med:9.3f} ms (p20 {p20:.3f}, p80 {p80:.3f})",
-                          flush=True)
+            rows += interleaved_rows(f"{kind.lower()}_layer", shape, dtype, {"fwd": fwd, "fwd+bwd": fwd_bwd}, device,
+                                     repeats=repeats, label=kind, width=18)
     return fill_ratios(rows, base)
 
 
 def main(argv=None):
-    p = base_parser(__doc__.splitlines()[0])
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    dtype = getattr(torch, args.dtype)
-    shapes = SMOKE_SHAPES if args.smoke else (GPU_SHAPES if device.type == "cuda" else CPU_SHAPES)
-    repeats = args.repeats or (3 if args.smoke else 21)
-    print(f"s2s_fused {s2s_fused.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    rows = bench(device, shapes, dtype, repeats)
-    print(markdown_table(rows))
-    write_results(rows, "rnn_layer", args.out, plot=not args.no_plot)
+    shapes = {"smoke": SMOKE_SHAPES, "cpu": CPU_SHAPES, "cuda": GPU_SHAPES}
+    layer_bench_main(__doc__, "rnn_layer", bench, shapes, argv)
 
 
 if __name__ == "__main__":

@@ -220,3 +220,38 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def threads_note() -> str:
     return f"{torch.get_num_threads()} threads, {os.cpu_count()} cores"
+
+
+def interleaved_rows(op: str, shape: str, dtype: torch.dtype, by_mode: dict, device: torch.device, *,
+                     repeats: int, label: str = "", width: int = 18) -> list[Row]:
+    """Time each mode's providers in alternation ({mode: {provider: fn}}) and return one Row per (mode, provider),
+    printing a line each as it goes."""
+    rows = []
+    for mode, fns in by_mode.items():
+        for name, (med, p20, p80) in time_interleaved(fns, device, repeats=repeats).items():
+            rows.append(Row(op=op, provider=name, shape=shape, dtype=str(dtype).replace("torch.", ""), mode=mode,
+                            median_ms=med, p20_ms=p20, p80_ms=p80, device=device_name(device),
+                            versions=versions(), date=_dt.date.today().isoformat()))
+            print(f"{label} {shape} {mode:8s} {name:{width}s} {med:9.3f} ms (p20 {p20:.3f}, p80 {p80:.3f})",
+                  flush=True)
+    return rows
+
+
+def layer_bench_main(doc: str, family: str, bench, shapes: dict, argv=None) -> None:
+    """The command line shared by the sequence-layer benchmarks: --dtype, --threads and the base options;
+    shapes = {"smoke": [...], "cpu": [...], "cuda": [...]}; bench(device, shapes, dtype, repeats) -> rows."""
+    p = base_parser(doc.splitlines()[0])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    chosen = shapes["smoke"] if args.smoke else shapes["cuda" if device.type == "cuda" else "cpu"]
+    repeats = args.repeats or (3 if args.smoke else 21)
+    import s2s_fused
+    print(f"s2s_fused {s2s_fused.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = bench(device, chosen, dtype, repeats)
+    print(markdown_table(rows))
+    write_results(rows, family, args.out, plot=not args.no_plot)
