@@ -42,6 +42,7 @@ struct LstmForwardParams {
   const uint8_t* active = nullptr;
   CMat hx;                  // (B, H) required when active != nullptr
   Mat out;                  // (B, H) optional second copy of h1 (the layer's output at this step)
+  int64_t j0 = 0, j1 = -1;  // CPU kernels: only hidden units [j0, j1) of each row (j1 < 0: all H)
 };
 
 // LSTM backward: dh = dh1 (+ dh2), dc = dc1 (+ dh * o * (1 - tanh(c1)^2)); writes the pre-activation gate
@@ -78,6 +79,7 @@ struct GruForwardParams {
   CMat ghn;                 // reset_before stage 2 input (B, H): rh @ W_hn^T
   const uint8_t* active = nullptr;
   Mat out;
+  int64_t j0 = 0, j1 = -1;  // CPU kernels: only hidden units [j0, j1) of each row (j1 < 0: all H)
 };
 
 // GRU backward.

@@ -364,9 +364,10 @@ from s2s_fused.backend import build_info
 torch.set_num_threads(2)  # two threads: each runs the time loop of its own rows (packed path)
 torch.manual_seed(0)
 # H = 19: a partial panel at every SIMD width; H = 40: full and partial panels; B = 9: 4-, 2- and 1-row tiles;
-# I = 0: an empty input projection; T = B = 1.
+# I = 0: an empty input projection; T = B = 1; B = 3 (and 1) with H = 70: the forward splits hidden units between
+# the two threads (>= 4 panels, a partial last one) and they meet every step.
 for kind, ra in (("lstm", True), ("gru", True), ("gru", False)):
-    for (T, B, I, H) in ((7, 5, 3, 19), (4, 9, 6, 40), (5, 3, 0, 16), (1, 1, 2, 3)):
+    for (T, B, I, H) in ((7, 5, 3, 19), (4, 9, 6, 40), (5, 3, 0, 16), (1, 1, 2, 3), (6, 3, 5, 70), (3, 1, 4, 70)):
         G = 4 if kind == "lstm" else 3
         x = torch.randn(T, B, I, dtype=torch.float64)
         hx = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]

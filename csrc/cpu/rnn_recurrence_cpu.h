@@ -13,7 +13,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdlib>
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "cpu/memory.h"
 #include "cpu/rnn_kernel_tables.h"
@@ -51,6 +55,22 @@ inline T* at_row(void* base, int64_t row, int64_t ld) {
 template <typename T>
 inline const T* at_row(const void* base, int64_t row, int64_t ld) {
   return static_cast<const T*>(base) + row * ld;
+}
+
+// Panels [p0, p1) of a packed operand as a layout of their own (the caller offsets the packed data by p0 panels and
+// the output by p0 * ps columns).
+inline PackedLayout panel_range(const PackedLayout& L, int64_t p0, int64_t p1) {
+  PackedLayout r = L;
+  r.panels = p1 - p0;
+  r.len = L.len - p0 * L.ps;
+  return r;
+}
+
+// Forward with too few batch rows for every thread to own whole row tiles (kRows = 4 on AVX-512): split the hidden
+// units instead, when there are enough panels to go round and no enclosing parallel region.
+inline bool split_units(int64_t B, int64_t panels) {
+  const int64_t nt = at::get_num_threads();
+  return nt > 1 && B < 4 * nt && panels >= 2 * nt && !at::in_parallel_region();
 }
 
 inline bool packed_forward(const PersistentParams& q) {
@@ -92,8 +112,16 @@ inline bool packed_forward(const PersistentParams& q) {
   const int64_t wsG = q.gru ? (before ? 3 : 4) : 4;
   const bool keep = q.keep_workspace;
 
-  for_row_blocks(B, [&](int64_t r0, int64_t r1) {
+  // Every step of rows [r0, r1) for the hidden units of panels [p0, p1); `sync` runs where all units of a state
+  // must be complete before anyone reads them (a no-op when one thread owns whole rows).
+  auto steps = [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1, auto&& sync) {
     const int64_t M = r1 - r0;
+    const PackedLayout Ls = panel_range(L, p0, p1), Lis = panel_range(Li, p0, p1);
+    const PackedLayout Lns = before ? panel_range(Ln, p0, p1) : Ln;
+    const float* pws = pw + p0 * L.K * L.nv * Wd;
+    const float* pis = fuse_in ? pi + p0 * Li.K * Li.nv * Wd : nullptr;
+    const float* pns = before ? pn + p0 * Ln.K * Ln.nv * Wd : nullptr;
+    const int64_t j0 = std::min(H, p0 * Wd), j1 = std::min(H, p1 * Wd);  // the units; also each gate's column offset
     for (int64_t s = 0; s < T; ++s) {
       const int64_t t = q.reverse ? T - 1 - s : s;
       // State slots: the time layout of the saved states, or (inference) two slots alternating by step parity.
@@ -106,9 +134,11 @@ inline bool packed_forward(const PersistentParams& q) {
       const float* xt = fuse_in ? at_row<float>(q.x, t * B + r0, I) : nullptr;
       if (!q.gru) {
         float* g = at_row<float>(q.gates, keep ? t * B : 0, 4 * H);
-        if (fuse_in) gk.gemm(Li, pi, xt, I, M, g + r0 * 4 * H, 4 * H, false);
-        gk.gemm(L, pw, hx + r0 * H, H, M, g + r0 * 4 * H, 4 * H, true);
+        if (fuse_in) gk.gemm(Lis, pis, xt, I, M, g + r0 * 4 * H + j0, 4 * H, false);
+        gk.gemm(Ls, pws, hx + r0 * H, H, M, g + r0 * 4 * H + j0, 4 * H, true);
         LstmForwardParams p;
+        p.j0 = j0;
+        p.j1 = j1;
         p.dtype = Dtype::Float32;
         p.H = H;
         p.g1 = {g, 4 * H};
@@ -122,17 +152,20 @@ inline bool packed_forward(const PersistentParams& q) {
         p.out = {out, H};
         p.active = act;
         pk.lstm_forward(p, r0, r1);
+        sync();
         continue;
       }
-      gk.gemm(L, pw, hx + r0 * H, H, M, gh_p + r0 * G * H, G * H, false);
+      gk.gemm(Ls, pws, hx + r0 * H, H, M, gh_p + r0 * G * H + j0, G * H, false);
       GruForwardParams p;
+      p.j0 = j0;
+      p.j1 = j1;
       p.dtype = Dtype::Float32;
       p.H = H;
       p.reset_after = !before;
       p.b_ih = q.b1;
       p.b_hh = q.b2;
       if (fuse_in) {
-        gk.gemm(Li, pi, xt, I, M, gi_s + r0 * 3 * H, 3 * H, false);
+        gk.gemm(Lis, pis, xt, I, M, gi_s + r0 * 3 * H + j0, 3 * H, false);
         p.gi = {gi_s, 3 * H};
       } else {
         p.gi = {at_row<float>(q.gi, t * B, 3 * H), 3 * H};
@@ -145,15 +178,34 @@ inline bool packed_forward(const PersistentParams& q) {
       p.active = act;
       if (!before) {
         pk.gru_forward(p, r0, r1);
+        sync();
         continue;
       }
       p.rh = {rh_p, H};
       pk.gru_forward(p, r0, r1);
-      gk.gemm(Ln, pn, rh_p + r0 * H, H, M, ghn_p + r0 * H, H, false);
+      sync();  // W_hn's product needs r * h of every unit
+      gk.gemm(Lns, pns, rh_p + r0 * H, H, M, ghn_p + r0 * H + j0, H, false);
       p.ghn = {ghn_p, H};
       pk.gru_forward_stage2(p, r0, r1);
+      sync();
     }
-  });
+  };
+#if defined(_OPENMP)
+  if (split_units(B, L.panels)) {
+    // Too few rows to give every thread whole row tiles: the threads split the hidden units (whole panels) and meet
+    // once a step (twice for GRU reset_before). Every thread of the team runs the same steps, so the barriers
+    // always match; a thread without panels still takes part in them.
+#pragma omp parallel
+    {
+      const int64_t n = omp_get_num_threads(), tid = omp_get_thread_num();
+      steps(0, B, L.panels * tid / n, L.panels * (tid + 1) / n, [] {
+#pragma omp barrier
+      });
+    }
+    return true;
+  }
+#endif
+  for_row_blocks(B, [&](int64_t r0, int64_t r1) { steps(r0, r1, 0, L.panels, [] {}); });
   return true;
 }
 

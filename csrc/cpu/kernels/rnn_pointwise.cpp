@@ -19,6 +19,10 @@ template <typename T>
 inline const T* off(const T* p, int64_t k) {
   return p ? p + k : nullptr;
 }
+template <typename T>
+inline T* off_or_null(T* p, int64_t k) {
+  return p ? p + k : nullptr;
+}
 
 // Copy n elements of one row (finished sequences keep their state).
 template <typename T>
@@ -30,11 +34,17 @@ inline void zero_row(T* dst, int64_t n) {
   if (dst) std::fill(dst, dst + n, T(0));
 }
 
+// The hidden units [j0, j1) a forward call covers.
+template <class P>
+inline int64_t unit_end(const P& p) {
+  return p.j1 < 0 ? p.H : p.j1;
+}
+
 template <typename T>
 void lstm_forward_impl(const LstmForwardParams& p, int64_t r0, int64_t r1) {
   using V = VecOf<T>;
   constexpr int64_t W = V::size();
-  const int64_t H = p.H;
+  const int64_t H = p.H, j0 = p.j0, j1 = unit_end(p);
   const T* b1 = static_cast<const T*>(p.b1);
   const T* b2 = static_cast<const T*>(p.b2);
   for (int64_t b = r0; b < r1; ++b) {
@@ -43,16 +53,16 @@ void lstm_forward_impl(const LstmForwardParams& p, int64_t r0, int64_t r1) {
     T* c1 = row<T>(p.c1, b);
     T* out = row<T>(p.out, b);
     if (p.active && !p.active[b]) {
-      copy_row(h1, row<T>(p.hx, b), H);
-      copy_row(c1, cx, H);
-      zero_row(out, H);
+      copy_row(off_or_null(h1, j0), row<T>(p.hx, b) + j0, j1 - j0);
+      copy_row(off_or_null(c1, j0), cx + j0, j1 - j0);
+      zero_row(off_or_null(out, j0), j1 - j0);
       continue;
     }
     const T* g1 = row<T>(p.g1, b);
     const T* g2 = row<T>(p.g2, b);
     T* ws = row<T>(p.ws, b);
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min(W, H - j);
+    for (int64_t j = j0; j < j1; j += W) {
+      const int64_t n = std::min(W, j1 - j);
       V pre[4];
       for (int k = 0; k < 4; ++k) {
         const int64_t col = k * H + j;
@@ -132,7 +142,7 @@ void gru_forward_impl(const GruForwardParams& p, int64_t r0, int64_t r1) {
   using V = VecOf<T>;
   using A = acc_t<T>;
   constexpr int64_t W = V::size();
-  const int64_t H = p.H;
+  const int64_t H = p.H, j0 = p.j0, j1 = unit_end(p);
   const T* bi = static_cast<const T*>(p.b_ih);
   const T* bh = static_cast<const T*>(p.b_hh);
   const V one(A(1));
@@ -140,16 +150,16 @@ void gru_forward_impl(const GruForwardParams& p, int64_t r0, int64_t r1) {
     const T* hx = row<T>(p.hx, b);
     if (p.active && !p.active[b]) {
       if (p.reset_after) {
-        copy_row(row<T>(p.h1, b), hx, H);
-        zero_row(row<T>(p.out, b), H);
+        copy_row(row<T>(p.h1, b) + j0, hx + j0, j1 - j0);
+        zero_row(off_or_null(row<T>(p.out, b), j0), j1 - j0);
       }
       continue;  // reset_before: stage 2 handles the row
     }
     const T* gi = row<T>(p.gi, b);
     const T* gh = row<T>(p.gh, b);
     T* ws = row<T>(p.ws, b);
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min(W, H - j);
+    for (int64_t j = j0; j < j1; j += W) {
+      const int64_t n = std::min(W, j1 - j);
       const V r = vsigmoid(vload(gi + j, n) + vload(gh + j, n) + vload_or_zero(off(bi, j), n) +
                            vload_or_zero(off(bh, j), n));
       const V z = vsigmoid(vload(gi + H + j, n) + vload(gh + H + j, n) + vload_or_zero(off(bi, H + j), n) +
@@ -181,7 +191,7 @@ template <typename T>
 void gru_forward_stage2_impl(const GruForwardParams& p, int64_t r0, int64_t r1) {
   using V = VecOf<T>;
   constexpr int64_t W = V::size();
-  const int64_t H = p.H;
+  const int64_t H = p.H, j0 = p.j0, j1 = unit_end(p);
   const T* bi = static_cast<const T*>(p.b_ih);
   const T* bh = static_cast<const T*>(p.b_hh);
   for (int64_t b = r0; b < r1; ++b) {
@@ -189,15 +199,15 @@ void gru_forward_stage2_impl(const GruForwardParams& p, int64_t r0, int64_t r1) 
     T* h1 = row<T>(p.h1, b);
     T* out = row<T>(p.out, b);
     if (p.active && !p.active[b]) {
-      copy_row(h1, hx, H);
-      zero_row(out, H);
+      copy_row(h1 + j0, hx + j0, j1 - j0);
+      zero_row(off_or_null(out, j0), j1 - j0);
       continue;
     }
     const T* gi = row<T>(p.gi, b);
     const T* ghn = row<T>(p.ghn, b);
     T* ws = row<T>(p.ws, b);
-    for (int64_t j = 0; j < H; j += W) {
-      const int64_t n = std::min(W, H - j);
+    for (int64_t j = j0; j < j1; j += W) {
+      const int64_t n = std::min(W, j1 - j);
       const V nn = vtanh(vload(gi + 2 * H + j, n) + vload(ghn + j, n) + vload_or_zero(off(bi, 2 * H + j), n) +
                          vload_or_zero(off(bh, 2 * H + j), n));
       const V z = vload(ws + H + j, n);
