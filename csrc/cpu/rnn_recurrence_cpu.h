@@ -3,11 +3,14 @@
 //
 // Batch rows are independent through the recurrence (row b's h_t depends only on row b's h_{t-1}), so the rows are
 // split once among the threads and every thread runs the whole time loop over its own rows: no barrier, no
-// fork/join per step. Per step a thread runs the recurrent product of its rows against W_hh, packed once per call
-// into register-tile panels (csrc/cpu/kernels/packed_gemm.cpp), then the pointwise kernel of its rows while they
-// are in cache. The forward packs W_hh^T with the gates of each hidden unit side by side; the backward packs W_hh
-// as the plain (G*H, H) right operand of dh = dgates @ W_hh. Everything else (buffers, layouts, finished-row
-// rules) is the per-step path's, so both give the same results up to fp32 summation order.
+// fork/join per step. Per step a thread runs the input projection (fused, PersistentParams::fuse_input) and the
+// recurrent product of its rows against W_ih / W_hh, packed once per call into register-tile panels
+// (csrc/cpu/kernels/packed_gemm.cpp), then the pointwise kernel of its rows while they are in cache. A forward
+// batch too small to share (split_units) splits the hidden units instead, with an OpenMP barrier a step. The
+// forward packs W^T with the gates of each hidden unit side by side; the backward packs W_hh as the plain (G*H, H)
+// right operand of dh = dgates @ W_hh. Inference (keep_workspace = false) keeps two state slots and one step of
+// gates instead of the saved tensors. Everything else (buffers, layouts, finished-row rules) is the per-step
+// path's, so both give the same results up to fp32 summation order.
 #pragma once
 
 #include <ATen/ATen.h>
