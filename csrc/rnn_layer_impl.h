@@ -149,6 +149,16 @@ bool fuse_input_projection(const PW& pw, const LayerArgs& a) {
   return a.T > 0 && a.B > 0 && a.H > 0 && pw.fuses_input_projection(to_dtype(a.input.scalar_type()));
 }
 
+// The same decision from the raw arguments, before they are checked (the inference ops route everything else to
+// the training forward, which checks them itself): false for anything malformed.
+template <class PW>
+bool fuse_input_projection(const PW& pw, const at::Tensor& input, const at::Tensor& h0) {
+  const at::ScalarType st = input.scalar_type();
+  const bool supported = st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16;
+  return supported && input.dim() == 3 && h0.dim() == 2 && input.size(0) > 0 && input.size(1) > 0 &&
+         h0.size(1) > 0 && pw.fuses_input_projection(to_dtype(st));
+}
+
 // The whole backward time loop in one call where the device policy has one (CPU, fp32: packed weights); false:
 // the caller runs its per-step loop. dh / dh_next are the two halves of the caller's (2, B, H) parity buffer; as
 // in the per-step loop, the gradient of h0 ends in half T % 2.
@@ -461,11 +471,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_inference_impl(
     const PW& pw, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
-  if (!fuse_input_projection(pw, a)) {
+  if (!fuse_input_projection(pw, input, h0)) {
     auto r = lstm_layer_forward_impl(pw, input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
     return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
   }
+  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
   check_same(c0, input, "c0", "input");
   TORCH_CHECK(c0.sizes() == h0.sizes(), "c0: expected shape ", h0.sizes(), " (as h0), got ", c0.sizes());
   const int64_t T = a.T, B = a.B, H = a.H;
@@ -486,11 +496,11 @@ std::tuple<at::Tensor, at::Tensor> gru_layer_inference_impl(
     const PW& pw, const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih, const at::Tensor& w_hh,
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
-  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3);
-  if (!fuse_input_projection(pw, a)) {
+  if (!fuse_input_projection(pw, input, h0)) {
     auto r = gru_layer_forward_impl(pw, input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after);
     return {std::get<0>(r), std::get<1>(r)};
   }
+  const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3);
   const int64_t T = a.T, B = a.B, H = a.H;
   const auto opts = a.input.options();
   const at::Tensor hs = at::empty({2, B, H}, opts);

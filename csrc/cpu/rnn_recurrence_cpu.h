@@ -244,8 +244,10 @@ inline bool packed_backward(const PersistentBackwardParams& q) {
       const int64_t prev = q.reverse ? t + 1 : t, next = q.reverse ? t : t + 1;
       const uint8_t* act = q.active ? q.active + t * B : nullptr;
       const CMat go = q.go ? CMat{at_row<float>(q.go, t * B, H), H} : CMat{};
-      if (act) std::fill(dh_next + r0 * H, dh_next + r1 * H, 0.f);  // finished rows: the kernel passes dh through
       if (!q.gru) {
+        // The LSTM kernel writes dhx only for finished rows (passing dh through); the others start from zero.
+        // (The GRU kernels write every row of dhx themselves.)
+        if (act) std::fill(dh_next + r0 * H, dh_next + r1 * H, 0.f);
         float* dg = at_row<float>(q.dgates, t * B, 4 * H);
         LstmBackwardParams p;
         p.dtype = Dtype::Float32;
