@@ -7,6 +7,7 @@
 
 #include <atomic>
 
+#include "cpu/debug_checks.h"
 #include "cpu/dispatch.h"
 
 #ifndef S2S_CUDA_ARCH_LIST
@@ -143,8 +144,16 @@ PyObject* build_info(PyObject*, PyObject*) {
                        capability_name(runtime_capability()), "parallel_for_chunks", chunks.load());
 }
 
+// _set_check_gemm_tails(bool) -> the previous setting (cpu/debug_checks.h).
+PyObject* set_check_gemm_tails(PyObject*, PyObject* arg) {
+  const int on = PyObject_IsTrue(arg);
+  if (on < 0) return nullptr;
+  return PyBool_FromLong(s2s_fused::cpu::check_gemm_tails_flag().exchange(on != 0));
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "Facts about this build of the extension."},
+    {"_set_check_gemm_tails", set_check_gemm_tails, METH_O, "Test switch: check CPU GEMM operands' row tails."},
     {nullptr, nullptr, 0, nullptr},
 };
 

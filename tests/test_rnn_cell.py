@@ -114,6 +114,31 @@ def test_low_precision(backend, kind, dtype):
             assert_close(a, b, 4 * tol, f"B={B} grad {i}")
 
 
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b.id != "cuda"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
+def test_repeated_on_poisoned_heap(backend, kind, dtype):
+    """Reads of memory nobody wrote show up only when the allocator hands back a NaN-filled block, so only now and
+    then (bf16 GRU reset_before gradients were NaN in 10-30 % of fresh runs on Intel AMX machines): fresh calls,
+    each after NaN blocks of every size the op allocates were freed. 40 calls let a 10 % failure escape with
+    probability 0.9^40 < 2 %; the test session's GEMM tail check (conftest) makes the known case deterministic."""
+    B, I, H = 40, 19, 70
+    repeats = 40 if backend == "cpu" else 3  # the interpreter is slow; the tail check does not need repeats
+    x, h, c, params = inputs(kind, B, I, H, dtype=dtype)
+    ts = leaves(x, h, c, params, kind)
+    out_r, g_r = forward_backward(kind, None, [t.detach().double().requires_grad_() for t in ts], True)
+    tol = VALUE_TOL[dtype]
+    for rep in range(repeats):
+        for n in (B * H, B * 2 * H, B * 3 * H, B * 4 * H, 3 * H * H, 4 * H * H, 4 * H * I):
+            poison_heap(n, dtype)
+            poison_heap(n, torch.float32)
+        out_f, g_f = forward_backward(kind, backend, [t.detach().clone().requires_grad_() for t in ts], True)
+        for i, (a, b) in enumerate(zip(out_f, out_r)):
+            assert_close(a, b, tol, f"call {rep} output {i}")
+        for i, (a, b) in enumerate(zip(g_f, g_r)):
+            assert_close(a, b, 4 * tol, f"call {rep} grad {i}")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck(backend, kind):

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstdlib>
 
+#include "cpu/debug_checks.h"
 #include "cpu/memory.h"
 #include "cpu/rnn_kernel_tables.h"
 #include "cpu/rnn_recurrence_cpu.h"
@@ -38,6 +39,22 @@ inline bool use_onednn_gemm(const at::Tensor& out, int64_t inner) {
   return available && out.scalar_type() == at::kFloat && out.numel() > 0 && out.numel() * inner >= kMinMacs;
 }
 
+// With the test switch of cpu/debug_checks.h on: before each GEMM, fail if the columns that oneDNN's AMX bf16
+// matmul reads past K in every row but the last (up to the next multiple of 32, within the row stride) hold NaN or
+// inf. That kernel cancels them against zero padding of the other operand, so a non-finite value there leaks into
+// the product (uxlfoundation/oneDNN#5717); on machines without AMX they are never read, and this check makes a
+// buffer left unwritten next to a GEMM operand fail everywhere, not only on Intel AMX machines.
+inline void check_gemm_operand_tail(const at::Tensor& a, const char* name) {
+  const bool enabled = check_gemm_tails_flag().load(std::memory_order_relaxed);
+  if (!enabled || a.dim() != 2 || a.stride(1) != 1 || a.size(0) < 2) return;
+  const int64_t K = a.size(1), ld = a.stride(0);
+  const int64_t tail = std::min<int64_t>((K + 31) / 32 * 32, ld) - K;
+  if (K <= 32 || tail <= 0) return;
+  const at::Tensor past = a.as_strided({a.size(0) - 1, tail}, {ld, 1}, a.storage_offset() + K);
+  TORCH_CHECK(at::isfinite(past).all().item<bool>(), "s2s_fused: GEMM operand ", name, " (", a.sizes(),
+              ", row stride ", ld, "): the ", tail, " elements after some row hold NaN/inf (unwritten memory?)");
+}
+
 struct CpuPointwise {
   // fp32: the whole time loop with packed recurrent weights, each thread over its own rows
   // (rnn_recurrence_cpu.h); other dtypes: the per-step loop of rnn_layer_impl.h.
@@ -56,6 +73,7 @@ struct CpuPointwise {
       if (!accumulate) out.zero_();
       return;
     }
+    check_gemm_operand_tail(a, "a");
     if (use_onednn_gemm(out, a.size(1))) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.f : 0.f, 1.f);
     } else if (accumulate) {

@@ -178,6 +178,10 @@ def _gru_backward_kernel(dh_ptr, s_dhb, ws_ptr, hx_ptr, dgi_ptr, dgh_ptr, dhx_pt
             tl.store(dgh_ptr + g3 + H, dz.to(ty), mask=mask)
             tl.store(dgh_ptr + g3 + 2 * H, (dn * r).to(ty), mask=mask)
             tl.store(dhx_ptr + bh, (dh * z).to(ty), mask=mask)
+        else:
+            # dr comes in stage 2; until then zeros, as the CPU kernel writes them: the caller's drh GEMM reads
+            # past the end of each dn row into these columns on oneDNN's AMX path (see rnn_pointwise.cpp).
+            tl.store(dgi_ptr + g3, tl.zeros_like(dn).to(ty), mask=mask)
     else:
         drh = tl.load(drh_ptr + bh, mask=mask, other=0.0).to(ACC)
         tl.store(dgi_ptr + g3, (drh * h * r * (1.0 - r)).to(ty), mask=mask)

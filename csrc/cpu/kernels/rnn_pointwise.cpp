@@ -264,6 +264,12 @@ void gru_backward_impl(const GruBackwardParams& p, int64_t r0, int64_t r1) {
         vstore(dgh + H + j, dz, n);
         vstore(dgh + 2 * H + j, dn * r, n);
         vstore(dhx + j, dh * z, n);
+      } else {
+        // dr is known only after the caller's drh = dn W_hn GEMM (stage 2), but that GEMM's operand dn sits just
+        // before the next row's dr columns, and oneDNN's AMX bf16 matmul reads up to 31 columns past K of each
+        // row and cancels them against zero padding: NaN left there by the allocator makes NaN * 0 = NaN in drh
+        // (uxlfoundation/oneDNN#5717). So the columns hold zeros until stage 2 writes them.
+        vstore(dgi + j, V(A(0)), n);
       }
     }
   }
