@@ -165,7 +165,11 @@ class _FusedRNNBase:
         if x.shape[-1] != self.input_size:
             raise ValueError(f"{self._kind}: input: expected input_size {self.input_size} in the last dim, got "
                              f"shape {tuple(x.shape if packed else input.shape)}")
-        w0 = self._flat_weights[0]
+        # The tensors getattr returns now, as torch's forward uses (its _update_flat_weights): a parametrization
+        # (weight_norm, orthogonal, ...) computes its weight on access, and torch.func.functional_call swaps
+        # parameters without going through the cached _flat_weights list.
+        weights = [getattr(self, name) for name in self._flat_weights_names]
+        w0 = weights[0]
         if not x.is_floating_point() or x.dtype != w0.dtype:
             raise TypeError(f"{self._kind}: input: expected dtype {w0.dtype} (as the module's parameters), got "
                             f"{x.dtype}")
@@ -193,7 +197,6 @@ class _FusedRNNBase:
             elif sorted_indices is not None:
                 h0 = h0.index_select(1, sorted_indices)
                 c0 = c0.index_select(1, sorted_indices) if lstm else None
-        weights = self._flat_weights
         per_dir = len(weights) // (L * D)
         h_n, c_n = [], []
         layer_in = x
