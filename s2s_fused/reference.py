@@ -81,6 +81,22 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse
     return out, h
 
 
+def lstm_layer_bidir(input, hx, weights, weights_reverse, lengths=None):
+    """Both directions of a bidirectional LSTM layer: hx = (h0, c0) each (2, B, H), weights / weights_reverse =
+    (w_ih, w_hh, b_ih, b_hh). Returns (output (T, B, 2H), (h_n, c_n) each (2, B, H))."""
+    h0, c0 = hx
+    fwd, (hf, cf) = lstm_layer(input, (h0[0], c0[0]), *weights, lengths=lengths)
+    rev, (hr, cr) = lstm_layer(input, (h0[1], c0[1]), *weights_reverse, lengths=lengths, reverse=True)
+    return torch.cat([fwd, rev], dim=-1), (torch.stack([hf, hr]), torch.stack([cf, cr]))
+
+
+def gru_layer_bidir(input, hx, weights, weights_reverse, lengths=None, reset_after=True):
+    """Both directions of a bidirectional GRU layer: hx (2, B, H). Returns (output (T, B, 2H), h_n (2, B, H))."""
+    fwd, hf = gru_layer(input, hx[0], *weights, lengths=lengths, reset_after=reset_after)
+    rev, hr = gru_layer(input, hx[1], *weights_reverse, lengths=lengths, reverse=True, reset_after=reset_after)
+    return torch.cat([fwd, rev], dim=-1), torch.stack([hf, hr])
+
+
 # ------------------------------------------------------------------------------------------ cross_entropy
 CE_REDUCTIONS = ("none", "sum", "mean", "per_sequence")
 

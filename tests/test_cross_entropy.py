@@ -238,9 +238,34 @@ def test_gradcheck_fp64(backend):
     cases = (("none", 0.0), ("mean", 0.3), ("per_sequence", 0.1))
     for reduction, ls in (cases if backend != "triton" else cases[1:2]):
         x = logits.clone().requires_grad_()
-        assert torch.autograd.gradcheck(
-            lambda z: s2s_fused.masked_softmax_cross_entropy(z, target, valid_len, label_smoothing=ls,
-                                                             reduction=reduction, backend=backend), (x,))
+
+        def f(z):
+            return s2s_fused.masked_softmax_cross_entropy(z, target, valid_len, label_smoothing=ls,
+                                                          reduction=reduction, backend=backend)
+
+        assert torch.autograd.gradcheck(f, (x,))
+        assert torch.autograd.gradgradcheck(f, (x,))
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean", "per_sequence"])
+def test_linear_gradcheck_and_gradgradcheck_fp64(backend, reduction):
+    """Every reduction: "sum"/"mean" with gradients take the forward-computes-the-gradients op, the others the
+    chunked recompute op; both differentiable twice."""
+    dev = device_for(backend)
+    g = torch.Generator().manual_seed(8)
+    h, w, b = (torch.randn(*s, generator=g, dtype=torch.float64).to(dev).requires_grad_()
+               for s in ((2, 3, 4), (5, 4), (5,)))
+    t = torch.tensor([[1, 2, -100], [0, 4, 3]], device=dev)
+    vl = torch.tensor([3, 2], device=dev)
+
+    def f(h, w, b):
+        return s2s_fused.linear_masked_cross_entropy(h, w, t, vl, bias=b, label_smoothing=0.1, reduction=reduction,
+                                                     chunk_size=2, backend=backend)
+
+    fast = backend == "triton" and not torch.cuda.is_available()
+    assert torch.autograd.gradcheck(f, (h, w, b), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(f, (h, w, b), fast_mode=fast)
 
 
 def _sample_ops_args(dev):

@@ -120,3 +120,44 @@ def test_replaced_parameter(kind):
         w = getattr(m, "weight_hh_l1_reverse")
         setattr(m, "weight_hh_l1_reverse", torch.nn.Parameter(w.detach() * 1.5))
     _compare(theirs, ours, _inputs(kind), "replaced parameter")
+
+
+# ------------------------------------------------------------------------------------- second-order gradients
+
+DOUBLE_BACKWARD_CASES = [
+    ("LSTM", dict(num_layers=2, bidirectional=True), True),
+    ("GRU", dict(num_layers=2, bidirectional=True), True),
+    ("LSTM", dict(num_layers=2, batch_first=True), False),
+    ("GRU", dict(bidirectional=True), False),
+    ("LSTMCell", {}, False),
+    ("GRUCell", {}, False),
+]
+
+
+@pytest.mark.parametrize("kind,kw,packed", DOUBLE_BACKWARD_CASES,
+                         ids=[f"{k}-{'-'.join(f'{a}{int(v)}' for a, v in kw.items())}-{'packed' if p else 'dense'}"
+                              for k, kw, p in DOUBLE_BACKWARD_CASES])
+def test_double_backward_matches_torch(kind, kw, packed):
+    """A gradient penalty (the squared norm of the input and weight gradients, built with create_graph=True) and
+    its own gradient, as torch.nn's: the fused backward must itself be differentiable."""
+    theirs, ours = _pair(kind, **kw)
+    x = _inputs(kind, T=5, B=3)
+    if kw.get("batch_first"):
+        x = x.transpose(0, 1).contiguous()
+    lengths = torch.tensor([5, 2, 4])
+    results = []
+    for m in (theirs, ours):
+        xx = x.clone().requires_grad_()
+        inp = pack_padded_sequence(xx, lengths, enforce_sorted=False) if packed else xx
+        out = m(inp)
+        if packed:
+            out = (pad_packed_sequence(out[0])[0], out[1])
+        params = list(m.parameters())
+        grads = torch.autograd.grad(_loss(out), [xx] + params, create_graph=True)
+        penalty = sum((g * g).sum() for g in grads)
+        second = torch.autograd.grad(penalty, [xx] + params)
+        results.append([g.detach() for g in grads] + list(second))
+    names = ["input"] + [n for n, _ in theirs.named_parameters()]
+    for i, (a, b) in enumerate(zip(results[1], results[0])):
+        order = "first" if i < len(names) else "second"
+        assert_close(a, b, 1e-9, f"{order}-order grad of {names[i % len(names)]}")

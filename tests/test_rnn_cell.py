@@ -154,6 +154,9 @@ def test_gradcheck(backend, kind):
         # The interpreter runs each Triton launch slowly: there, check random projections (fast_mode).
         fast = backend == "triton" and not torch.cuda.is_available()
         assert torch.autograd.gradcheck(f, ts, eps=1e-6, atol=1e-7, fast_mode=fast)
+        # Second order (gradient penalties, MAML, Hessian-vector products): the backward itself differentiable.
+        x, h, c, params = inputs(kind, 2, 3, 2, device=dev, bias=bias)
+        assert torch.autograd.gradgradcheck(f, leaves(x, h, c, params, kind), eps=1e-6, atol=1e-7, fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -291,6 +291,7 @@ def test_gradcheck(kind, lengths, reverse):
             return s2s_fused.gru_layer(x, h, wi, wh, bi, bh, lengths=args[-1], reverse=reverse,
                                        reset_after=kind == "gru", backend="cpu")
     assert torch.autograd.gradcheck(f, tuple(args[:-1]))
+    assert torch.autograd.gradgradcheck(f, tuple(args[:-1]))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -484,6 +485,22 @@ def test_triton_backend_tiny(kind):
     for a_list, b_list in zip(res[:n], res[n:]):
         for a, b in zip(a_list, b_list):
             assert_close(a, b, 1e-9, f"triton {kind}")
+
+
+@pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+@pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
+def test_triton_gradgradcheck(kind):
+    base = kind.split("_")[0]
+    args = _op_args(base, T=2, B=2, I=2, H=2, lengths=True, requires_grad=True)
+    lens = args[-1]
+    if base == "lstm":
+        def f(x, h, c, *w):
+            out, (hn, cn) = s2s_fused.lstm_layer(x, (h, c), *w, lengths=lens, reverse=True, backend="triton")
+            return out, hn, cn
+    else:
+        def f(x, h, *w):
+            return s2s_fused.gru_layer(x, h, *w, lengths=lens, reset_after=kind == "gru", backend="triton")
+    assert torch.autograd.gradgradcheck(f, tuple(args[:-1]), fast_mode=not torch.cuda.is_available())
 
 
 @pytest.mark.skipif(not is_available("triton"), reason="triton not available")
@@ -847,6 +864,7 @@ def test_bidir_gradcheck(kind, lengths):
             return gru_layer_bidir(x, h0, ws[:4], ws[4:], lengths=lens, reset_after=kind == "gru", backend="cpu")
         inputs = (x, h0, *w[0], *w[1])
     assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])

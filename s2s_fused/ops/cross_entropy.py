@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from .. import _checks, reference
 from ..backend import _extension, resolve
+from ._autograd import recording_backward, reference_vjp
 
 _extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
 _ops = torch.ops.s2s_fused
@@ -70,6 +71,9 @@ def register_ce_autograd(suffix: str):
 
     def backward(ctx, grad_loss, _grad_lse):
         logits, target, valid_len, lse = ctx.saved_tensors
+        if recording_backward():
+            return reference_vjp(lambda x: reference.masked_softmax_cross_entropy(
+                x, target, valid_len, *ctx.args, reduction="none"), (logits,), (grad_loss,), (True,)) + (None,) * 4
         grad = backward_op(grad_loss, logits, target, valid_len, lse, *ctx.args)
         return grad, None, None, None, None
 
@@ -209,6 +213,11 @@ def _linear_setup_context(ctx, inputs, output):
 
 def _linear_backward(ctx, grad_loss, _grad_lse):
     hidden, weight, bias, target, lse = ctx.saved_tensors
+    if recording_backward():
+        ignore_index, label_smoothing = ctx.args[:2]
+        return reference_vjp(lambda h, w, b: reference.linear_masked_cross_entropy(
+            h, w, target, None, b, ignore_index, label_smoothing, "none"), (hidden, weight, bias), (grad_loss,),
+            ctx.needs_input_grad[:3]) + (None,) * 5
     gh, gw, gb = linear_masked_ce_backward(grad_loss, hidden, weight, bias, target, lse, *ctx.args)
     return gh, gw, (gb if bias is not None else None), None, None, None, None, None
 
@@ -252,14 +261,20 @@ def _linear_fwd_grad_fake(hidden, weight, bias, target, scale, ignore_index, lab
 
 
 def _linear_grad_setup_context(ctx, inputs, output):
+    hidden, weight, bias, target, scale, ignore_index, label_smoothing, _, _ = inputs
     _, gh, gw, gb = output
-    ctx.save_for_backward(gh, gw, gb)
-    ctx.has_bias = inputs[2] is not None
+    ctx.save_for_backward(gh, gw, gb, hidden, weight, bias, target, scale)
+    ctx.has_bias = bias is not None
+    ctx.args = (ignore_index, label_smoothing)
     ctx.mark_non_differentiable(gh, gw, gb)
 
 
 def _linear_grad_backward(ctx, grad_total, *_unused):
-    gh, gw, gb = ctx.saved_tensors
+    gh, gw, gb, hidden, weight, bias, target, scale = ctx.saved_tensors
+    if recording_backward():
+        return reference_vjp(lambda h, w, b: scale * reference.linear_masked_cross_entropy(
+            h, w, target, None, b, *ctx.args, "sum").to(scale.dtype), (hidden, weight, bias), (grad_total,),
+            ctx.needs_input_grad[:3]) + (None,) * 6
     g = grad_total
     return (gh * g.to(gh.dtype), gw * g.to(gw.dtype), (gb * g.to(gb.dtype)) if ctx.has_bias else None,
             None, None, None, None, None, None)

@@ -13,6 +13,7 @@ import torch
 
 from .. import _checks, reference
 from ..backend import _extension, resolve
+from ._autograd import recording_backward, reference_vjp
 
 _extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
 _ops = torch.ops.s2s_fused
@@ -66,14 +67,17 @@ def _register_lstm_autograd(suffix: str):
     def setup_context(ctx, inputs, output):
         input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
         _, c1, workspace = output
-        ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1)
+        ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh)
         ctx.mark_non_differentiable(workspace)
 
     def backward(ctx, grad_h1, grad_c1, _grad_ws):
-        input, hx, cx, w_ih, w_hh, workspace, c1 = ctx.saved_tensors
+        input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh = ctx.saved_tensors
         need = ctx.needs_input_grad
         if grad_h1 is None and grad_c1 is None or not any(need):
             return (None,) * 7
+        if recording_backward():
+            return reference_vjp(lambda x, h, c, *w: reference.lstm_cell(x, (h, c), *w),
+                                 (input, hx, cx, w_ih, w_hh, b_ih, b_hh), (grad_h1, grad_c1), need)
         mask = list(need[:5]) + [need[5] or need[6]]
         g = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, mask)
         g_in, g_hx, g_cx, g_wih, g_whh, g_b = (t if m else None for t, m in zip(g, mask))
@@ -91,15 +95,18 @@ def _register_gru_autograd(suffix: str):
     def setup_context(ctx, inputs, output):
         input, hx, w_ih, w_hh, b_ih, b_hh, reset_after = inputs
         _, workspace = output
-        ctx.save_for_backward(input, hx, w_ih, w_hh, workspace)
+        ctx.save_for_backward(input, hx, w_ih, w_hh, workspace, b_ih, b_hh)
         ctx.reset_after = reset_after
         ctx.mark_non_differentiable(workspace)
 
     def backward(ctx, grad_h1, _grad_ws):
-        input, hx, w_ih, w_hh, workspace = ctx.saved_tensors
+        input, hx, w_ih, w_hh, workspace, b_ih, b_hh = ctx.saved_tensors
         need = ctx.needs_input_grad
         if grad_h1 is None or not any(need[:6]):
             return (None,) * 7
+        if recording_backward():
+            return reference_vjp(lambda *a: reference.gru_cell(*a, reset_after=ctx.reset_after),
+                                 (input, hx, w_ih, w_hh, b_ih, b_hh), (grad_h1,), need[:6]) + (None,)
         mask = list(need[:6])
         g = backward_op(grad_h1, input, hx, w_ih, w_hh, workspace, ctx.reset_after, mask)
         return tuple(t if m else None for t, m in zip(g, mask)) + (None,)

@@ -16,6 +16,7 @@ import torch
 
 from .. import _checks, reference
 from ..backend import _extension, resolve
+from ._autograd import recording_backward, reference_vjp
 
 _extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
 _ops = torch.ops.s2s_fused
@@ -88,15 +89,20 @@ def _register_lstm_autograd(suffix: str):
     def setup_context(ctx, inputs, output):
         input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse = inputs
         _, _, _, hs, cs, workspace = output
-        ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths)
+        ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh)
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.reverse = reverse
         ctx.mark_non_differentiable(hs, cs, workspace)
 
     def backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
-        input, w_ih, w_hh, hs, cs, workspace, lengths = ctx.saved_tensors
+        input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh = ctx.saved_tensors
         if grad_output is None and grad_h_n is None and grad_c_n is None:
             return (None,) * 9
+        if recording_backward():
+            return reference_vjp(
+                lambda x, h, c, *w: reference.lstm_layer(x, (h, c), *w, lengths=lengths, reverse=ctx.reverse),
+                (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n, grad_c_n),
+                ctx.needs_input_grad[:7]) + (None, None)
         g_in, g_h0, g_c0, g_wih, g_whh, g_b = backward_op(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs,
                                                           cs, workspace, lengths, ctx.reverse)
         return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if ctx.has_bias[0] else None,
@@ -112,16 +118,21 @@ def _register_gru_autograd(suffix: str):
     def setup_context(ctx, inputs, output):
         input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after = inputs
         _, _, hs, workspace = output
-        ctx.save_for_backward(input, w_ih, w_hh, hs, workspace, lengths)
+        ctx.save_for_backward(input, w_ih, w_hh, hs, workspace, lengths, h0, b_ih, b_hh)
         ctx.has_bias = (b_ih is not None, b_hh is not None)
         ctx.reverse = reverse
         ctx.reset_after = reset_after
         ctx.mark_non_differentiable(hs, workspace)
 
     def backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
-        input, w_ih, w_hh, hs, workspace, lengths = ctx.saved_tensors
+        input, w_ih, w_hh, hs, workspace, lengths, h0, b_ih, b_hh = ctx.saved_tensors
         if grad_output is None and grad_h_n is None:
             return (None,) * 9
+        if recording_backward():
+            return reference_vjp(
+                lambda *a: reference.gru_layer(*a, lengths=lengths, reverse=ctx.reverse, reset_after=ctx.reset_after),
+                (input, h0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n), ctx.needs_input_grad[:6]
+            ) + (None, None, None)
         g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = backward_op(grad_output, grad_h_n, input, w_ih, w_hh, hs,
                                                             workspace, lengths, ctx.reverse, ctx.reset_after)
         return (g_in, g_h0, g_wih, g_whh, g_bih if ctx.has_bias[0] else None,
@@ -283,15 +294,21 @@ def _gru_bidir_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r
 def _lstm_bidir_setup(ctx, inputs, output):
     input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths = inputs
     _, _, _, hs, cs, workspace = output
-    ctx.save_for_backward(input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths)
+    ctx.save_for_backward(input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh, b_ih_r,
+                          b_hh_r)
     ctx.has_bias = tuple(b is not None for b in (b_ih, b_hh, b_ih_r, b_hh_r))
     ctx.mark_non_differentiable(hs, cs, workspace)
 
 
 def _lstm_bidir_backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
-    input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths = ctx.saved_tensors
+    (input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh, b_ih_r,
+     b_hh_r) = ctx.saved_tensors
     if grad_output is None and grad_h_n is None and grad_c_n is None:
         return (None,) * 12
+    if recording_backward():
+        return reference_vjp(lambda x, h, c, *w: reference.lstm_layer_bidir(x, (h, c), w[:4], w[4:], lengths=lengths),
+                             (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r),
+                             (grad_output, grad_h_n, grad_c_n), ctx.needs_input_grad[:11]) + (None,)
     g_in, g_h0, g_c0, g_wih, g_whh, g_b, g_wih_r, g_whh_r, g_b_r = _ops.lstm_layer_bidir_backward(
         grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths)
     hb = ctx.has_bias
@@ -302,16 +319,21 @@ def _lstm_bidir_backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_
 def _gru_bidir_setup(ctx, inputs, output):
     input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, reset_after = inputs
     _, _, hs, workspace = output
-    ctx.save_for_backward(input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths)
+    ctx.save_for_backward(input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths, h0, b_ih, b_hh, b_ih_r, b_hh_r)
     ctx.has_bias = tuple(b is not None for b in (b_ih, b_hh, b_ih_r, b_hh_r))
     ctx.reset_after = reset_after
     ctx.mark_non_differentiable(hs, workspace)
 
 
 def _gru_bidir_backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
-    input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths = ctx.saved_tensors
+    input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths, h0, b_ih, b_hh, b_ih_r, b_hh_r = ctx.saved_tensors
     if grad_output is None and grad_h_n is None:
         return (None,) * 12
+    if recording_backward():
+        return reference_vjp(lambda x, h, *w: reference.gru_layer_bidir(x, h, w[:4], w[4:], lengths=lengths,
+                                                                       reset_after=ctx.reset_after),
+                             (input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r),
+                             (grad_output, grad_h_n), ctx.needs_input_grad[:10]) + (None, None)
     (g_in, g_h0, g_wih, g_whh, g_bih, g_bhh, g_wih_r, g_whh_r, g_bih_r,
      g_bhh_r) = _ops.gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs,
                                               workspace, lengths, ctx.reset_after)
