@@ -3,7 +3,7 @@ before any launch, with the messages and the exception type (RuntimeError, as TO
 twins' checks (csrc/checks.h and the ``check_*`` functions next to each family's impl), so a direct caller gets
 the same answer from every backend. Public wrappers check first with their own friendlier checks
 (s2s_fused/_checks.py); these are the last line for direct op callers. Nothing here reads tensor values (no
-device sync).
+device sync), except the cross-entropy value checks, which their callers run on CPU tensors only.
 
 One function per op schema, named after it, grouped by family below.
 """
@@ -279,6 +279,144 @@ def gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w
 
 
 # ------------------------------------------------------------------------------------------- cross_entropy
+# csrc/cross_entropy_args.h (shapes, dtypes, devices) and csrc/cpu/cross_entropy.cpp (values, CPU tensors only).
+
+
+def ce_acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ce_args(logits, target, valid_len, ignore_index, label_smoothing) -> None:
+    """csrc/cross_entropy_args.h ce_args."""
+    if logits.dim() not in (2, 3):
+        fail("logits: expected a 2-D (N, V) or 3-D (B, T, V) tensor, got ", logits.dim(), "-D with shape ",
+             shape_str(logits))
+    floating(logits, "logits")
+    if target.dtype != torch.int64:
+        fail("target: expected an int64 tensor, got ", dtype_str(target.dtype))
+    if tuple(target.shape) != tuple(logits.shape[:-1]):
+        fail("target: expected shape [", ", ".join(str(s) for s in logits.shape[:-1]),
+             "] (logits without its class dim), got ", shape_str(target))
+    if target.device != logits.device:
+        fail("target: expected device ", logits.device, " (as logits), got ", target.device)
+    if not 0.0 <= label_smoothing <= 1.0:
+        fail("label_smoothing: expected a value in [0, 1], got ", format(label_smoothing, "g"))
+    if logits.shape[-1] < 1:
+        fail("logits: expected at least one class, got shape ", shape_str(logits))
+    if valid_len is None:
+        return
+    if logits.dim() != 3:
+        fail("valid_len: only allowed with 3-D (B, T, V) logits, got logits of shape ", shape_str(logits))
+    if valid_len.dtype != torch.int64:
+        fail("valid_len: expected an int64 tensor, got ", dtype_str(valid_len.dtype))
+    if valid_len.dim() != 1 or valid_len.shape[0] != logits.shape[0]:
+        fail("valid_len: expected shape (", logits.shape[0], ",), got ", shape_str(valid_len))
+    if valid_len.device != logits.device:
+        fail("valid_len: expected device ", logits.device, " (as logits), got ", valid_len.device)
+
+
+def ce_values(target, valid_len, T: int, V: int, ignore_index: int) -> None:
+    """csrc/cpu/cross_entropy.cpp check_valid_len_values and check_target_values: valid_len in [0, T] and the
+    unmasked targets in [0, V) or ignore_index. Reads values, so callers run it on CPU tensors only."""
+    if valid_len is not None:
+        bad = ((valid_len < 0) | (valid_len > T)).nonzero()
+        if bad.numel():
+            b = int(bad[0, 0])
+            fail("valid_len: expected values in [0, T=", T, "], got ", int(valid_len[b]), " at index ", b)
+    flat = target.reshape(-1)
+    bad = (flat != ignore_index) & ((flat < 0) | (flat >= V))
+    if valid_len is not None:
+        steps = torch.arange(T, device=target.device)
+        bad &= (steps.unsqueeze(0) < valid_len.unsqueeze(1)).reshape(-1)
+    bad = bad.nonzero()
+    if bad.numel():
+        n = int(bad[0, 0])
+        fail("target: expected class indices in [0, ", V, ") or ignore_index=", ignore_index, ", got ",
+             int(flat[n]), " at flat position ", n)
+
+
+def masked_ce_forward(logits, target, valid_len, ignore_index, label_smoothing) -> None:
+    ce_args(logits, target, valid_len, ignore_index, label_smoothing)
+
+
+def masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing) -> None:
+    """ce_args, then csrc/cross_entropy_args.h ce_check_backward."""
+    ce_args(logits, target, valid_len, ignore_index, label_smoothing)
+    acc = ce_acc_dtype(logits.dtype)
+    for t, name in ((grad_loss, "grad_loss"), (lse, "lse")):
+        if tuple(t.shape) != tuple(target.shape):
+            fail(name, ": expected shape ", shape_str(target), " (as target), got ", shape_str(t))
+        if t.dtype != acc:
+            fail(name, ": expected dtype ", dtype_str(acc), ", got ", dtype_str(t.dtype))
+    if grad_loss.device != logits.device or lse.device != logits.device:
+        fail("grad_loss, lse: expected device ", logits.device, " (as logits), got ", grad_loss.device, " and ",
+             lse.device)
+
+
+# The chunked linear + cross-entropy ops (s2s_fused/ops/cross_entropy.py; Python only, so their messages follow the
+# C++ ones' style): hidden (N, H), weight (V, H), bias (V,), target (N,) int64, per-row tensors (N,) of the loss
+# dtype.
+
+
+def _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend) -> None:
+    dim(hidden, 2, "hidden")
+    floating(hidden, "hidden")
+    same(weight, hidden, "weight", "hidden")
+    dim(weight, 2, "weight")
+    N, H = hidden.shape
+    if weight.shape[0] < 1 or weight.shape[1] != H:
+        fail("weight: expected shape (V, ", H, ") with V >= 1 (H as hidden), got ", shape_str(weight))
+    if bias is not None:
+        same(bias, hidden, "bias", "hidden")
+        if tuple(bias.shape) != (weight.shape[0],):
+            fail("bias: expected shape (", weight.shape[0], ",) (V as weight), got ", shape_str(bias))
+    if target.dtype != torch.int64:
+        fail("target: expected an int64 tensor, got ", dtype_str(target.dtype))
+    if tuple(target.shape) != (N,):
+        fail("target: expected shape (", N, ",) (hidden's rows), got ", shape_str(target))
+    same_device(target, hidden, "target", "hidden")
+    if not 0.0 <= label_smoothing <= 1.0:
+        fail("label_smoothing: expected a value in [0, 1], got ", format(label_smoothing, "g"))
+    if chunk_size < 1:
+        fail("chunk_size: expected a positive number of rows, got ", chunk_size)
+    if backend not in ("cpu", "cuda", "triton"):
+        fail("backend: expected 'cpu', 'cuda' or 'triton', got ", repr(backend))
+
+
+def _per_row(t, hidden, name: str) -> None:
+    acc = ce_acc_dtype(hidden.dtype)
+    if t.dtype != acc:
+        fail(name, ": expected dtype ", dtype_str(acc), ", got ", dtype_str(t.dtype))
+    same_device(t, hidden, name, "hidden")
+    if tuple(t.shape) != (hidden.shape[0],):
+        fail(name, ": expected shape (", hidden.shape[0], ",) (hidden's rows), got ", shape_str(t))
+
+
+def linear_masked_ce_forward(hidden, weight, bias, target, ignore_index, label_smoothing, chunk_size, backend):
+    _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend)
+
+
+def linear_masked_ce_backward(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing,
+                              chunk_size, backend):
+    _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend)
+    _per_row(grad_loss, hidden, "grad_loss")
+    _per_row(lse, hidden, "lse")
+
+
+def linear_masked_ce_forward_with_grad(hidden, weight, bias, target, scale, ignore_index, label_smoothing,
+                                       chunk_size, backend):
+    _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend)
+    acc = ce_acc_dtype(hidden.dtype)
+    if scale.dim() != 0 or scale.dtype != acc:
+        fail("scale: expected a 0-D ", dtype_str(acc), " tensor, got ", scale.dim(), "-D ", dtype_str(scale.dtype))
+    same_device(scale, hidden, "scale", "hidden")
+
+
+def linear_ce_target_values(hidden, weight, target, ignore_index) -> None:
+    """On CPU tensors, the targets checked over all N rows before the chunks run (whose own checks would count
+    positions from the start of the chunk)."""
+    if hidden.device.type == "cpu":
+        ce_values(target, None, hidden.shape[0], weight.shape[0], ignore_index)
 
 
 # ---------------------------------------------------------------------------------------------------- beam
