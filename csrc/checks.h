@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
+
 #include "rnn_pointwise.h"
 
 namespace s2s_fused {
@@ -30,22 +32,32 @@ inline void check_floating(const at::Tensor& t, const char* name) {
               ": expected a float32, float64, float16 or bfloat16 tensor, got ", s);
 }
 
+// input's dtype and device and exactly `shape`: what the kernels assume of a saved state or workspace, an incoming
+// gradient or a cell state, which they read by those sizes; `what` says where the shape comes from (" (as hx)").
+inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& input, const char* name,
+                        const char* what = "") {
+  check_same(t, input, name, "input");
+  TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, what, ", got ", t.sizes());
+}
+
 // One LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), optional biases (G*H,), all
-// of input's dtype and device.
+// of input's dtype and device. `suffix` is appended to their names ("_r": a bidirectional op's reverse direction).
 inline void check_rnn_weights(const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                              const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t gates, int64_t I, int64_t H) {
-  check_same(w_ih, input, "w_ih", "input");
-  check_same(w_hh, input, "w_hh", "input");
-  check_dim(w_ih, 2, "w_ih");
-  check_dim(w_hh, 2, "w_hh");
-  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, "w_ih: expected shape (", gates * H, ", ", I,
+                              const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t gates, int64_t I, int64_t H,
+                              const std::string& suffix = "") {
+  const std::string wi = "w_ih" + suffix, wh = "w_hh" + suffix, bi = "b_ih" + suffix, bh = "b_hh" + suffix;
+  check_same(w_ih, input, wi.c_str(), "input");
+  check_same(w_hh, input, wh.c_str(), "input");
+  check_dim(w_ih, 2, wi.c_str());
+  check_dim(w_hh, 2, wh.c_str());
+  TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, wi, ": expected shape (", gates * H, ", ", I,
               "), got ", w_ih.sizes());
-  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, "w_hh: expected shape (", gates * H, ", ", H,
+  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, wh, ": expected shape (", gates * H, ", ", H,
               "), got ", w_hh.sizes());
-  for (auto [t, name] : {std::pair{&b_ih, "b_ih"}, std::pair{&b_hh, "b_hh"}}) {
+  for (auto [t, name] : {std::pair{&b_ih, &bi}, std::pair{&b_hh, &bh}}) {
     if (!t->defined()) continue;
-    check_same(*t, input, name, "input");
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == gates * H, name, ": expected shape (", gates * H, ",), got ",
+    check_same(*t, input, name->c_str(), "input");
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == gates * H, *name, ": expected shape (", gates * H, ",), got ",
                 t->sizes());
   }
 }

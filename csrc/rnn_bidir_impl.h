@@ -101,11 +101,13 @@ inline BidirArgs check_bidir_args(
     const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh, const at::Tensor& w_ih_r,
     const at::Tensor& w_hh_r, const std::optional<at::Tensor>& b_ih_r, const std::optional<at::Tensor>& b_hh_r,
     const std::optional<at::Tensor>& lengths, int64_t gates) {
+  check_dim(input, 3, "input");
   check_dim(h0, 3, "h0");
   check_size(h0, 0, 2, "h0");
+  check_size(h0, 1, input.size(1), "h0");
   LayerArgs a0 = check_layer_args(input, h0.select(0, 0), w_ih, w_hh, b_ih, b_hh, lengths, gates);
-  // The reverse direction's weights: the same checks (messages name them w_ih / w_hh / b_ih / b_hh too).
-  LayerArgs a1 = check_layer_args(a0.input, h0.select(0, 1), w_ih_r, w_hh_r, b_ih_r, b_hh_r, std::nullopt, gates);
+  LayerArgs a1 = check_layer_args(a0.input, h0.select(0, 1), w_ih_r, w_hh_r, b_ih_r, b_hh_r, std::nullopt, gates,
+                                  "_r");
   a1.active = a0.active;
   return {a0, a1};
 }
@@ -114,9 +116,7 @@ inline BidirArgs check_bidir_args(
 inline at::Tensor masked_grad_output2(const std::optional<at::Tensor>& grad_output, const LayerArgs& a) {
   if (!grad_output.has_value() || !grad_output->defined()) return at::Tensor();
   const at::Tensor& g = *grad_output;
-  check_same(g, a.input, "grad_output", "input");
-  TORCH_CHECK(g.dim() == 3 && g.size(0) == a.T && g.size(1) == a.B && g.size(2) == 2 * a.H,
-              "grad_output: expected shape (", a.T, ", ", a.B, ", ", 2 * a.H, "), got ", g.sizes());
+  check_saved(g, {a.T, a.B, 2 * a.H}, a.input, "grad_output");
   if (a.active.defined()) return g.mul(a.active.unsqueeze(2).to(g.scalar_type()));
   return g.contiguous();
 }
@@ -124,9 +124,7 @@ inline at::Tensor masked_grad_output2(const std::optional<at::Tensor>& grad_outp
 // (2, B, H) initial state gradient: grad of h_n / c_n, or zeros.
 inline at::Tensor grad_state_init2(const std::optional<at::Tensor>& g, const LayerArgs& a, const char* name) {
   if (!g.has_value() || !g->defined()) return at::zeros({2, a.B, a.H}, a.input.options());
-  check_same(*g, a.input, name, "input");
-  TORCH_CHECK(g->dim() == 3 && g->size(0) == 2 && g->size(1) == a.B && g->size(2) == a.H, name,
-              ": expected shape (2, ", a.B, ", ", a.H, "), got ", g->sizes());
+  check_saved(*g, {2, a.B, a.H}, a.input, name);
   return g->contiguous();
 }
 
@@ -165,8 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                                        lengths, 4);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
-  check_same(c0, input, "c0", "input");
-  TORCH_CHECK(c0.sizes() == h0.sizes(), "c0: expected shape ", h0.sizes(), " (as h0), got ", c0.sizes());
+  check_saved(c0, h0.sizes(), input, "c0", " (as h0)");
   const int64_t T = a0.T, B = a0.B, H = a0.H, I = a0.I;
   const auto opts = a0.input.options();
   const LayerArgs* args[2] = {&a0, &a1};
@@ -241,15 +238,13 @@ lstm_layer_bidir_backward_impl(const PW& pw, const std::optional<at::Tensor>& gr
                                const at::Tensor& cs, const at::Tensor& workspace,
                                const std::optional<at::Tensor>& lengths) {
   using namespace bidir;
-  check_dim(hs, 4, "hs");
-  check_size(hs, 0, 2, "hs");
+  check_state_history(hs, input, 2);
   const BidirArgs aa = check_bidir_args(input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt, w_ih_r,
                                        w_hh_r, std::nullopt, std::nullopt, lengths, 4);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
   const int64_t T = a0.T, B = a0.B, H = a0.H, I = a0.I;
   const auto opts = a0.input.options();
-  check_saved(hs, {2, T + 1, B, H}, input, "hs");
   check_saved(cs, {2, T + 1, B, H}, input, "cs");
   check_saved(workspace, {2, T, B, 4 * H}, input, "workspace");
   const at::Tensor go = masked_grad_output2(grad_output, a0);
@@ -412,15 +407,13 @@ gru_layer_bidir_backward_impl(const PW& pw, const std::optional<at::Tensor>& gra
                               const at::Tensor& w_hh_r, const at::Tensor& hs, const at::Tensor& workspace,
                               const std::optional<at::Tensor>& lengths, bool reset_after) {
   using namespace bidir;
-  check_dim(hs, 4, "hs");
-  check_size(hs, 0, 2, "hs");
+  check_state_history(hs, input, 2);
   const BidirArgs aa = check_bidir_args(input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt, w_ih_r,
                                        w_hh_r, std::nullopt, std::nullopt, lengths, 3);
   const LayerArgs& a0 = aa.first;
   const LayerArgs& a1 = aa.second;
   const int64_t T = a0.T, B = a0.B, H = a0.H, I = a0.I;
   const auto opts = a0.input.options();
-  check_saved(hs, {2, T + 1, B, H}, input, "hs");
   check_saved(workspace, {2, T, B, (reset_after ? 4 : 3) * H}, input, "workspace");
   const at::Tensor go = masked_grad_output2(grad_output, a0);
   const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous();

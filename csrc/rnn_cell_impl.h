@@ -50,8 +50,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
     const PW& pw, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 4);
-  check_same(cx, input, "cx", "input");
-  TORCH_CHECK(cx.sizes() == hx.sizes(), "cx: expected shape ", hx.sizes(), " (as hx), got ", cx.sizes());
+  check_saved(cx, hx.sizes(), input, "cx", " (as hx)");
   const at::Tensor c0 = cx.contiguous();
   // One buffer takes both GEMMs (the second accumulates in place) and then, activated in place, becomes the
   // workspace backward reads: no separate pre-activation tensor is ever written.
@@ -79,14 +78,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh, const at::Tensor& workspace, const at::Tensor& c1, std::array<bool, 6> mask) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 4);
   const int64_t B = a.B, H = a.H;
-  const at::Tensor dh = contiguous_or_undefined(grad_h1), dc = contiguous_or_undefined(grad_c1);
-  for (auto [t, name] : {std::pair{dh, "grad_h1"}, std::pair{dc, "grad_c1"}}) {
-    if (!t.defined()) continue;
-    check_same(t, input, name, "input");
-    TORCH_CHECK(t.sizes() == hx.sizes(), name, ": expected shape ", hx.sizes(), ", got ", t.sizes());
+  // Every tensor the pointwise kernel reads is (B, H) or (B, 4H) of input's dtype: it reads them by those sizes.
+  for (auto [t, name] : {std::pair{&grad_h1, "grad_h1"}, std::pair{&grad_c1, "grad_c1"}}) {
+    if (t->has_value() && (*t)->defined()) check_saved(**t, hx.sizes(), input, name, " (as hx)");
   }
-  TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == B && workspace.size(1) == 4 * H,
-              "workspace: expected shape (", B, ", ", 4 * H, "), got ", workspace.sizes());
+  check_saved(cx, hx.sizes(), input, "cx", " (as hx)");
+  check_saved(workspace, {B, 4 * H}, input, "workspace");
+  check_saved(c1, hx.sizes(), input, "c1", " (as hx)");
+  const at::Tensor dh = contiguous_or_undefined(grad_h1), dc = contiguous_or_undefined(grad_c1);
   const at::Tensor ws = workspace.contiguous(), c0 = cx.contiguous(), cn = c1.contiguous();
   at::Tensor dgates = at::empty({B, 4 * H}, input.options());
   at::Tensor dcx = at::empty_like(a.hx);
@@ -155,11 +154,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     std::array<bool, 6> mask) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 3);
   const int64_t B = a.B, H = a.H;
-  check_same(grad_h1, input, "grad_h1", "input");
-  TORCH_CHECK(grad_h1.sizes() == hx.sizes(), "grad_h1: expected shape ", hx.sizes(), ", got ", grad_h1.sizes());
-  const int64_t ws_cols = reset_after ? 4 * H : 3 * H;
-  TORCH_CHECK(workspace.dim() == 2 && workspace.size(0) == B && workspace.size(1) == ws_cols,
-              "workspace: expected shape (", B, ", ", ws_cols, "), got ", workspace.sizes());
+  check_saved(grad_h1, hx.sizes(), input, "grad_h1", " (as hx)");
+  check_saved(workspace, {B, reset_after ? 4 * H : 3 * H}, input, "workspace");
   const at::Tensor dh = grad_h1.contiguous(), ws = workspace.contiguous();
   at::Tensor dgi = at::empty({B, 3 * H}, input.options());
   at::Tensor dhx = at::empty_like(a.hx);

@@ -37,8 +37,11 @@ inline at::Tensor active_mask(const std::optional<at::Tensor>& lengths, const at
   if (!lengths.has_value() || !lengths->defined()) return at::Tensor();
   const at::Tensor& len = *lengths;
   TORCH_CHECK(len.dim() == 1 && len.size(0) == B, "lengths: expected shape (", B, ",), got ", len.sizes());
-  TORCH_CHECK(!at::isFloatingType(len.scalar_type()) && len.scalar_type() != at::kBool,
-              "lengths: expected an integer tensor, got ", len.scalar_type());
+  TORCH_CHECK(at::isIntegralType(len.scalar_type(), /*includeBool=*/false), "lengths: expected an integer tensor, got ",
+              len.scalar_type());
+  // Read where it lies or copied from the CPU (the public functions accept CPU lengths for device input).
+  TORCH_CHECK(len.device().is_cpu() || len.device() == input.device(), "lengths: expected device cpu or ",
+              input.device(), " (as input), got ", len.device());
   const at::Tensor l = len.to(input.device(), at::kLong, /*non_blocking=*/true);
   const at::Tensor steps = at::arange(T, l.options());
   return steps.unsqueeze(1).lt(l.unsqueeze(0)).to(at::kByte).contiguous();
@@ -47,7 +50,7 @@ inline at::Tensor active_mask(const std::optional<at::Tensor>& lengths, const at
 inline LayerArgs check_layer_args(const at::Tensor& input, const at::Tensor& h0, const at::Tensor& w_ih,
                                   const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
                                   const std::optional<at::Tensor>& b_hh, const std::optional<at::Tensor>& lengths,
-                                  int64_t gates) {
+                                  int64_t gates, const std::string& suffix = "") {
   check_dim(input, 3, "input");
   check_dim(h0, 2, "h0");
   check_floating(input, "input");
@@ -56,8 +59,22 @@ inline LayerArgs check_layer_args(const at::Tensor& input, const at::Tensor& h0,
   check_size(h0, 0, B, "h0");
   LayerArgs a{input.contiguous(), h0.contiguous(), w_ih, w_hh, contiguous_or_undefined(b_ih),
               contiguous_or_undefined(b_hh), active_mask(lengths, input, T, B), T, B, I, H};
-  check_rnn_weights(input, w_ih, w_hh, a.b_ih, a.b_hh, gates, I, H);
+  check_rnn_weights(input, w_ih, w_hh, a.b_ih, a.b_hh, gates, I, H, suffix);
   return a;
+}
+
+// A backward op's saved state history hs, (T+1, B, H) or (directions = 2) (2, T+1, B, H): checked first, under its
+// own name, since the other arguments are then checked against the hidden size it carries.
+inline void check_state_history(const at::Tensor& hs, const at::Tensor& input, int64_t directions) {
+  check_dim(input, 3, "input");
+  check_floating(input, "input");
+  check_dim(hs, 2 + directions, "hs");
+  const int64_t T = input.size(0), B = input.size(1), H = hs.size(-1);
+  if (directions == 2) {
+    check_saved(hs, {2, T + 1, B, H}, input, "hs");
+  } else {
+    check_saved(hs, {T + 1, B, H}, input, "hs");
+  }
 }
 
 inline const uint8_t* active_row(const at::Tensor& active, int64_t t) {
@@ -78,24 +95,15 @@ inline int64_t time_of_step(int64_t s, int64_t T, bool reverse) { return reverse
 inline at::Tensor masked_grad_output(const std::optional<at::Tensor>& grad_output, const LayerArgs& a) {
   if (!grad_output.has_value() || !grad_output->defined()) return at::Tensor();
   const at::Tensor& g = *grad_output;
-  check_same(g, a.input, "grad_output", "input");
-  TORCH_CHECK(g.dim() == 3 && g.size(0) == a.T && g.size(1) == a.B && g.size(2) == a.H,
-              "grad_output: expected shape (", a.T, ", ", a.B, ", ", a.H, "), got ", g.sizes());
+  check_saved(g, {a.T, a.B, a.H}, a.input, "grad_output");
   if (a.active.defined()) return g.mul(a.active.unsqueeze(2).to(g.scalar_type()));
   return g.contiguous();
 }
 
 inline at::Tensor grad_state_init(const std::optional<at::Tensor>& g, const LayerArgs& a, const char* name) {
   if (!g.has_value() || !g->defined()) return at::zeros({a.B, a.H}, a.input.options());
-  check_same(*g, a.input, name, "input");
-  TORCH_CHECK(g->dim() == 2 && g->size(0) == a.B && g->size(1) == a.H, name, ": expected shape (", a.B, ", ", a.H,
-              "), got ", g->sizes());
+  check_saved(*g, {a.B, a.H}, a.input, name);
   return g->contiguous().clone();
-}
-
-inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Tensor& input, const char* name) {
-  check_same(t, input, name, "input");
-  TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, ", got ", t.sizes());
 }
 
 
@@ -214,8 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih, const std::optional<at::Tensor>& b_hh,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
-  check_same(c0, input, "c0", "input");
-  TORCH_CHECK(c0.sizes() == h0.sizes(), "c0: expected shape ", h0.sizes(), " (as h0), got ", c0.sizes());
+  check_saved(c0, h0.sizes(), input, "c0", " (as h0)");
   const int64_t T = a.T, B = a.B, H = a.H;
   const auto opts = a.input.options();
   // The gate buffer starts as the input projection of all steps (one GEMM), takes each step's recurrent GEMM in
@@ -267,10 +274,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& grad_c_n, const at::Tensor& input, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const at::Tensor& hs, const at::Tensor& cs, const at::Tensor& workspace,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  check_dim(hs, 3, "hs");
+  check_state_history(hs, input, 1);
   const LayerArgs a = check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 4);
   const int64_t T = a.T, B = a.B, H = a.H;
-  check_saved(hs, {T + 1, B, H}, input, "hs");
   check_saved(cs, {T + 1, B, H}, input, "cs");
   check_saved(workspace, {T, B, 4 * H}, input, "workspace");
   const at::Tensor go = masked_grad_output(grad_output, a);
@@ -387,11 +393,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const PW& pw, const std::optional<at::Tensor>& grad_output, const std::optional<at::Tensor>& grad_h_n,
     const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& hs,
     const at::Tensor& workspace, const std::optional<at::Tensor>& lengths, bool reverse, bool reset_after) {
-  check_dim(hs, 3, "hs");
+  check_state_history(hs, input, 1);
   const LayerArgs a = check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 3);
   const int64_t T = a.T, B = a.B, H = a.H;
   const auto opts = a.input.options();
-  check_saved(hs, {T + 1, B, H}, input, "hs");
   check_saved(workspace, {T, B, (reset_after ? 4 : 3) * H}, input, "workspace");
   const at::Tensor go = masked_grad_output(grad_output, a);
   const at::Tensor ws = workspace.contiguous(), hsc = hs.contiguous();
@@ -476,8 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_layer_inference_impl(
     return {std::get<0>(r), std::get<1>(r), std::get<2>(r)};
   }
   const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
-  check_same(c0, input, "c0", "input");
-  TORCH_CHECK(c0.sizes() == h0.sizes(), "c0: expected shape ", h0.sizes(), " (as h0), got ", c0.sizes());
+  check_saved(c0, h0.sizes(), input, "c0", " (as h0)");
   const int64_t T = a.T, B = a.B, H = a.H;
   const auto opts = a.input.options();
   const at::Tensor states = at::empty({2, 2, B, H}, opts);  // (h | c, slot)

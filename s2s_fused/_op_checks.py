@@ -3,7 +3,7 @@ before any launch, with the messages and the exception type (RuntimeError, as TO
 twins' checks (csrc/checks.h and the ``check_*`` functions next to each family's impl), so a direct caller gets
 the same answer from every backend. Public wrappers check first with their own friendlier checks
 (s2s_fused/_checks.py); these are the last line for direct op callers. Nothing here reads tensor values (no
-device sync).
+device sync), except the cross-entropy value checks, which their callers run on CPU tensors only.
 
 One function per op schema, named after it, grouped by family below.
 """
@@ -71,12 +71,352 @@ def exact_shape(t: torch.Tensor, expected, name: str, what: str = "") -> None:
 
 
 # ------------------------------------------------------------------------------------------------ rnn_cell
+# csrc/rnn_cell_impl.h, and the helpers of csrc/checks.h the layers share.
+
+
+def saved(t: torch.Tensor, expected, input: torch.Tensor, name: str, what: str = "") -> None:
+    """csrc/checks.h check_saved: input's dtype and device and exactly ``expected``'s shape (a saved state or
+    workspace, an incoming gradient, the cell state); ``what`` says where the shape comes from."""
+    same(t, input, name, "input")
+    if tuple(t.shape) != tuple(expected):
+        fail(name, ": expected shape [", ", ".join(str(int(s)) for s in expected), "]", what, ", got ", shape_str(t))
+
+
+def rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates: int, I: int, H: int, suffix: str = "") -> None:
+    """csrc/checks.h check_rnn_weights; ``suffix`` is appended to the weights' names."""
+    wi, wh = "w_ih" + suffix, "w_hh" + suffix
+    same(w_ih, input, wi, "input")
+    same(w_hh, input, wh, "input")
+    dim(w_ih, 2, wi)
+    dim(w_hh, 2, wh)
+    exact_shape(w_ih, (gates * H, I), wi)
+    exact_shape(w_hh, (gates * H, H), wh)
+    for t, name in ((b_ih, "b_ih" + suffix), (b_hh, "b_hh" + suffix)):
+        if t is None:
+            continue
+        same(t, input, name, "input")
+        if t.dim() != 1 or t.shape[0] != gates * H:
+            fail(name, ": expected shape (", gates * H, ",), got ", shape_str(t))
+
+
+def grad_mask(mask, n: int = 6) -> None:
+    """A schema's bool[6]: the dispatcher's own message for a C++ op (it unboxes the list before any check)."""
+    if len(mask) != n:
+        fail("Tried to convert a List with ", len(mask), " elements to a fixed-size array of size ", n)
+
+
+def cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, gates: int):
+    """csrc/rnn_cell_impl.h check_cell_args; returns (B, I, H)."""
+    dim(input, 2, "input")
+    dim(hx, 2, "hx")
+    floating(input, "input")
+    same(hx, input, "hx", "input")
+    B, I = input.shape
+    H = hx.shape[1]
+    size(hx, 0, B, "hx")
+    rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates, I, H)
+    return B, I, H
+
+
+def lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
+    B, I, H = cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 4)
+    saved(cx, (B, H), input, "cx", " (as hx)")
+    return B, I, H
+
+
+def lstm_cell_backward(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, mask):
+    grad_mask(mask)
+    B, I, H = cell_args(input, hx, w_ih, w_hh, None, None, 4)
+    for t, name in ((grad_h1, "grad_h1"), (grad_c1, "grad_c1")):
+        if t is not None:
+            saved(t, (B, H), input, name, " (as hx)")
+    saved(cx, (B, H), input, "cx", " (as hx)")
+    saved(workspace, (B, 4 * H), input, "workspace")
+    saved(c1, (B, H), input, "c1", " (as hx)")
+    return B, I, H
+
+
+def gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after):
+    return cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 3)
+
+
+def gru_cell_backward(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, mask):
+    grad_mask(mask)
+    B, I, H = cell_args(input, hx, w_ih, w_hh, None, None, 3)
+    saved(grad_h1, (B, H), input, "grad_h1", " (as hx)")
+    saved(workspace, (B, (4 if reset_after else 3) * H), input, "workspace")
+    return B, I, H
 
 
 # ----------------------------------------------------------------------------------------------- rnn_layer
+# csrc/rnn_layer_impl.h (one direction) and csrc/rnn_bidir_impl.h (both directions in one op).
+
+
+def lengths_arg(lengths, input, B: int) -> None:
+    """csrc/rnn_layer_impl.h active_mask: (B,) integers, on the CPU or on input's device."""
+    if lengths is None:
+        return
+    if lengths.dim() != 1 or lengths.shape[0] != B:
+        fail("lengths: expected shape (", B, ",), got ", shape_str(lengths))
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        fail("lengths: expected an integer tensor, got ", dtype_str(lengths.dtype))
+    if lengths.device.type != "cpu" and lengths.device != input.device:
+        fail("lengths: expected device cpu or ", input.device, " (as input), got ", lengths.device)
+
+
+def layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, gates: int, suffix: str = ""):
+    """csrc/rnn_layer_impl.h check_layer_args; returns (T, B, I, H). ``suffix`` names the weights (``_r``: the
+    reverse direction's of a bidirectional op)."""
+    dim(input, 3, "input")
+    dim(h0, 2, "h0")
+    floating(input, "input")
+    same(h0, input, "h0", "input")
+    T, B, I = input.shape
+    H = h0.shape[1]
+    size(h0, 0, B, "h0")
+    lengths_arg(lengths, input, B)
+    rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates, I, H, suffix)
+    return T, B, I, H
+
+
+def state_history(hs, input, directions: int = 1) -> None:
+    """csrc/rnn_layer_impl.h check_state_history: a backward op's saved hs, (T+1, B, H) or (2, T+1, B, H),
+    checked before the other arguments, which take the hidden size from it."""
+    dim(input, 3, "input")
+    floating(input, "input")
+    dim(hs, 2 + directions, "hs")
+    T, B = input.shape[0], input.shape[1]
+    saved(hs, ((2,) if directions == 2 else ()) + (T + 1, B, hs.shape[-1]), input, "hs")
+
+
+def lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    T, B, I, H = layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4)
+    saved(c0, (B, H), input, "c0", " (as h0)")
+    return T, B, I, H
+
+
+lstm_layer_inference = lstm_layer_forward
+
+
+def lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse):
+    state_history(hs, input)
+    T, B, I, H = layer_args(input, hs[0], w_ih, w_hh, None, None, lengths, 4)
+    saved(cs, (T + 1, B, H), input, "cs")
+    saved(workspace, (T, B, 4 * H), input, "workspace")
+    if grad_output is not None:
+        saved(grad_output, (T, B, H), input, "grad_output")
+    for t, name in ((grad_h_n, "grad_h_n"), (grad_c_n, "grad_c_n")):
+        if t is not None:
+            saved(t, (B, H), input, name)
+    return T, B, I, H
+
+
+def gru_layer_forward(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
+    return layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 3)
+
+
+gru_layer_inference = gru_layer_forward
+
+
+def gru_layer_backward(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths, reverse, reset_after):
+    state_history(hs, input)
+    T, B, I, H = layer_args(input, hs[0], w_ih, w_hh, None, None, lengths, 3)
+    saved(workspace, (T, B, (4 if reset_after else 3) * H), input, "workspace")
+    if grad_output is not None:
+        saved(grad_output, (T, B, H), input, "grad_output")
+    if grad_h_n is not None:
+        saved(grad_h_n, (B, H), input, "grad_h_n")
+    return T, B, I, H
+
+
+def bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, gates: int):
+    """csrc/rnn_bidir_impl.h check_bidir_args: h0 (2, B, H); returns (T, B, I, H)."""
+    dim(input, 3, "input")
+    dim(h0, 3, "h0")
+    size(h0, 0, 2, "h0")
+    size(h0, 1, input.shape[1], "h0")
+    T, B, I, H = layer_args(input, h0[0], w_ih, w_hh, b_ih, b_hh, lengths, gates)
+    layer_args(input, h0[1], w_ih_r, w_hh_r, b_ih_r, b_hh_r, None, gates, "_r")
+    return T, B, I, H
+
+
+def lstm_layer_bidir_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths):
+    T, B, I, H = bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, 4)
+    saved(c0, (2, B, H), input, "c0", " (as h0)")
+    return T, B, I, H
+
+
+def _bidir_grads(grad_output, grad_states, input, T, B, H):
+    if grad_output is not None:
+        saved(grad_output, (T, B, 2 * H), input, "grad_output")
+    for t, name in grad_states:
+        if t is not None:
+            saved(t, (2, B, H), input, name)
+
+
+def lstm_layer_bidir_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs,
+                              workspace, lengths):
+    state_history(hs, input, 2)
+    T, B, I, H = bidir_args(input, hs[:, 0], w_ih, w_hh, None, None, w_ih_r, w_hh_r, None, None, lengths, 4)
+    saved(cs, (2, T + 1, B, H), input, "cs")
+    saved(workspace, (2, T, B, 4 * H), input, "workspace")
+    _bidir_grads(grad_output, ((grad_h_n, "grad_h_n"), (grad_c_n, "grad_c_n")), input, T, B, H)
+    return T, B, I, H
+
+
+def gru_layer_bidir_forward(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths,
+                            reset_after):
+    return bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, 3)
+
+
+def gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths,
+                             reset_after):
+    state_history(hs, input, 2)
+    T, B, I, H = bidir_args(input, hs[:, 0], w_ih, w_hh, None, None, w_ih_r, w_hh_r, None, None, lengths, 3)
+    saved(workspace, (2, T, B, (4 if reset_after else 3) * H), input, "workspace")
+    _bidir_grads(grad_output, ((grad_h_n, "grad_h_n"),), input, T, B, H)
+    return T, B, I, H
 
 
 # ------------------------------------------------------------------------------------------- cross_entropy
+# csrc/cross_entropy_args.h (shapes, dtypes, devices) and csrc/cpu/cross_entropy.cpp (values, CPU tensors only).
+
+
+def ce_acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def ce_args(logits, target, valid_len, ignore_index, label_smoothing) -> None:
+    """csrc/cross_entropy_args.h ce_args."""
+    if logits.dim() not in (2, 3):
+        fail("logits: expected a 2-D (N, V) or 3-D (B, T, V) tensor, got ", logits.dim(), "-D with shape ",
+             shape_str(logits))
+    floating(logits, "logits")
+    if target.dtype != torch.int64:
+        fail("target: expected an int64 tensor, got ", dtype_str(target.dtype))
+    if tuple(target.shape) != tuple(logits.shape[:-1]):
+        fail("target: expected shape [", ", ".join(str(s) for s in logits.shape[:-1]),
+             "] (logits without its class dim), got ", shape_str(target))
+    if target.device != logits.device:
+        fail("target: expected device ", logits.device, " (as logits), got ", target.device)
+    if not 0.0 <= label_smoothing <= 1.0:
+        fail("label_smoothing: expected a value in [0, 1], got ", format(label_smoothing, "g"))
+    if logits.shape[-1] < 1:
+        fail("logits: expected at least one class, got shape ", shape_str(logits))
+    if valid_len is None:
+        return
+    if logits.dim() != 3:
+        fail("valid_len: only allowed with 3-D (B, T, V) logits, got logits of shape ", shape_str(logits))
+    if valid_len.dtype != torch.int64:
+        fail("valid_len: expected an int64 tensor, got ", dtype_str(valid_len.dtype))
+    if valid_len.dim() != 1 or valid_len.shape[0] != logits.shape[0]:
+        fail("valid_len: expected shape (", logits.shape[0], ",), got ", shape_str(valid_len))
+    if valid_len.device != logits.device:
+        fail("valid_len: expected device ", logits.device, " (as logits), got ", valid_len.device)
+
+
+def ce_values(target, valid_len, T: int, V: int, ignore_index: int) -> None:
+    """csrc/cpu/cross_entropy.cpp check_valid_len_values and check_target_values: valid_len in [0, T] and the
+    unmasked targets in [0, V) or ignore_index. Reads values, so callers run it on CPU tensors only."""
+    if valid_len is not None:
+        bad = ((valid_len < 0) | (valid_len > T)).nonzero()
+        if bad.numel():
+            b = int(bad[0, 0])
+            fail("valid_len: expected values in [0, T=", T, "], got ", int(valid_len[b]), " at index ", b)
+    flat = target.reshape(-1)
+    bad = (flat != ignore_index) & ((flat < 0) | (flat >= V))
+    if valid_len is not None:
+        steps = torch.arange(T, device=target.device)
+        bad &= (steps.unsqueeze(0) < valid_len.unsqueeze(1)).reshape(-1)
+    bad = bad.nonzero()
+    if bad.numel():
+        n = int(bad[0, 0])
+        fail("target: expected class indices in [0, ", V, ") or ignore_index=", ignore_index, ", got ",
+             int(flat[n]), " at flat position ", n)
+
+
+def masked_ce_forward(logits, target, valid_len, ignore_index, label_smoothing) -> None:
+    ce_args(logits, target, valid_len, ignore_index, label_smoothing)
+
+
+def masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing) -> None:
+    """ce_args, then csrc/cross_entropy_args.h ce_check_backward."""
+    ce_args(logits, target, valid_len, ignore_index, label_smoothing)
+    acc = ce_acc_dtype(logits.dtype)
+    for t, name in ((grad_loss, "grad_loss"), (lse, "lse")):
+        if tuple(t.shape) != tuple(target.shape):
+            fail(name, ": expected shape ", shape_str(target), " (as target), got ", shape_str(t))
+        if t.dtype != acc:
+            fail(name, ": expected dtype ", dtype_str(acc), ", got ", dtype_str(t.dtype))
+    if grad_loss.device != logits.device or lse.device != logits.device:
+        fail("grad_loss, lse: expected device ", logits.device, " (as logits), got ", grad_loss.device, " and ",
+             lse.device)
+
+
+# The chunked linear + cross-entropy ops (s2s_fused/ops/cross_entropy.py; Python only, so their messages follow the
+# C++ ones' style): hidden (N, H), weight (V, H), bias (V,), target (N,) int64, per-row tensors (N,) of the loss
+# dtype.
+
+
+def _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend) -> None:
+    dim(hidden, 2, "hidden")
+    floating(hidden, "hidden")
+    same(weight, hidden, "weight", "hidden")
+    dim(weight, 2, "weight")
+    N, H = hidden.shape
+    if weight.shape[0] < 1 or weight.shape[1] != H:
+        fail("weight: expected shape (V, ", H, ") with V >= 1 (H as hidden), got ", shape_str(weight))
+    if bias is not None:
+        same(bias, hidden, "bias", "hidden")
+        if tuple(bias.shape) != (weight.shape[0],):
+            fail("bias: expected shape (", weight.shape[0], ",) (V as weight), got ", shape_str(bias))
+    if target.dtype != torch.int64:
+        fail("target: expected an int64 tensor, got ", dtype_str(target.dtype))
+    if tuple(target.shape) != (N,):
+        fail("target: expected shape (", N, ",) (hidden's rows), got ", shape_str(target))
+    same_device(target, hidden, "target", "hidden")
+    if not 0.0 <= label_smoothing <= 1.0:
+        fail("label_smoothing: expected a value in [0, 1], got ", format(label_smoothing, "g"))
+    if chunk_size < 1:
+        fail("chunk_size: expected a positive number of rows, got ", chunk_size)
+    if backend not in ("cpu", "cuda", "triton"):
+        fail("backend: expected 'cpu', 'cuda' or 'triton', got ", repr(backend))
+
+
+def _per_row(t, hidden, name: str) -> None:
+    acc = ce_acc_dtype(hidden.dtype)
+    if t.dtype != acc:
+        fail(name, ": expected dtype ", dtype_str(acc), ", got ", dtype_str(t.dtype))
+    same_device(t, hidden, name, "hidden")
+    if tuple(t.shape) != (hidden.shape[0],):
+        fail(name, ": expected shape (", hidden.shape[0], ",) (hidden's rows), got ", shape_str(t))
+
+
+def linear_masked_ce_forward(hidden, weight, bias, target, ignore_index, label_smoothing, chunk_size, backend):
+    _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend)
+
+
+def linear_masked_ce_backward(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing,
+                              chunk_size, backend):
+    _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend)
+    _per_row(grad_loss, hidden, "grad_loss")
+    _per_row(lse, hidden, "lse")
+
+
+def linear_masked_ce_forward_with_grad(hidden, weight, bias, target, scale, ignore_index, label_smoothing,
+                                       chunk_size, backend):
+    _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend)
+    acc = ce_acc_dtype(hidden.dtype)
+    if scale.dim() != 0 or scale.dtype != acc:
+        fail("scale: expected a 0-D ", dtype_str(acc), " tensor, got ", scale.dim(), "-D ", dtype_str(scale.dtype))
+    same_device(scale, hidden, "scale", "hidden")
+
+
+def linear_ce_target_values(hidden, weight, target, ignore_index) -> None:
+    """On CPU tensors, the targets checked over all N rows before the chunks run (whose own checks would count
+    positions from the start of the chunk)."""
+    if hidden.device.type == "cpu":
+        ce_values(target, None, hidden.shape[0], weight.shape[0], ignore_index)
 
 
 # ---------------------------------------------------------------------------------------------------- beam

@@ -15,10 +15,12 @@ in). Masked rows: no logits read. The reduction is O(N) torch ops on the per-pos
 the backward kernel as the per-position incoming gradient (a stride-0 tensor for "sum", "mean" and
 "per_sequence").
 
-Out-of-range targets (not in [0, V) and not ignore_index) and valid_len outside [0, T]: the CPU kernels raise
-RuntimeError naming the value; the CUDA and Triton kernels cannot raise without a device sync, so they never read
-out of bounds and write NaN instead (loss, log-sum-exp and gradient of an out-of-range target's row; every row of
-a sequence whose valid_len is out of range), which poisons a "sum"/"mean" loss visibly.
+Out-of-range targets (not in [0, V) and not ignore_index) and valid_len outside [0, T]: the CPU ops (C++, and
+Triton's under the interpreter) raise RuntimeError naming the value; on a GPU the CUDA and Triton kernels cannot
+raise without a device sync, so they never read out of bounds and write NaN instead (loss, log-sum-exp and
+gradient of an out-of-range target's row; every row of a sequence whose valid_len is out of range), which poisons
+a "sum"/"mean" loss visibly. linear_masked_cross_entropy raises the reference's ValueError for a CPU valid_len on
+every backend; on a GPU the rows of such a sequence come out NaN in the same way.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .. import _checks, reference
+from .. import _checks, _op_checks, reference
 from ..backend import _extension, resolve
 from ._autograd import recording_backward, reference_vjp
 
@@ -42,13 +44,13 @@ def _acc_dtype(dtype):
 
 
 def ce_forward_fake(logits, target, valid_len, ignore_index, label_smoothing):
-    torch._check(logits.dim() in (2, 3), lambda: "logits must be 2-D or 3-D")
-    torch._check(target.shape == logits.shape[:-1], lambda: "target must be shaped as logits without V")
+    _op_checks.masked_ce_forward(logits, target, valid_len, ignore_index, label_smoothing)
     acc = _acc_dtype(logits.dtype)
     return target.new_empty(target.shape, dtype=acc), target.new_empty(target.shape, dtype=acc)
 
 
 def ce_backward_fake(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing):
+    _op_checks.masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing)
     return logits.new_empty(logits.shape)
 
 
@@ -129,6 +131,9 @@ def linear_masked_ce_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: O
                              backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """hidden (N, H), weight (V, H), bias (V,) or None, target (N,) int64 (masked rows = ignore_index) ->
     (loss (N,), lse (N,)), float32 (float64 for float64 hidden)."""
+    _op_checks.linear_masked_ce_forward(hidden, weight, bias, target, ignore_index, label_smoothing, chunk_size,
+                                        backend)
+    _op_checks.linear_ce_target_values(hidden, weight, target, ignore_index)
     N = hidden.shape[0]
     acc = _acc_dtype(hidden.dtype)
     loss = hidden.new_empty(N, dtype=acc)
@@ -145,6 +150,8 @@ def linear_masked_ce_forward(hidden: torch.Tensor, weight: torch.Tensor, bias: O
 
 @linear_masked_ce_forward.register_fake
 def _linear_fwd_fake(hidden, weight, bias, target, ignore_index, label_smoothing, chunk_size, backend):
+    _op_checks.linear_masked_ce_forward(hidden, weight, bias, target, ignore_index, label_smoothing, chunk_size,
+                                        backend)
     acc = _acc_dtype(hidden.dtype)
     N = hidden.shape[0]
     return hidden.new_empty(N, dtype=acc), hidden.new_empty(N, dtype=acc)
@@ -157,6 +164,9 @@ def linear_masked_ce_backward(grad_loss: torch.Tensor, hidden: torch.Tensor, wei
                               backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (grad_hidden (N, H), grad_weight (V, H), grad_bias (V,), the last empty (0,) when bias is None).
     grad_weight and grad_bias accumulate in float32 (float64 for float64) and are rounded once."""
+    _op_checks.linear_masked_ce_backward(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing,
+                                         chunk_size, backend)
+    _op_checks.linear_ce_target_values(hidden, weight, target, ignore_index)
     N = hidden.shape[0]
     bwd = _backward_op(backend)
     grads = _new_grads(hidden, weight, bias)
@@ -198,6 +208,8 @@ def _finish_grads(grads, weight):
 @linear_masked_ce_backward.register_fake
 def _linear_bwd_fake(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing, chunk_size,
                      backend):
+    _op_checks.linear_masked_ce_backward(grad_loss, hidden, weight, bias, target, lse, ignore_index, label_smoothing,
+                                         chunk_size, backend)
     V = weight.shape[0]
     return (hidden.new_empty(hidden.shape), weight.new_empty(weight.shape),
             weight.new_empty(V if bias is not None else 0))
@@ -237,6 +249,9 @@ def linear_masked_ce_forward_with_grad(hidden: torch.Tensor, weight: torch.Tenso
                                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (total = scale * sum of the per-token losses (0-d), and its gradients w.r.t. hidden, weight, bias (the
     last (0,) when bias is None)). scale: 0-d tensor of the loss dtype."""
+    _op_checks.linear_masked_ce_forward_with_grad(hidden, weight, bias, target, scale, ignore_index, label_smoothing,
+                                                  chunk_size, backend)
+    _op_checks.linear_ce_target_values(hidden, weight, target, ignore_index)
     N = hidden.shape[0]
     fwd, bwd = _forward_op(backend), _backward_op(backend)
     total = torch.zeros((), dtype=scale.dtype, device=hidden.device)
@@ -255,6 +270,8 @@ def linear_masked_ce_forward_with_grad(hidden: torch.Tensor, weight: torch.Tenso
 
 @linear_masked_ce_forward_with_grad.register_fake
 def _linear_fwd_grad_fake(hidden, weight, bias, target, scale, ignore_index, label_smoothing, chunk_size, backend):
+    _op_checks.linear_masked_ce_forward_with_grad(hidden, weight, bias, target, scale, ignore_index, label_smoothing,
+                                                  chunk_size, backend)
     V = weight.shape[0]
     return (scale.new_empty(()), hidden.new_empty(hidden.shape), weight.new_empty(weight.shape),
             weight.new_empty(V if bias is not None else 0))
@@ -316,6 +333,16 @@ def _check_common(logits_like, name, target, valid_len, ignore_index, label_smoo
     return target, valid_len
 
 
+def _check_valid_len_eagerly(valid_len, T):
+    """valid_len in [0, T], where reading it costs no device sync (CPU tensors outside torch.compile)."""
+    if valid_len is None or valid_len.device.type != "cpu" or torch.compiler.is_compiling():
+        return
+    vbad = (valid_len < 0) | (valid_len > T)
+    if vbad.any():
+        i = int(vbad.nonzero()[0, 0])
+        raise ValueError(f"valid_len: expected values in [0, T={T}], got {int(valid_len[i])} at index {i}")
+
+
 def _check_values_eagerly(target, valid_len, V, T, ignore_index):
     """The reference backend's value checks (plain torch has no out-of-bounds guard of its own for gather's
     targets). Only on CPU tensors outside torch.compile, where reading values costs no device sync."""
@@ -323,10 +350,7 @@ def _check_values_eagerly(target, valid_len, V, T, ignore_index):
         return
     bad = (target != ignore_index) & ((target < 0) | (target >= V))
     if valid_len is not None:
-        vbad = (valid_len < 0) | (valid_len > T)
-        if vbad.any():
-            i = int(vbad.nonzero()[0, 0])
-            raise ValueError(f"valid_len: expected values in [0, T={T}], got {int(valid_len[i])} at index {i}")
+        _check_valid_len_eagerly(valid_len, T)
         bad = bad & reference.ce_mask(target, valid_len, ignore_index)
     if bad.any():
         pos = tuple(int(i) for i in bad.nonzero()[0])
@@ -393,10 +417,18 @@ def linear_masked_cross_entropy(hidden, weight, target, valid_len=None, *, bias=
         _check_values_eagerly(target, valid_len, V, hidden.shape[1] if hidden.dim() == 3 else 0, ignore_index)
         return reference.linear_masked_cross_entropy(hidden, weight, target, valid_len, bias, ignore_index,
                                                      label_smoothing, reduction)
+    _check_valid_len_eagerly(valid_len, hidden.shape[1] if hidden.dim() == 3 else 0)
     mask = reference.ce_mask(target, valid_len, ignore_index)
     # Masked rows become ignore_index, so the chunks need no valid_len (and never read a masked target).
-    flat_target = torch.where(mask, target, torch.full_like(target, ignore_index)).reshape(-1)
-    flat_hidden = hidden.reshape(-1, H)
+    flat_target = torch.where(mask, target, torch.full_like(target, ignore_index))
+    if valid_len is not None:
+        # Where valid_len was not checked (device tensors, torch.compile), every row of a sequence whose valid_len
+        # is out of [0, T] gets a target out of [0, V) that is not ignore_index: the CE ops then report it (NaN
+        # rows on a GPU, an error on the CPU), as masked_softmax_cross_entropy's ops do for the valid_len itself.
+        seq_bad = (valid_len < 0) | (valid_len > hidden.shape[1])
+        flat_target = torch.where(seq_bad.unsqueeze(1), V + int(ignore_index == V), flat_target)
+    flat_target = flat_target.reshape(-1)
+    flat_hidden = hidden.reshape(flat_target.shape[0], H)  # not (-1, H): H may be 0
     N = flat_hidden.shape[0]
     chunk = chunk_size if chunk_size is not None else default_chunk_size(N, V)
     wants_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))

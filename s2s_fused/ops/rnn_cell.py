@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, reference
+from .. import _checks, _op_checks, reference
 from ..backend import _extension, resolve
 from ._autograd import recording_backward, reference_vjp
 
@@ -19,19 +19,13 @@ _extension()  # the schemas live in the extension; register fakes/autograd only 
 _ops = torch.ops.s2s_fused
 
 # --------------------------------------------------------------------------------------------- fake kernels
-
-
-def _fake_cell_common(input, hx, w_ih, w_hh, gates):
-    torch._check(input.dim() == 2 and hx.dim() == 2, lambda: "input and hx must be 2-D")
-    B, H = hx.shape
-    torch._check(input.shape[0] == B, lambda: "input and hx batch sizes differ")
-    torch._check(w_ih.shape[0] == gates * H and w_hh.shape[0] == gates * H, lambda: "weight shapes")
-    return B, H
+# Each runs its op's argument checks (s2s_fused/_op_checks.py: the C++ ops' messages), so torch.compile reports a
+# bad call at trace time as the op would.
 
 
 @torch.library.register_fake("s2s_fused::lstm_cell_forward")
 def _lstm_fwd_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
-    B, H = _fake_cell_common(input, hx, w_ih, w_hh, 4)
+    B, _, H = _op_checks.lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     return hx.new_empty(B, H), hx.new_empty(B, H), hx.new_empty(B, 4 * H)
 
 
@@ -42,17 +36,19 @@ def _masked(mask, shapes, like):
 
 @torch.library.register_fake("s2s_fused::lstm_cell_backward")
 def _lstm_bwd_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, grad_mask):
+    _op_checks.lstm_cell_backward(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, grad_mask)
     return _masked(grad_mask, (input.shape, hx.shape, hx.shape, w_ih.shape, w_hh.shape, (w_ih.shape[0],)), hx)
 
 
 @torch.library.register_fake("s2s_fused::gru_cell_forward")
 def _gru_fwd_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after):
-    B, H = _fake_cell_common(input, hx, w_ih, w_hh, 3)
+    B, _, H = _op_checks.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
     return hx.new_empty(B, H), hx.new_empty(B, (4 if reset_after else 3) * H)
 
 
 @torch.library.register_fake("s2s_fused::gru_cell_backward")
 def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask):
+    _op_checks.gru_cell_backward(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask)
     G = (w_ih.shape[0],)
     return _masked(grad_mask, (input.shape, hx.shape, w_ih.shape, w_hh.shape, G, G), hx)
 

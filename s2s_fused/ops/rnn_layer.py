@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, reference
+from .. import _checks, _op_checks, reference
 from ..backend import _extension, resolve
 from ._autograd import recording_backward, reference_vjp
 
@@ -22,55 +22,50 @@ _extension()  # the schemas live in the extension; register fakes/autograd only 
 _ops = torch.ops.s2s_fused
 
 # --------------------------------------------------------------------------------------------- fake kernels
-
-
-def _fake_layer_common(input, h0, w_ih, w_hh, gates):
-    torch._check(input.dim() == 3 and h0.dim() == 2, lambda: "input must be 3-D and h0 2-D")
-    T, B, _ = input.shape
-    H = h0.shape[1]
-    torch._check(h0.shape[0] == B, lambda: "input and h0 batch sizes differ")
-    torch._check(w_ih.shape[0] == gates * H and w_hh.shape[0] == gates * H, lambda: "weight shapes")
-    return T, B, H
+# Each runs its op's argument checks (s2s_fused/_op_checks.py: the C++ ops' messages), so torch.compile reports a
+# bad call at trace time as the op would.
 
 
 @torch.library.register_fake("s2s_fused::lstm_layer_forward")
 def _lstm_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 4)
+    T, B, _, H = _op_checks.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     new = input.new_empty
     return (new(T, B, H), new(B, H), new(B, H), new(T + 1, B, H), new(T + 1, B, H), new(T, B, 4 * H))
 
 
 @torch.library.register_fake("s2s_fused::lstm_layer_backward")
 def _lstm_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse):
-    B, H = hs.shape[1], hs.shape[2]
+    _, B, _, H = _op_checks.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs,
+                                                workspace, lengths, reverse)
     return (input.new_empty(input.shape), hs.new_empty(B, H), hs.new_empty(B, H), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]))
 
 
 @torch.library.register_fake("s2s_fused::gru_layer_forward")
 def _gru_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
-    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 3)
+    T, B, _, H = _op_checks.gru_layer_forward(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     new = input.new_empty
     return new(T, B, H), new(B, H), new(T + 1, B, H), new(T, B, (4 if reset_after else 3) * H)
 
 
 @torch.library.register_fake("s2s_fused::gru_layer_backward")
 def _gru_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths, reverse, reset_after):
-    B, H = hs.shape[1], hs.shape[2]
+    _, B, _, H = _op_checks.gru_layer_backward(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths,
+                                               reverse, reset_after)
     return (input.new_empty(input.shape), hs.new_empty(B, H), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]), w_ih.new_empty(w_ih.shape[0]))
 
 
 @torch.library.register_fake("s2s_fused::lstm_layer_inference")
 def _lstm_inf_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 4)
+    T, B, _, H = _op_checks.lstm_layer_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     new = input.new_empty
     return new(T, B, H), new(B, H), new(B, H)
 
 
 @torch.library.register_fake("s2s_fused::gru_layer_inference")
 def _gru_inf_fake(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
-    T, B, H = _fake_layer_common(input, h0, w_ih, w_hh, 3)
+    T, B, _, H = _op_checks.gru_layer_inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     return input.new_empty(T, B, H), input.new_empty(B, H)
 
 
@@ -257,8 +252,8 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reve
 
 @torch.library.register_fake("s2s_fused::lstm_layer_bidir_forward")
 def _lstm_bidir_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths):
-    torch._check(h0.dim() == 3 and h0.shape[0] == 2, lambda: "h0 must be (2, B, H)")
-    T, B, H = _fake_layer_common(input, h0[0], w_ih, w_hh, 4)
+    T, B, _, H = _op_checks.lstm_layer_bidir_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r,
+                                                     b_hh_r, lengths)
     new = input.new_empty
     return (new(T, B, 2 * H), new(2, B, H), new(2, B, H), new(2, T + 1, B, H), new(2, T + 1, B, H),
             new(2, T, B, 4 * H))
@@ -267,7 +262,8 @@ def _lstm_bidir_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, 
 @torch.library.register_fake("s2s_fused::lstm_layer_bidir_backward")
 def _lstm_bidir_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace,
                          lengths):
-    B, H = hs.shape[2], hs.shape[3]
+    _, B, _, H = _op_checks.lstm_layer_bidir_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r,
+                                                      w_hh_r, hs, cs, workspace, lengths)
     return (input.new_empty(input.shape), hs.new_empty(2, B, H), hs.new_empty(2, B, H),
             w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]),
             w_ih_r.new_empty(w_ih_r.shape), w_hh_r.new_empty(w_hh_r.shape), w_ih_r.new_empty(w_ih_r.shape[0]))
@@ -275,8 +271,8 @@ def _lstm_bidir_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_i
 
 @torch.library.register_fake("s2s_fused::gru_layer_bidir_forward")
 def _gru_bidir_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, reset_after):
-    torch._check(h0.dim() == 3 and h0.shape[0] == 2, lambda: "h0 must be (2, B, H)")
-    T, B, H = _fake_layer_common(input, h0[0], w_ih, w_hh, 3)
+    T, B, _, H = _op_checks.gru_layer_bidir_forward(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r,
+                                                    b_hh_r, lengths, reset_after)
     new = input.new_empty
     return new(T, B, 2 * H), new(2, B, H), new(2, T + 1, B, H), new(2, T, B, (4 if reset_after else 3) * H)
 
@@ -284,7 +280,8 @@ def _gru_bidir_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_
 @torch.library.register_fake("s2s_fused::gru_layer_bidir_backward")
 def _gru_bidir_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths,
                         reset_after):
-    B, H = hs.shape[2], hs.shape[3]
+    _, B, _, H = _op_checks.gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs,
+                                                     workspace, lengths, reset_after)
     G = w_ih.shape[0]
     return (input.new_empty(input.shape), hs.new_empty(2, B, H), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), w_ih.new_empty(G), w_ih.new_empty(G), w_ih_r.new_empty(w_ih_r.shape),

@@ -10,8 +10,9 @@ grad_loss shaped as target, any strides (stride 0 included); grad contiguous in 
 
 Forward: one read of an unmasked row (per-lane online max / sum-exp, merged at the end). Backward: one read and
 one write. Masked rows are never read (the loop bound is 0). A target outside [0, V) (not ignore_index) or a
-valid_len outside [0, T] cannot raise without a device sync: the row (every row of that sequence) gets NaN loss,
-lse and gradient instead, and nothing is read out of bounds.
+valid_len outside [0, T] cannot raise on a GPU without a device sync: the row (every row of that sequence) gets NaN
+loss, lse and gradient instead, and nothing is read out of bounds. On CPU tensors (the interpreter) they raise before
+any launch, as the CPU op does. Argument checks: s2s_fused/_op_checks.py (the C++ ops' messages).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _op_checks as _check
 from ..ops.cross_entropy import ce_backward_fake, ce_forward_fake, register_ce_autograd
 
 
@@ -136,9 +138,19 @@ def _layout(logits):
     return logits, logits.shape[0], 0, logits.stride(0)
 
 
+def _check_values_on_cpu(logits, target, valid_len, ignore_index):
+    """On CPU tensors (the interpreter) out-of-range valid_len and targets raise, as the CPU op's do: reading them
+    costs no device sync there. On a GPU the kernels write NaN instead (s2s_fused/ops/cross_entropy.py)."""
+    if logits.device.type == "cpu":
+        T = logits.shape[1] if logits.dim() == 3 else logits.shape[0]
+        _check.ce_values(target, valid_len, T, logits.shape[-1], ignore_index)
+
+
 @torch.library.custom_op("s2s_fused::masked_ce_forward_triton", mutates_args=())
 def masked_ce_forward_triton(logits: torch.Tensor, target: torch.Tensor, valid_len: Optional[torch.Tensor],
                              ignore_index: int, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    _check.masked_ce_forward(logits, target, valid_len, ignore_index, label_smoothing)
+    _check_values_on_cpu(logits, target, valid_len, ignore_index)
     logits, T, sb, st = _layout(logits)
     target = target.contiguous()
     acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -164,6 +176,8 @@ masked_ce_forward_triton.register_fake(ce_forward_fake)
 def masked_ce_backward_triton(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
                               valid_len: Optional[torch.Tensor], lse: torch.Tensor, ignore_index: int,
                               label_smoothing: float) -> torch.Tensor:
+    _check.masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing)
+    _check_values_on_cpu(logits, target, valid_len, ignore_index)
     logits, T, sb, st = _layout(logits)
     target = target.contiguous()
     lse = lse.contiguous()

@@ -26,6 +26,7 @@ from .rnn_common import dot_precision as _prec
 from .rnn_common import sigmoid as _sigmoid
 from .rnn_common import tanh as _tanh
 from .rnn_common import tile_sizes as _blocks
+from .. import _op_checks as _check
 from ..ops import rnn_cell as _cell_ops
 
 Tensor = torch.Tensor
@@ -223,7 +224,7 @@ def _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h1, c1, ws, aux):
 @torch.library.custom_op("s2s_fused::lstm_cell_forward_triton", mutates_args=())
 def lstm_cell_forward(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                       b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    B, H = hx.shape
+    B, _, H = _check.lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     h1, c1 = hx.new_empty(B, H), hx.new_empty(B, H)
     ws = hx.new_empty(B, 4 * H)
     bias = [b.contiguous() if b is not None else None for b in (b_ih, b_hh)]
@@ -235,7 +236,7 @@ def lstm_cell_forward(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh:
 def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], input: Tensor, hx: Tensor, cx: Tensor,
                        w_ih: Tensor, w_hh: Tensor, workspace: Tensor, c1: Tensor, grad_mask: list[bool]
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    B, H = hx.shape
+    B, _, H = _check.lstm_cell_backward(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, grad_mask)
     dgates = hx.new_empty(B, 4 * H)
     dcx = hx.new_empty(B, H)
     if B > 0 and H > 0:
@@ -258,7 +259,7 @@ def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], inp
 @torch.library.custom_op("s2s_fused::gru_cell_forward_triton", mutates_args=())
 def gru_cell_forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                      b_hh: Optional[Tensor], reset_after: bool) -> tuple[Tensor, Tensor]:
-    B, H = hx.shape
+    B, _, H = _check.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
     h1 = hx.new_empty(B, H)
     bias = [b.contiguous() if b is not None else None for b in (b_ih, b_hh)]
     if reset_after:
@@ -275,7 +276,7 @@ def gru_cell_forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
 @torch.library.custom_op("s2s_fused::gru_cell_backward_triton", mutates_args=())
 def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, workspace: Tensor,
                       reset_after: bool, grad_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    B, H = hx.shape
+    B, _, H = _check.gru_cell_backward(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask)
     dgi = hx.new_zeros(B, 3 * H) if B * H == 0 else hx.new_empty(B, 3 * H)
     dhx = hx.new_zeros(B, H) if B * H == 0 else hx.new_empty(B, H)
     dh, ws, h = grad_h1.contiguous(), workspace.contiguous(), hx.contiguous()

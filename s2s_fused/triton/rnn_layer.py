@@ -32,6 +32,7 @@ from .rnn_common import dot_precision as _prec
 from .rnn_common import sigmoid as _sigmoid
 from .rnn_common import tanh as _tanh
 from .rnn_common import tile_sizes as _blocks
+from .. import _op_checks as _check
 from ..ops import rnn_layer as _layer_ops
 
 Tensor = torch.Tensor
@@ -296,7 +297,7 @@ def _next(buf, t, reverse):
 
 
 def _states_read(buf, T, reverse):
-    return (buf[1:] if reverse else buf[:T]).reshape(-1, buf.shape[-1])
+    return (buf[1:] if reverse else buf[:T]).reshape(T * buf.shape[1], buf.shape[2])  # not (-1, H): H may be 0
 
 
 def _masked_grad_output(grad_output, active):
@@ -391,8 +392,7 @@ def _contig(t):
 def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                        b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    T, B, I = input.shape
-    H = h0.shape[1]
+    T, B, I, H = _check.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     gx = (input.reshape(T * B, I) @ w_ih.t()).view(T, B, 4 * H).contiguous()
     hs, cs = input.new_empty(T + 1, B, H), input.new_empty(T + 1, B, H)
     out, ws = input.new_zeros(T, B, H), input.new_zeros(T, B, 4 * H)
@@ -414,8 +414,8 @@ def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor
                         input: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, workspace: Tensor,
                         lengths: Optional[Tensor], reverse: bool
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    T, B, I = input.shape
-    H = hs.shape[2]
+    T, B, I, H = _check.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace,
+                                            lengths, reverse)
     act = _active(lengths, T, B, input.device)
     go = _masked_grad_output(grad_output, act)
     dh = grad_h_n.contiguous().clone() if grad_h_n is not None else input.new_zeros(B, H)
@@ -440,8 +440,7 @@ def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor
 def gru_layer_forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                       b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, reset_after: bool
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    T, B, I = input.shape
-    H = h0.shape[1]
+    T, B, I, H = _check.gru_layer_forward(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     gx = (input.reshape(T * B, I) @ w_ih.t()).view(T, B, 3 * H).contiguous()
     hs = input.new_empty(T + 1, B, H)
     out = input.new_zeros(T, B, H)
@@ -462,8 +461,8 @@ def gru_layer_forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
 def gru_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor], input: Tensor, w_ih: Tensor,
                        w_hh: Tensor, hs: Tensor, workspace: Tensor, lengths: Optional[Tensor], reverse: bool,
                        reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    T, B, I = input.shape
-    H = hs.shape[2]
+    T, B, I, H = _check.gru_layer_backward(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths, reverse,
+                                           reset_after)
     act = _active(lengths, T, B, input.device)
     go = _masked_grad_output(grad_output, act)
     dh = grad_h_n.contiguous().clone() if grad_h_n is not None else input.new_zeros(B, H)
