@@ -57,3 +57,13 @@ def test_no_test_gives_the_triton_backend_cpu_tensors_on_a_gpu_machine(tmp_path)
     assert "::test_planted_cuda_allocation" in " ".join(device_aware)
     # the Triton and CUDA tests are there and reach their CUDA allocation (the simulation is not vacuous)
     assert len(device_aware) > 200, f"only {len(device_aware)} tests reached a CUDA allocation"
+
+
+def test_fp32_comparisons_run_without_tf32():
+    """cuDNN's RNNs use TF32 by default (torch.backends.cudnn.allow_tf32): conftest turns it (and cuBLAS's) off, so
+    the fp32 tolerances of 2x torch's own error against float64 measure fp32, not TF32 (~1e-3)."""
+    import torch
+    assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is not None:  # torch >= 2.9's per-operator setting, which the legacy flag above sets
+        assert rnn.fp32_precision != "tf32"
