@@ -10,6 +10,7 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
+import torch
 
 from s2s_fused.backend import triton_installed
 
@@ -33,6 +34,8 @@ def test_planted_cuda_allocation():
 
 @pytest.mark.skipif(not triton_installed(), reason="triton not installed")
 def test_no_test_gives_the_triton_backend_cpu_tensors_on_a_gpu_machine(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a real GPU: the tests run on it instead")
     if os.environ.get("S2S_FUSED_TEST_SIMULATE_GPU", "0") != "0":
         pytest.skip("already inside the simulation")
     planted = tmp_path / "test_planted.py"
@@ -62,7 +65,6 @@ def test_no_test_gives_the_triton_backend_cpu_tensors_on_a_gpu_machine(tmp_path)
 def test_fp32_comparisons_run_without_tf32():
     """cuDNN's RNNs use TF32 by default (torch.backends.cudnn.allow_tf32): conftest turns it (and cuBLAS's) off, so
     the fp32 tolerances of 2x torch's own error against float64 measure fp32, not TF32 (~1e-3)."""
-    import torch
     assert torch.backends.cudnn.allow_tf32 is False and torch.backends.cuda.matmul.allow_tf32 is False
     rnn = getattr(torch.backends.cudnn, "rnn", None)
     if rnn is not None:  # torch >= 2.9's per-operator setting, which the legacy flag above sets
