@@ -1,8 +1,9 @@
 """Beam-search top-k step and a whole beam-search decode, fused vs eager torch, side by side in one run.
 
 Op rows: ``s2s_fused.beam_search_topk`` (cpu / cuda / triton) vs torch eager
-(log_softmax + add + view + topk, then // and %), on GPU at B=32 also that chain torch.compile'd. Decode rows: ``s2s_fused.seq2seq.decode.beam_search`` on a small
-random GRU decoder, with the fused op vs the same decoder whose selection step is the eager chain above.
+(log_softmax + add + view + topk, then // and %), on GPU at B=32 also that chain torch.compile'd. Decode rows:
+``s2s_fused.seq2seq.decode.beam_search`` on a small random GRU decoder, with the fused op vs the same decoder whose
+selection step is the eager chain above.
 
     PYTHONPATH=. python benchmarks/bench_beam.py [--smoke] [--device cuda] [--out DIR]
 """

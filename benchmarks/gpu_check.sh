@@ -100,7 +100,8 @@ if os.path.exists(junit) and os.path.getsize(junit):
     text = ", ".join(f"{v} {k}" for k, v in n.items() if v)
     print(text + ("; failed: " + " ".join(bad[:40]) + (" ..." if len(bad) > 40 else "") if bad else ""))
 else:
-    lines = [l for l in open(log, errors="replace").read().splitlines() if l.startswith("=")] if os.path.exists(log) else []
+    text = open(log, errors="replace").read() if os.path.exists(log) else ""
+    lines = [line for line in text.splitlines() if line.startswith("=")]
     print("no junit file; " + (lines[-1].strip("= ") if lines else "no pytest summary"))
 EOF
 }
@@ -194,7 +195,10 @@ extension() {
     fi
     command -v ninja || echo "ninja not found on PATH: torch would compile one file at a time"
   } > "$log" 2>&1
-  if ! command -v ninja >/dev/null; then row extension "FAILED (no ninja)" $((SECONDS - t0)) "see build-$p.log"; exit 3; fi
+  if ! command -v ninja >/dev/null; then
+    row extension "FAILED (no ninja)" $((SECONDS - t0)) "see build-$p.log"
+    exit 3
+  fi
   local arch
   arch=$("$py" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())' 2>>"$log")
   timed "$(clamp $(($(left) - 120)) 120 420)" "$log" env S2S_FUSED_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${arch:-9.0}" \
@@ -203,7 +207,8 @@ extension() {
   status=$(ext_status)
   echo "after the build: $status" >> "$log"
   if [ "$build_rc" != 0 ] || [ "${status%% *}" != "cuda" ]; then
-    row extension "$(status_of "$build_rc"), no CUDA backend" $((SECONDS - t0)) "build $build_s s; $status; see build-$p.log"
+    row extension "$(status_of "$build_rc"), no CUDA backend" $((SECONDS - t0)) \
+      "build $build_s s; $status; see build-$p.log"
     exit 3
   fi
   row extension "ok (built)" $((SECONDS - t0)) "build $build_s s (sm_$arch); $status"
@@ -215,10 +220,11 @@ environment() {
   {
     date -u +"%Y-%m-%d %H:%M:%S UTC"
     echo "== nvidia-smi"; nvidia-smi 2>&1 || echo "(no nvidia-smi)"
-    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
-      --format=csv 2>&1 || true
+    local q=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu
+    nvidia-smi --format=csv --query-gpu=$q 2>&1 || true
     echo "== versions"
-    "$py" -c 'import sys, torch; print("python", sys.version.split()[0]); print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())' 2>&1
+    "$py" -c 'import sys, torch; print("python", sys.version.split()[0])
+print("torch", torch.__version__, "CUDA", torch.version.cuda, "cuDNN", torch.backends.cudnn.version())' 2>&1
     "$py" -c 'import triton; print("triton", triton.__version__)' 2>&1
     "$py" -m pytest --version 2>&1
     have_xdist && echo "pytest-xdist: yes" || echo "pytest-xdist: no"
@@ -229,14 +235,17 @@ environment() {
     echo "== .prebuilt/build_info.json"; cat .prebuilt/build_info.json 2>/dev/null || echo "(none)"
     git log -1 --format='tree at %H %s' 2>/dev/null || echo "(no git history)"
   } > "$f" 2>&1
-  row environment ok $((SECONDS - t0)) "$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n1) $(grep -m1 '^torch' "$f")"
+  local gpu
+  gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n1)
+  row environment ok $((SECONDS - t0)) "$gpu $(grep -m1 '^torch' "$f")"
 }
 
 start_part() {
   local p=$1 budget=$2
   summary="$out/summary-$p.md"
   deadline=$((SECONDS + budget))
-  local what=$([ "$p" = 1 ] && echo "extension, gpu-marked tests, compute-sanitizer" || echo "extension, other tests, benchmarks")
+  local what="extension, other tests, benchmarks"
+  [ "$p" = 1 ] && what="extension, gpu-marked tests, compute-sanitizer"
   {
     echo "# GPU round, part $p: $what$([ "$dry" = 1 ] && echo " (DRY RUN on $(hostname))")"
     echo
@@ -256,7 +265,8 @@ check_outputs() {
   if [ "$n" -le 8 ] && [ -z "$bad" ] && [ -z "$(find "$out" -mindepth 1 -type d)" ]; then
     row outputs ok 0 "$n files (limit 8): $(cd "$out" && ls -- *-"$p".* | tr '\n' ' ')"
   else
-    row outputs "FAILED (device tool limits)" 0 "$n files, bad names: ${bad:-none}, folders: $(find "$out" -mindepth 1 -type d | wc -l)"
+    row outputs "FAILED (device tool limits)" 0 \
+      "$n files, bad names: ${bad:-none}, folders: $(find "$out" -mindepth 1 -type d | wc -l)"
   fi
 }
 
@@ -320,7 +330,8 @@ part2() {
     for md in "$work"/results/*.md; do cat "$md"; echo; done > "$out/tables-2.md"
     tar -czf "$out/results-2.tar.gz" -C "$work/results" .
   fi
-  row benchmarks "$(status_of $bench_rc)" "$bench_s" "$(grep -E '^== bench_.*: exit' "$log" | sed 's/^== //' | tr '\n' ';')"
+  row benchmarks "$(status_of $bench_rc)" "$bench_s" \
+    "$(grep -E '^== bench_.*: exit' "$log" | sed 's/^== //' | tr '\n' ';')"
   check_outputs 2
 }
 
@@ -329,5 +340,9 @@ case "$part" in
   2) part2 ;;
   all) part1; part2 ;;
 esac
-echo "== done: $([ "$failed" = 0 ] && echo "every step passed" || echo "a step failed or was cut short") (summary: $out)"
+if [ "$failed" = 0 ]; then
+  echo "== done: every step passed ($out)"
+else
+  echo "== done: a step failed or was cut short ($out)"
+fi
 exit "$failed"

@@ -4,8 +4,8 @@ Each script runs in its own process, so one failing family does not hide the oth
 if any failed. Families run in PRIORITY order (the device's ceilings first, then the ops the issues compare),
 then the rest alphabetically.
 
-``--only FAMILY...`` (consumed here) runs just those families. ``--budget-s N`` (consumed here too) time-boxes the whole run for a GPU round: each family gets at most
-its share of the time left (WEIGHTS, over the families still to run; one that finishes early leaves its time to
+``--only FAMILY...`` (consumed here) runs just those families. ``--budget-s N`` (consumed here too) time-boxes
+the whole run for a GPU round: each family gets at most its share of the time left (WEIGHTS, over the families still to run; one that finishes early leaves its time to
 the next), then SIGTERM, on which benchmarks/common.py writes the rows measured so far to <family>.partial.*,
 and SIGKILL GRACE_S later. So one slow family cannot starve the others, and a cut-short family keeps its rows.
 """

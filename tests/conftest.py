@@ -10,8 +10,8 @@
   themselves still see no GPU (torch.compile would try to use it). Nothing can run on a GPU here, so a test ends,
   skipped ("device-aware"), at its first CUDA allocation, while a test that hands the Triton backend CPU tensors
   before that fails as it would on the GPU machine: with the backend's "on CPU tensors needs TRITON_INTERPRET=1"
-  error, or at the launch of a Triton kernel (which only CPU tensors can reach here). Only the tests that can reach a GPU
-  backend run (_reaching_gpu_backends); ``=all`` runs every test.
+  error, or at the launch of a Triton kernel (which only CPU tensors can reach here). Only the tests that can
+  reach a GPU backend run (_reaching_gpu_backends); ``=all`` runs every test.
 """
 import inspect
 import os
