@@ -148,8 +148,11 @@ if torch.cuda.is_available():
 if not os.path.isfile(so) or hashlib.sha256(open(so, "rb").read()).hexdigest() != info.get("sha256"):
     why.append(f"{so} missing or not the file build_info.json describes (sha256)")
 if not why:
-    git = subprocess.run(["git", "diff", "--quiet", info.get("git_commit", "HEAD"), "--", "csrc", "setup.py"],
-                         capture_output=True)
+    try:
+        git = subprocess.run(["git", "diff", "--quiet", info.get("git_commit", "HEAD"), "--", "csrc", "setup.py"],
+                             capture_output=True)
+    except OSError:  # no git on the machine
+        git = subprocess.CompletedProcess([], 128)
     if git.returncode == 1:
         why.append(f"csrc/ or setup.py changed since its commit {info.get('git_commit', '')[:10]}")
     elif git.returncode != 0:
