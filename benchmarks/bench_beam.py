@@ -1,8 +1,9 @@
 """Beam-search top-k step and a whole beam-search decode, fused vs eager torch, side by side in one run.
 
 Op rows: ``s2s_fused.beam_search_topk`` (cpu / cuda / triton) vs torch eager
-(log_softmax + add + view + topk, then // and %). Decode rows: ``s2s_fused.seq2seq.decode.beam_search`` on a small
-random GRU decoder, with the fused op vs the same decoder whose selection step is the eager chain above.
+(log_softmax + add + view + topk, then // and %), on GPU at B=32 also that chain torch.compile'd. Decode rows:
+``s2s_fused.seq2seq.decode.beam_search`` on a small random GRU decoder, with the fused op vs the same decoder whose
+selection step is the eager chain above.
 
     PYTHONPATH=. python benchmarks/bench_beam.py [--smoke] [--device cuda] [--out DIR]
 """
@@ -45,6 +46,7 @@ def op_rows(device, shapes, dtypes, repeats):
             providers["s2s_fused-cuda"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="cuda")
         if is_available("triton"):
             providers["s2s_fused-triton"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="triton")
+        providers["torch-compile"] = torch.compile(eager_topk)
     for B, K, V in shapes:
         for dtype in dtypes:
             x = torch.randn(B, K, V, device=device, dtype=dtype)
@@ -52,6 +54,8 @@ def op_rows(device, shapes, dtypes, repeats):
             k = 2 * K
             nbytes = x.numel() * x.element_size()
             for name, fn in providers.items():
+                if name == "torch-compile" and B != 32:  # the issue's shape only: compiles cost the time box
+                    continue
                 rows.append(measure("beam_search_topk", name, f"B={B} K={K} V={V} k={k}", dtype, "fwd",
                                     lambda fn=fn: fn(x, s, k), device, repeats=repeats,
                                     throughput_fn=lambda ms: f"{nbytes / ms / 1e6:.1f} GB/s"))

@@ -3,8 +3,9 @@ eager baseline measured in the same run.
 
 Baselines:
 - masked CE: d2l's pattern, ``(F.cross_entropy(pred.permute(0, 2, 1), label, reduction="none") * mask).mean(1)``
-  then ``.sum().backward()`` (provider ``torch-eager``); ours: ``s2s_fused.masked_softmax_cross_entropy(...,
-  reduction="per_sequence")``, the same value.
+  then ``.sum().backward()`` (provider ``torch-eager``; on GPU at V=32000 also ``torch.compile``d,
+  ``torch-compile``); ours: ``s2s_fused.masked_softmax_cross_entropy(..., reduction="per_sequence")``, the same
+  value.
 - linear + CE ("mean" over valid tokens; masked targets set to ignore_index for the torch baselines):
   ``F.linear`` + eager ``F.cross_entropy`` (``torch-eager``) and ``F.linear_cross_entropy`` with its chunked path
   (``LinearCrossEntropyOptions()``) where this torch has it (``torch-linear_cross_entropy``).
@@ -54,10 +55,12 @@ def ce_fns(provider, logits, target, valid_len):
     """(forward fn, forward+backward fn) for one provider of the masked CE."""
     T = logits.shape[1]
 
-    if provider == "torch-eager":
+    if provider in ("torch-eager", "torch-compile"):
         def fwd():
             mask = (torch.arange(T, device=logits.device) < valid_len[:, None]).to(logits.dtype)
             return (F.cross_entropy(logits.permute(0, 2, 1), target, reduction="none") * mask).mean(dim=1)
+        if provider == "torch-compile":
+            fwd = torch.compile(fwd)
     else:
         backend = provider.split("-", 1)[1]
 
@@ -196,7 +199,8 @@ def main():
         logits, target, valid_len = make_inputs(B, T, V, dtype, device)
         P = logits.numel() * logits.element_size()
         shape = f"B={B} T={T} V={V}"
-        for provider in ["torch-eager"] + ours:
+        compiled = ["torch-compile"] if on_gpu and V >= 32000 else []
+        for provider in ["torch-eager"] + compiled + ours:
             fwd, fwd_bwd = ce_fns(provider, logits, target, valid_len)
             for mode, fn, passes in (("fwd", fwd, 1), ("fwd+bwd", fwd_bwd, 3)):
                 # throughput by the fused design's traffic: fwd 1 read, fwd+bwd 2 reads + 1 write of the logits

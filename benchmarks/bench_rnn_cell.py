@@ -2,8 +2,9 @@
 forward and forward+backward, measured side by side in one run.
 
 CPU: B=64, I=H=512 (the issue's decoder step). GPU: B in {1, 8, 64, 256}, H in {256, 512, 1024}, fp32 and bf16,
-providers s2s_fused-cuda, s2s_fused-triton, torch-eager (torch.nn cells: three launches per step) and
-torch-compile; each also inside a CUDA graph (how a decode loop runs them).
+providers s2s_fused-cuda, s2s_fused-triton, torch-eager (torch.nn cells: three launches per step) and, at H=512,
+torch-compile (dynamic shapes: one compiled graph per kind, dtype and mode serves every B); each also inside a CUDA
+graph (how a decode loop runs them).
 
     python benchmarks/bench_rnn_cell.py [--device cuda] [--smoke] [--out DIR]
 """
@@ -17,6 +18,10 @@ from common import Row, base_parser, fill_ratios, markdown_table, measure, write
 
 from s2s_fused.backend import is_available
 from s2s_fused.nn import GRUCell, LSTMCell
+
+COMPILE_H = 512  # torch-compile rows at this H only: inductor compiles cost the GPU round's time box
+# Every compiled config must really run compiled: past the recompile limit Dynamo silently falls back to eager.
+torch._dynamo.config.recompile_limit = 64
 
 
 def make(kind, I, H, dtype, device, provider):
@@ -35,7 +40,7 @@ def step_fns(kind, cell, B, I, H, dtype, device, compile_=False):
     h = torch.randn(B, H, device=device, dtype=dtype)
     hx = (h, torch.randn(B, H, device=device, dtype=dtype)) if kind == "lstm" else h
     xg = x.clone().requires_grad_()
-    fn = torch.compile(cell) if compile_ else cell
+    fn = torch.compile(cell, dynamic=True) if compile_ else cell
 
     def fwd():
         with torch.no_grad():
@@ -63,10 +68,10 @@ def graphed(fn, device):
     return g.replay
 
 
-def providers(device):
+def providers(device, H):
     if device.type == "cpu":
         return ["torch-eager", "s2s_fused-cpu"]
-    out = ["torch-eager", "torch-compile"]
+    out = ["torch-eager"] + (["torch-compile"] if H == COMPILE_H else [])
     out += [p for p, b in (("s2s_fused-cuda", "cuda"), ("s2s_fused-triton", "triton")) if is_available(b)]
     return out
 
@@ -86,7 +91,7 @@ def main(argv=None):
     rows: list[Row] = []
     for kind, (B, I, H), dtype in itertools.product(("lstm", "gru"), shapes, dtypes):
         shape = f"B={B} I={I} H={H}"
-        for prov in providers(device):
+        for prov in providers(device, H):
             cell = make(kind, I, H, dtype, device, prov)
             fwd, fwd_bwd = step_fns(kind, cell, B, I, H, dtype, device, compile_=prov == "torch-compile")
             for mode, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):

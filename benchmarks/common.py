@@ -3,6 +3,13 @@ CSV + Markdown + PNG output of ARCHITECTURE.md ("Benchmarks"). Every bench_<fami
 ``Row``/``measure`` and hands them to ``write_results``.
 
 A row's ``ratio`` is baseline time / this provider's time, both measured in the same run (> 1: faster).
+
+fp32 math: importing this module turns TF32 off for cuDNN and cuBLAS (cuDNN's RNNs default to TF32), so fp32
+providers are compared in IEEE fp32 on both sides; ``S2S_FUSED_BENCH_TF32=1`` leaves TF32 on. Every row records
+the setting it ran under (``tf32``).
+
+A script stopped early (SIGTERM or SIGINT, e.g. by run_all.py's time box) writes the rows it measured so far to
+``<out>/<family>.partial.csv`` / ``.md`` before exiting, so a cut-short round keeps them.
 """
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -22,6 +30,22 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+_TF32 = os.environ.get("S2S_FUSED_BENCH_TF32") == "1"
+torch.backends.cudnn.allow_tf32 = _TF32
+torch.backends.cuda.matmul.allow_tf32 = _TF32
+
+
+def tf32_setting() -> str:
+    """What fp32 cuDNN / cuBLAS math ran as, as read back from torch."""
+    try:
+        on = [name for name, flag in (("cudnn", torch.backends.cudnn.allow_tf32),
+                                      ("cublas", torch.backends.cuda.matmul.allow_tf32)) if flag]
+    except RuntimeError:  # torch >= 2.9 refuses the legacy read when its new per-operator flags were mixed in
+        on = [f"{name}={prec}" for name, prec in (("cudnn.rnn", torch.backends.cudnn.rnn.fp32_precision),
+                                                  ("cuda.matmul", torch.backends.cuda.matmul.fp32_precision))]
+        return "per-operator: " + ", ".join(on)
+    return "on (" + ", ".join(on) + ")" if on else "off"
 
 
 @dataclasses.dataclass
@@ -41,12 +65,25 @@ class Row:
     device: str = ""
     versions: str = ""
     date: str = ""
+    tf32: str = dataclasses.field(default_factory=tf32_setting)
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    return f"CPU {_cpu_model()} x{torch.get_num_threads()} threads"
+
+
+def _cpu_model() -> str:
+    """lscpu's "Model name" (/proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def versions() -> str:
@@ -130,10 +167,20 @@ def peak_memory_mb(fn, device: torch.device) -> float:
 
 def measure(op, provider, shape, dtype, mode, fn, device, *, repeats=20, warmup=3, throughput_fn=None) -> Row:
     med, p20, p80 = time_fn(fn, device, warmup=warmup, repeats=repeats)
-    return Row(op=op, provider=provider, shape=shape, dtype=str(dtype).replace("torch.", ""), mode=mode,
-               median_ms=med, p20_ms=p20, p80_ms=p80, peak_mem_mb=peak_memory_mb(fn, device),
-               throughput=throughput_fn(med) if throughput_fn else "", device=device_name(device),
-               versions=versions(), date=_dt.date.today().isoformat())
+    return _measured(Row(op=op, provider=provider, shape=shape, dtype=str(dtype).replace("torch.", ""), mode=mode,
+                         median_ms=med, p20_ms=p20, p80_ms=p80, peak_mem_mb=peak_memory_mb(fn, device),
+                         throughput=throughput_fn(med) if throughput_fn else "", device=device_name(device),
+                         versions=versions(), date=_dt.date.today().isoformat()))
+
+
+# Every row measured in this process, for the partial results of a script stopped early (_write_partial).
+_MEASURED: list[Row] = []
+_WRITTEN: set[str] = set()
+
+
+def _measured(row: Row) -> Row:
+    _MEASURED.append(row)
+    return row
 
 
 def fill_ratios(rows: list[Row], baseline_provider: str) -> list[Row]:
@@ -153,34 +200,75 @@ def default_outdir(device: torch.device) -> Path:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    head = "| op | provider | shape | dtype | mode | median ms | p20–p80 ms | peak MB | throughput | ratio |"
-    lines = [head, "|" + "---|" * 10]
+    head = "| op | provider | shape | dtype | mode | median ms | p20–p80 ms | peak MB | throughput | ratio | TF32 |"
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         ratio = f"{r.ratio:.2f}× vs {r.baseline}" if r.baseline else ""
         mem = "" if r.peak_mem_mb != r.peak_mem_mb else f"{r.peak_mem_mb:.1f}"
         lines.append(f"| {r.op} | {r.provider} | {r.shape} | {r.dtype} | {r.mode} | {r.median_ms:.3f} | "
-                     f"{r.p20_ms:.3f}–{r.p80_ms:.3f} | {mem} | {r.throughput} | {ratio} |")
+                     f"{r.p20_ms:.3f}–{r.p80_ms:.3f} | {mem} | {r.throughput} | {ratio} | {r.tf32} |")
     return "\n".join(lines)
 
 
 def write_results(rows: list[Row], family: str, outdir: Path | None, *, plot: bool = True) -> None:
     """Append rows to <outdir>/<family>.csv, write <family>.md and (matplotlib present) <family>.png."""
+    _WRITTEN.add(family)
     if outdir is None:
         return
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
+    _append_csv(rows, outdir / f"{family}.csv")
+    (outdir / f"{family}.md").write_text(f"# {family}\n\n{markdown_table(rows)}\n")
+    if plot:
+        _plot(rows, family, outdir / f"{family}.png")
+
+
+def _append_csv(rows: list[Row], path: Path) -> None:
     fields = [f.name for f in dataclasses.fields(Row)]
-    path = outdir / f"{family}.csv"
+    if path.exists():  # keep an older file's columns (one without a newer field loses just that field)
+        with path.open(newline="") as f:
+            fields = next(csv.reader(f), fields)
     new = not path.exists()
     with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             w.writeheader()
         for r in rows:
             w.writerow(dataclasses.asdict(r))
-    (outdir / f"{family}.md").write_text(f"# {family}\n\n{markdown_table(rows)}\n")
-    if plot:
-        _plot(rows, family, outdir / f"{family}.png")
+
+
+def _write_partial(signum, frame) -> None:
+    """SIGTERM / SIGINT before the script wrote its results: write the rows measured so far (ratios against the
+    baseline rows among them) to <out>/<family>.partial.csv / .md, then exit with 128 + signum."""
+    family = Path(sys.argv[0]).stem.removeprefix("bench_")
+    outdir = _argv_value("--out")
+    try:
+        if family not in _WRITTEN and _MEASURED and outdir is not None:
+            rows = list(_MEASURED)
+            for baseline in ("torch-cudnn", "torch-eager"):
+                fill_ratios(rows, baseline)
+            Path(outdir).mkdir(parents=True, exist_ok=True)
+            _append_csv(rows, Path(outdir) / f"{family}.partial.csv")
+            (Path(outdir) / f"{family}.partial.md").write_text(
+                f"# {family} (stopped after {len(rows)} rows)\n\n{markdown_table(rows)}\n")
+            print(f"stopped by signal {signum}: {len(rows)} rows written to {outdir}/{family}.partial.*",
+                  flush=True)
+    finally:
+        os._exit(128 + signum)
+
+
+def _argv_value(flag: str) -> str | None:
+    for i, a in enumerate(sys.argv):
+        if a == flag and i + 1 < len(sys.argv):
+            return sys.argv[i + 1]
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+if Path(sys.argv[0]).stem.startswith("bench_"):  # a benchmark script run as a program, not an importer
+    signal.signal(signal.SIGTERM, _write_partial)
+    signal.signal(signal.SIGINT, _write_partial)
 
 
 def _plot(rows, family, path):
@@ -229,9 +317,9 @@ def interleaved_rows(op: str, shape: str, dtype: torch.dtype, by_mode: dict, dev
     rows = []
     for mode, fns in by_mode.items():
         for name, (med, p20, p80) in time_interleaved(fns, device, repeats=repeats).items():
-            rows.append(Row(op=op, provider=name, shape=shape, dtype=str(dtype).replace("torch.", ""), mode=mode,
-                            median_ms=med, p20_ms=p20, p80_ms=p80, device=device_name(device),
-                            versions=versions(), date=_dt.date.today().isoformat()))
+            rows.append(_measured(Row(op=op, provider=name, shape=shape, dtype=str(dtype).replace("torch.", ""),
+                                      mode=mode, median_ms=med, p20_ms=p20, p80_ms=p80, device=device_name(device),
+                                      versions=versions(), date=_dt.date.today().isoformat())))
             print(f"{label} {shape} {mode:8s} {name:{width}s} {med:9.3f} ms (p20 {p20:.3f}, p80 {p80:.3f})",
                   flush=True)
     return rows

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import s2s_fused
-from s2s_fused.backend import is_available
+from s2s_fused import backend as _backend
 
 # Tolerances for single-op values (cell / loss / log-prob) against the float64 reference.
 VALUE_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -45,19 +45,22 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
 
 def cpu_backends():
     """Backends that run CPU tensors here: reference, cpu and (under TRITON_INTERPRET=1) triton."""
-    return [b for b in ("cpu", "triton") if is_available(b)]
+    return [b for b in ("cpu", "triton") if _backend.is_available(b)]
 
 
 def backend_params(include_triton=True):
     out = [pytest.param("cpu", id="cpu")]
     if include_triton:
         out.append(pytest.param("triton", id="triton", marks=pytest.mark.skipif(
-            not is_available("triton"), reason="triton not available")))
+            not _backend.is_available("triton"), reason="triton not available")))
     out.append(pytest.param("cuda", id="cuda", marks=pytest.mark.gpu))
     return out
 
 
 def device_for(backend: str) -> torch.device:
+    """The device a test gives `backend`'s tensors: CUDA for cuda, and for triton wherever a GPU exists (without
+    one, Triton runs CPU tensors under TRITON_INTERPRET=1); CPU otherwise. Every test that runs the cuda or
+    triton backend takes its device from here (tests/test_device_awareness.py checks it)."""
     if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")

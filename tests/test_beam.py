@@ -331,15 +331,15 @@ class TinyRNN:
     """A fixed random Elman decoder: h' = tanh(E[token] + h W), logits = h' O. State (h, {"c": h}) exercises
     the pytree reorder."""
 
-    def __init__(self, V, H=8, seed=0, scale=2.0):
+    def __init__(self, V, H=8, seed=0, scale=2.0, device="cpu"):
         g = torch.Generator().manual_seed(seed)
-        self.E = torch.randn(V, H, generator=g)
-        self.W = torch.randn(H, H, generator=g) * 0.5
-        self.O = torch.randn(H, V, generator=g) * scale
+        self.E = torch.randn(V, H, generator=g).to(device)
+        self.W = (torch.randn(H, H, generator=g) * 0.5).to(device)
+        self.O = (torch.randn(H, V, generator=g) * scale).to(device)
         self.H = H
 
     def init(self, B, seed=1):
-        h = torch.randn(B, self.H, generator=torch.Generator().manual_seed(seed))
+        h = torch.randn(B, self.H, generator=torch.Generator().manual_seed(seed)).to(self.E.device)
         return (h, {"c": h * 2})
 
     def step(self, tokens, state):
@@ -475,11 +475,13 @@ def test_beam_search_early_stop_matches_full_run(kw, monkeypatch):
 
 @pytest.mark.parametrize("backend", [pytest.param("triton", marks=TRITON), "reference"])
 def test_decoders_other_backends(backend):
-    m = TinyRNN(V=6, seed=6)
+    found = []
+    for be in ("cpu", backend):
+        m = TinyRNN(V=6, seed=6, device=device_for(be))
+        found.append(beam_search(m.step, m.init(3), 0, 1, 3, 5, n_best=2, backend=be))
+    cpu, other = ([[h.tokens for h in hs] for hs in f] for f in found)
+    assert cpu == other
     init = m.init(3)
-    cpu = beam_search(m.step, init, 0, 1, 3, 5, n_best=2, backend="cpu")
-    other = beam_search(m.step, init, 0, 1, 3, 5, n_best=2, backend=backend)
-    assert [[h.tokens for h in hs] for hs in cpu] == [[h.tokens for h in hs] for hs in other]
     assert greedy_decode(m.step, init, 0, 1, 5, backend=backend) == beam_search(m.step, init, 0, 1, 1, 5,
                                                                               backend=backend)
 

@@ -266,10 +266,10 @@ def test_bias_grads_do_not_alias():
 # ------------------------------------------------------------------------------------ registration checks
 
 
-def _opcheck_samples(kind, requires_grad):
+def _opcheck_samples(kind, requires_grad, device="cpu"):
     out = []
     for B, I, H, bias in ((3, 5, 4, True), (1, 2, 3, False)):
-        x, h, c, (w_ih, w_hh, b_ih, b_hh) = inputs(kind, B, I, H, bias=bias)
+        x, h, c, (w_ih, w_hh, b_ih, b_hh) = inputs(kind, B, I, H, bias=bias, device=device)
         ts = [t.requires_grad_(requires_grad) if t is not None else None for t in (x, h, c, w_ih, w_hh, b_ih, b_hh)]
         out.append(ts)
     return out
@@ -283,7 +283,8 @@ def test_opcheck(suffix, requires_grad):
             pytest.skip("triton not available")
         importlib.import_module("s2s_fused.triton.rnn_cell")  # registers the _triton ops
     ops = torch.ops.s2s_fused
-    for x, h, c, w_ih, w_hh, b_ih, b_hh in _opcheck_samples("lstm", requires_grad):
+    dev = device_for("triton") if suffix else torch.device("cpu")
+    for x, h, c, w_ih, w_hh, b_ih, b_hh in _opcheck_samples("lstm", requires_grad, dev):
         torch.library.opcheck(getattr(ops, "lstm_cell_forward" + suffix), (x, h, c, w_ih, w_hh, b_ih, b_hh))
         h1, c1, ws = getattr(ops, "lstm_cell_forward" + suffix)(x, h, c, w_ih, w_hh, b_ih, b_hh)
         g = torch.randn_like(h1)
@@ -293,7 +294,7 @@ def test_opcheck(suffix, requires_grad):
         torch.library.opcheck(getattr(ops, "lstm_cell_backward" + suffix),
                               (g, g, x.detach(), h.detach(), c.detach(), w_ih.detach(), w_hh.detach(),
                                ws.detach(), c1.detach(), [True, False, True, False, True, False]))
-    for x, h, _, w_ih, w_hh, b_ih, b_hh in _opcheck_samples("gru", requires_grad):
+    for x, h, _, w_ih, w_hh, b_ih, b_hh in _opcheck_samples("gru", requires_grad, dev):
         for reset_after in (True, False):
             torch.library.opcheck(getattr(ops, "gru_cell_forward" + suffix), (x, h, w_ih, w_hh, b_ih, b_hh, reset_after))
             h1, ws = getattr(ops, "gru_cell_forward" + suffix)(x, h, w_ih, w_hh, b_ih, b_hh, reset_after)
@@ -309,8 +310,10 @@ def test_opcheck(suffix, requires_grad):
     not s2s_fused.backend.is_available("triton"), reason="triton not available"))])
 def test_torch_compile_modules(backend):
     torch.manual_seed(0)
-    lstm, gru = LSTMCell(6, 5, backend=backend), GRUCell(6, 5, reset_after=False, backend=backend)
-    x, h, c = torch.randn(4, 6, requires_grad=True), torch.randn(4, 5), torch.randn(4, 5)
+    dev = device_for(backend)
+    lstm, gru = LSTMCell(6, 5, backend=backend).to(dev), GRUCell(6, 5, reset_after=False, backend=backend).to(dev)
+    x, h, c = torch.randn(4, 6, device=dev, requires_grad=True), torch.randn(4, 5, device=dev), \
+        torch.randn(4, 5, device=dev)
 
     def step(x, h, c):
         h1, c1 = lstm(x, (h, c))

@@ -14,7 +14,7 @@ import s2s_fused
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
 from tests.gpu_compile import check_families
-from tests.helpers import assert_close, make_cell_params, poison_heap, rel_err
+from tests.helpers import assert_close, device_for, make_cell_params, poison_heap, rel_err
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -466,9 +466,10 @@ def test_triton_backend_tiny(kind):
     base = kind.split("_")[0]
     args = _op_args(base, T=3, B=2, I=3, H=5, lengths=True, requires_grad=True)
     lens = torch.tensor([3, 1])
+    dev = device_for("triton")
     res = []
     for be in ("triton", "reference"):
-        leaves = [a.detach().clone().requires_grad_() for a in args[:-1]]
+        leaves = [a.detach().to(dev, copy=True).requires_grad_() for a in args[:-1]]
         for reverse in (False, True):
             if base == "lstm":
                 out, (hn, cn) = s2s_fused.lstm_layer(leaves[0], (leaves[1], leaves[2]), *leaves[3:], lengths=lens,
@@ -479,7 +480,7 @@ def test_triton_backend_tiny(kind):
                                               reset_after=kind == "gru", backend=be)
                 outs = [out, hn]
             g = torch.Generator().manual_seed(int(reverse))
-            loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in outs)
+            loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype).to(dev)).sum() for o in outs)
             res.append([o.detach() for o in outs] + list(torch.autograd.grad(loss, leaves)))
     n = len(res) // 2
     for a_list, b_list in zip(res[:n], res[n:]):
@@ -509,9 +510,9 @@ def test_triton_module():
     ref = torch.nn.LSTM(3, 4, 1, bidirectional=True)
     ours = snn.LSTM(3, 4, 1, bidirectional=True, backend="triton")
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(3, 2, 3)
+    x, dev = torch.randn(3, 2, 3), device_for("triton")
     with torch.no_grad():
-        assert_close(ours(x)[0], ref(x)[0], 1e-5, "triton module")
+        assert_close(ours.to(dev)(x.to(dev))[0], ref(x)[0], 1e-5, "triton module")
 
 
 # ------------------------------------------------------------------------------------------------ CUDA
@@ -538,11 +539,13 @@ def test_cuda_matches_torch(kind, backend):
 def test_triton_opcheck_and_compile(kind):
     from s2s_fused.triton import rnn_layer as tri  # noqa: F401  (registers the *_triton ops)
     op = getattr(torch.ops.s2s_fused, f"{kind}_layer_forward_triton")
+    dev = device_for("triton")
     args = _op_args(kind, T=2, B=2, I=2, H=3, lengths=True, requires_grad=True, dtype=torch.float32)
+    args = [a.detach().to(dev).requires_grad_(a.requires_grad) for a in args[:-1]] + args[-1:]
     extra = [True] if kind == "lstm" else [True, False]
     torch.library.opcheck(op, tuple(args + extra))
-    m = getattr(snn, kind.upper())(2, 3, backend="triton")
-    x = torch.randn(3, 2, 2)
+    m = getattr(snn, kind.upper())(2, 3, backend="triton").to(dev)
+    x = torch.randn(3, 2, 2, device=dev)
     assert_close(torch.compile(m, fullgraph=True, backend="aot_eager")(x)[0], m(x)[0], 1e-6, "compiled triton")
 
 
@@ -632,6 +635,7 @@ def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypa
     args = _op_args(base, T=T, B=B, I=I, H=H, bias=bias, lengths=False, dtype=dtype)[:-1]
     w = 3 if base == "lstm" else 2  # weights at torch's init scale: unsaturated gates, errors that show
     args[w], args[w + 1] = args[w] * I ** -0.5, args[w + 1] * H ** -0.5
+    args = [a.to(device_for("triton")) if a is not None else None for a in args]
     assert tri.use_persistent(B, H), "the rule must pick the persistent program for this shape"
     calls = _persistent_spy(monkeypatch, tri)
 
@@ -669,7 +673,7 @@ def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypa
         if dtype not in (torch.float64, torch.float32):
             return outs
         g = torch.Generator().manual_seed(5)
-        loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+        loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)).sum() for o in outs)
         return outs + list(torch.autograd.grad(loss, leaves))
 
     leaves = [a for a in args if a is not None]
@@ -693,6 +697,7 @@ def test_triton_persistent_gradcheck(kind, monkeypatch):
     calls = _persistent_spy(monkeypatch, tri)
     base = kind.split("_")[0]
     args = _op_args(base, T=3, B=2, I=2, H=3, lengths=False, requires_grad=True)[:-1]
+    args = [a.detach().to(device_for("triton")).requires_grad_() for a in args]
     lengths, reverse = torch.tensor([3, 1]), kind != "gru"
 
     def f(*a):

@@ -5,23 +5,38 @@
 //
 // How a loop runs (StepGraphCache::run), per key = (shape: op, dtype, device, sizes, strides, flags, cuBLAS math
 // flags; ptrs: the data pointers of every buffer the launches touch):
+//  - a CUDA error is already pending in this thread (cudaPeekAtLastError: some earlier launch nobody checked):
+//    run eagerly, so the loop's own launch checks report that error, and no failure of ours can be cleared
+//    together with it (cudaGetLastError resets the thread's last error, whoever caused it);
 //  - the current stream is capturing (the user's own graph capture): run eagerly, i.e. record into their graph;
-//  - first time a shape is seen: run eagerly on a side stream (warm-up: cuBLAS handle/workspace for that stream,
-//    lazy module loading of the kernels it picks), ordered after / before the current stream with events;
+//  - first time a shape is seen: run eagerly on the side stream (warm-up: cuBLAS handle/workspace for that
+//    stream, lazy module loading of the kernels it picks), ordered after / before the current stream with events;
 //  - a cached executable graph with the same pointers: cudaGraphLaunch on the current stream (no capture);
 //  - otherwise: capture the loop on the side stream (thread-local capture mode, allocations routed to a private
 //    memory pool of the caching allocator so a stray temporary cannot be handed out again while the graph lives),
 //    then cudaGraphExecUpdate the cached executable graph of that shape (same topology, new pointers) or, when that
 //    is refused (e.g. cuBLAS picked another kernel), instantiate a new one; then launch it.
-//  - any failure while capturing or instantiating: errors are cleared, the shape is marked eager-only and the loop
-//    runs eagerly.
-// At most kMaxEntries shapes are cached (least recently used evicted: device sync, graph destroyed, pool released).
+//  - any failure while capturing or instantiating: its error is cleared (ours: none was pending before), the shape
+//    is marked eager-only and the loop runs eagerly.
+// The side stream is the cache's own, one per device, created non-blocking (cudaStreamCreateWithFlags with
+// cudaStreamNonBlocking: no implicit synchronization with the legacy default stream, which a capture on a
+// blocking stream would turn into an error for any thread launching there). A stream from torch's pool
+// (getStreamFromPool) is handed out round-robin to every caller, so it could be the user's current stream or one
+// another thread is capturing on.
+// At most kMaxEntries shapes are cached, the least recently used evicted without any synchronization: a
+// cudaDeviceSynchronize there would invalidate another thread's capture in cudaStreamCaptureModeGlobal (torch's
+// default), and is not needed: an executable graph destroyed while in flight is freed when it completes (CUDA
+// driver API, cuGraphExecDestroy), and a released private pool's blocks are never handed to other allocations,
+// only returned to the device by cudaFree, which waits for the device; at::cuda::CUDAGraph::reset releases its
+// graph the same way (its destroy calls under cudaStreamCaptureModeRelaxed, so another thread's global-mode
+// capture does not forbid them).
 // The cache is never destroyed (no CUDA calls at process exit).
 #pragma once
 
 #include <ATen/cuda/CUDAGraph.h>  // at::cuda::graph_pool_handle (declaration only; c10 headers underneath)
 #include <c10/core/Allocator.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>  // CUDAStreamCaptureModeGuard
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime.h>
@@ -49,10 +64,14 @@ class StepGraphCache {
   }
 
   void run(const std::vector<int64_t>& shape, const std::vector<int64_t>& ptrs, const std::function<void()>& fn) {
+    if (cudaPeekAtLastError() != cudaSuccess) {  // someone else's error: leave it to fn's launch checks
+      fn();
+      return;
+    }
     const c10::cuda::CUDAStream cur = c10::cuda::getCurrentCUDAStream();
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(cur.stream(), &status) != cudaSuccess) {
-      (void)cudaGetLastError();
+      (void)cudaGetLastError();  // e.g. the legacy stream while a blocking stream captures: ours, clear it
       fn();
       return;
     }
@@ -127,13 +146,16 @@ class StepGraphCache {
     return entries_.front();
   }
 
+  // No synchronization (see the top of this file): a graph still in flight is freed when it completes, and its
+  // pool's blocks stay out of other allocations until cudaFree, which waits for the device.
   static void release(Entry& e) {
     const c10::cuda::CUDAGuard guard(e.device);
-    (void)cudaDeviceSynchronize();  // the graph may still run; its pool must outlive it
-    if (e.exec != nullptr) (void)cudaGraphExecDestroy(e.exec);
-    e.exec = nullptr;
+    if (e.exec != nullptr) {
+      const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+      (void)cudaGraphExecDestroy(e.exec);  // fails only for an invalid handle; a reported earlier error stays
+      e.exec = nullptr;
+    }
     release_pool(e);
-    (void)cudaGetLastError();
   }
 
   static void release_pool(Entry& e) {
@@ -143,14 +165,23 @@ class StepGraphCache {
     e.has_pool = false;
   }
 
+  // The cache's own stream on `device`, created once and never destroyed (like the cache).
   c10::cuda::CUDAStream side_stream(c10::DeviceIndex device) {
     auto it = side_.find(device);
-    if (it == side_.end()) it = side_.emplace(device, c10::cuda::getStreamFromPool(false, device)).first;
+    if (it == side_.end()) {
+      const c10::cuda::CUDAGuard guard(device);
+      cudaStream_t s = nullptr;
+      check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+      it = side_.emplace(device, c10::cuda::getStreamFromExternal(s, device)).first;
+    }
     return it->second;
   }
 
+  // Throws on failure, after clearing the error the failed call recorded (run() starts only with none pending).
   static void check(cudaError_t err, const char* what) {
-    TORCH_CHECK(err == cudaSuccess, "s2s_fused: ", what, " failed: ", cudaGetErrorString(err));
+    if (err == cudaSuccess) return;
+    (void)cudaGetLastError();
+    TORCH_CHECK(false, "s2s_fused: ", what, " failed: ", cudaGetErrorString(err));
   }
 
   // `b` waits for the work queued so far on `a`.
