@@ -124,14 +124,15 @@ def test_repeated_on_poisoned_heap(backend, kind, dtype):
     probability 0.9^40 < 2 %; the test session's GEMM tail check (conftest) makes the known case deterministic."""
     B, I, H = 40, 19, 70
     repeats = 40 if backend == "cpu" else 3  # the interpreter is slow; the tail check does not need repeats
-    x, h, c, params = inputs(kind, B, I, H, dtype=dtype)
+    dev = device_for(backend)
+    x, h, c, params = inputs(kind, B, I, H, dtype=dtype, device=dev)
     ts = leaves(x, h, c, params, kind)
     out_r, g_r = forward_backward(kind, None, [t.detach().double().requires_grad_() for t in ts], True)
     tol = VALUE_TOL[dtype]
     for rep in range(repeats):
         for n in (B * H, B * 2 * H, B * 3 * H, B * 4 * H, 3 * H * H, 4 * H * H, 4 * H * I):
-            poison_heap(n, dtype)
-            poison_heap(n, torch.float32)
+            poison_heap(n, dtype, dev)
+            poison_heap(n, torch.float32, dev)
         out_f, g_f = forward_backward(kind, backend, [t.detach().clone().requires_grad_() for t in ts], True)
         for i, (a, b) in enumerate(zip(out_f, out_r)):
             assert_close(a, b, tol, f"call {rep} output {i}")
