@@ -158,9 +158,12 @@ cudaError_t launch_persistent(const PersistentParams& p, cudaStream_t stream) {
   int dev = 0, sms = 0, coop = 0, max_smem = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev);
-  cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  // Every runtime failure is returned as itself; cudaErrorNotSupported only ever comes from this function's own
+  // decisions (no runtime call failed), so the caller falls back without touching the thread's last-error state.
+  if ((err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, dev)) != cudaSuccess) return err;
+  if ((err = cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev)) != cudaSuccess)
+    return err;
   if (!coop || sms <= 0) return cudaErrorNotSupported;
   auto kernel = persistent_recurrence_kernel<T, kGru>;
   // The fewest units per block (so the most blocks: more SMs stream their weights in parallel) whose blocks all fit

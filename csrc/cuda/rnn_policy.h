@@ -45,10 +45,9 @@ struct CudaRnnPolicy {
     const char* off = std::getenv("S2S_FUSED_NO_PERSISTENT");
     if (off != nullptr && off[0] == '1') return false;
     const cudaError_t err = persistent_recurrence(p, stream());
-    if (err == cudaErrorNotSupported) {
-      (void)cudaGetLastError();  // clear the (non-sticky) error an attribute query may have recorded
-      return false;
-    }
+    // Not supported is persistent_recurrence's own answer, never a failed runtime call: nothing to clear (clearing
+    // would also drop another launch's pending error).
+    if (err == cudaErrorNotSupported) return false;
     check_launch(err, "persistent_recurrence");
     return true;
   }
