@@ -225,7 +225,8 @@ step "Triton tests under Triton $TRITON_PIN's interpreter"
 "$py" -m pytest -q -p no:cacheprovider -W "ignore::DeprecationWarning:triton.runtime.interpreter" tests \
   -k "triton and not compile_for_gpu" || die "Triton tests under Triton $TRITON_PIN"
 step "every Triton kernel compiled for sm_90 with Triton $TRITON_PIN (tests.gpu_compile)"
-out=$(env -u TRITON_INTERPRET "$py" -m tests.gpu_compile 2>&1) || { echo "$out"; die "tests.gpu_compile"; }
+# Triton's compile cache goes with the venv: a fresh venv compiles everything, as a fresh machine would.
+out=$(env -u TRITON_INTERPRET TRITON_CACHE_DIR="$venv/triton-cache" "$py" -m tests.gpu_compile 2>&1) || { echo "$out"; die "tests.gpu_compile"; }
 echo "$out" | tail -n 3
 case "$out" in SKIP*) die "tests.gpu_compile skipped: ${out}" ;; esac
 grep -q '^compiled [0-9]' <<< "$out" || die "tests.gpu_compile printed no 'compiled N'"
