@@ -6,10 +6,11 @@ capability's flags and chosen at run time (see csrc/cpu/dispatch.h). CUDA source
 *_binding.cpp) are added when torch is a CUDA build and CUDA_HOME is found.
 
 Environment: S2S_FUSED_FORCE_CUDA=1 / S2S_FUSED_CPU_ONLY=1 override the CUDA detection, MAX_JOBS bounds ninja,
-TORCH_CUDA_ARCH_LIST picks the CUDA archs (default "8.0;9.0+PTX" when no GPU is visible), S2S_FUSED_DEBUG=1
-builds -O0 -g.
+TORCH_CUDA_ARCH_LIST picks the CUDA archs (unset: the visible GPUs' archs, as torch would pick them, or
+"8.0;9.0+PTX" when no GPU is visible), S2S_FUSED_DEBUG=1 builds -O0 -g.
 """
 import os
+import re
 import sys
 import platform
 from pathlib import Path
@@ -38,6 +39,32 @@ def want_cuda():
     if _flag("S2S_FUSED_FORCE_CUDA"):
         return True
     return torch.version.cuda is not None and CUDA_HOME is not None
+
+
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
+
+
+def cuda_arch_list():
+    """The CUDA archs to compile, spelled as TORCH_CUDA_ARCH_LIST. The build always hands torch an explicit list,
+    so the list recorded in the build info is the one compiled: left unset, torch would pick the visible GPUs'
+    archs itself and the build would not know them. Unset here means the same choice torch makes: each visible
+    GPU's capability, capped at the newest arch this torch was built for (a newer GPU runs that arch's code or its
+    PTX), +PTX on the last; with no GPU visible, DEFAULT_CUDA_ARCHS."""
+    given = os.environ.get("TORCH_CUDA_ARCH_LIST", "").strip()
+    if given:
+        return given
+    if not (torch.cuda.is_available() and torch.cuda.device_count() > 0):
+        return DEFAULT_CUDA_ARCHS
+    built_for = [int("".join(re.findall(r"\d+", a.split("_", 1)[1]))) for a in torch.cuda.get_arch_list()
+                 if a.startswith("sm_")]
+    newest = max((divmod(sm, 10) for sm in built_for), default=None)
+    caps = set()
+    for i in range(torch.cuda.device_count()):
+        cap = tuple(torch.cuda.get_device_capability(i))
+        caps.add(min(cap, newest) if newest else cap)
+    archs = [f"{major}.{minor}" for major, minor in sorted(caps)]
+    archs[-1] += "+PTX"
+    return ";".join(archs)
 
 
 # Per-capability compile flags for csrc/cpu/kernels/*.cpp. The macros make ATen's at::vec pick its AVX2/AVX512
@@ -92,10 +119,7 @@ def make_extension():
     sources = [str(CSRC / "ops.cpp")] + sorted(str(p) for p in (CSRC / "cpu").glob("*.cpp"))
     include_dirs = [str(CSRC)]
     if want_cuda():
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-            visible = torch.cuda.is_available() and torch.cuda.device_count() > 0
-            if not visible:
-                os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
+        arch = os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()
         sources += sorted(str(p) for p in (CSRC / "cuda").glob("*.cu"))
         sources += sorted(str(p) for p in (CSRC / "cuda").glob("*_binding.cpp"))
         # No --use_fast_math: exact first (it swaps expf/divisions for approximations whose error grows with |x|);
@@ -103,7 +127,6 @@ def make_extension():
         nvcc = opt + ["-std=c++17", "-lineinfo", "--expt-relaxed-constexpr",
                       "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
                       "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_HALF2_OPERATORS__"]
-        arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
         return CUDAExtension(
             "s2s_fused._C", sources, include_dirs=include_dirs,
             extra_compile_args={"cxx": cxx + defines + ["-DS2S_WITH_CUDA", f'-DS2S_CUDA_ARCH_LIST="{arch}"'],
@@ -117,20 +140,21 @@ def make_extension():
 TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy"]
 TRAIN = ["tqdm", "sacrebleu", "matplotlib"]
 
-setup(
-    name="s2s_fused",
-    version=VERSION,
-    description="Fused CUDA/C++/Triton kernels for RNN sequence-to-sequence models, as PyTorch ops",
-    long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
-    long_description_content_type="text/markdown",
-    packages=find_packages(include=["s2s_fused", "s2s_fused.*"]),
-    package_data={"s2s_fused": ["data/*.txt"]},
-    python_requires=">=3.10",
-    # torch is deliberately not listed: the extension is built against the torch already installed, and a
-    # requirement here would let pip replace it (several GB of CUDA wheels on a CPU machine).
-    install_requires=["numpy", "packaging"],
-    extras_require={"test": TEST, "train": TRAIN, "all": TEST + TRAIN},
-    ext_modules=[make_extension()],
-    cmdclass={"build_ext": BuildWithCapabilities.with_options(use_ninja=True)},
-    zip_safe=False,
-)
+if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for its functions
+    setup(
+        name="s2s_fused",
+        version=VERSION,
+        description="Fused CUDA/C++/Triton kernels for RNN sequence-to-sequence models, as PyTorch ops",
+        long_description=(ROOT / "README.md").read_text(encoding="utf-8") if (ROOT / "README.md").exists() else "",
+        long_description_content_type="text/markdown",
+        packages=find_packages(include=["s2s_fused", "s2s_fused.*"]),
+        package_data={"s2s_fused": ["data/*.txt"]},
+        python_requires=">=3.10",
+        # torch is deliberately not listed: the extension is built against the torch already installed, and a
+        # requirement here would let pip replace it (several GB of CUDA wheels on a CPU machine).
+        install_requires=["numpy", "packaging"],
+        extras_require={"test": TEST, "train": TRAIN, "all": TEST + TRAIN},
+        ext_modules=[make_extension()],
+        cmdclass={"build_ext": BuildWithCapabilities.with_options(use_ninja=True)},
+        zip_safe=False,
+    )

@@ -4,12 +4,14 @@
 #include <Python.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+#include <torch/version.h>
 
 #include <atomic>
 
 #include "cpu/debug_checks.h"
 #include "cpu/dispatch.h"
 
+// The CUDA archs compiled, as setup.py handed them to torch (TORCH_CUDA_ARCH_LIST); empty in a CPU-only build.
 #ifndef S2S_CUDA_ARCH_LIST
 #define S2S_CUDA_ARCH_LIST ""
 #endif
@@ -139,8 +141,10 @@ PyObject* build_info(PyObject*, PyObject*) {
   // extension: 1 with torch's thread count above 1 means the build lost -fopenmp and every CPU loop runs serially).
   std::atomic<int> chunks{0};
   at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) { chunks.fetch_add(1); });
-  return Py_BuildValue("{s:O,s:s,s:N,s:s,s:i}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
-                       "cpu_capabilities_compiled", compiled_caps, "cpu_capability",
+  // torch_version: the torch whose headers this was compiled against; a prebuilt extension loaded by another
+  // torch may import and then crash (its C++ ABI is not versioned), so loaders compare it with torch.__version__.
+  return Py_BuildValue("{s:O,s:s,s:s,s:N,s:s,s:i}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
+                       "torch_version", TORCH_VERSION, "cpu_capabilities_compiled", compiled_caps, "cpu_capability",
                        capability_name(runtime_capability()), "parallel_for_chunks", chunks.load());
 }
 

@@ -51,8 +51,9 @@ def extension_error() -> str:
 
 
 def build_info() -> dict:
-    """Facts about the compiled extension: with_cuda, cuda_arch_list, cpu_capabilities_compiled, cpu_capability,
-    parallel_for_chunks (how many chunks our CPU loops split into at import: > 1 when torch runs > 1 thread)."""
+    """Facts about the compiled extension: with_cuda, cuda_arch_list (the archs compiled), torch_version (the torch
+    it was compiled against), cpu_capabilities_compiled, cpu_capability, parallel_for_chunks (how many chunks our
+    CPU loops split into at import: > 1 when torch runs > 1 thread)."""
     return dict(_BUILD_INFO)
 
 

@@ -11,6 +11,7 @@ import sys
 
 def info() -> dict:
     import torch
+    from packaging.version import Version
 
     from . import __version__
     from .backend import BACKENDS, build_info, extension_error, is_available, triton_installed
@@ -30,7 +31,11 @@ def info() -> dict:
     b = build_info()
     if b:
         out["extension"] = "built with CUDA" if b["with_cuda"] else "built without CUDA (CPU only)"
-        out["CUDA arch list"] = b["cuda_arch_list"] or "-"
+        built_for = b["torch_version"]  # MAJOR.MINOR.PATCH, without a local or pre-release tag
+        out["extension built for torch"] = built_for if built_for == Version(torch.__version__).base_version else (
+            f"{built_for}, but torch {torch.__version__} is running: rebuild the extension")
+        # the archs setup.py compiled (it always names them to torch); none in a CPU-only build
+        out["CUDA arch list"] = b["cuda_arch_list"] if b["with_cuda"] else "-"
         out["CPU capabilities compiled"] = ", ".join(b["cpu_capabilities_compiled"])
         out["CPU capability in use"] = b["cpu_capability"]
     else:

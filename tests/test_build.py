@@ -1,6 +1,8 @@
 """The build, the CLI's info command, and the promises the README and CI make to each other."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.version import Version
 
 import s2s_fused
 from s2s_fused.backend import build_info
@@ -69,3 +72,59 @@ def test_info_command():
     for key in ("s2s_fused", "torch", "triton", "CPU capabilities compiled", "CUDA arch list", "backends"):
         assert key in out
     assert "cpu (available)" in out
+    info = build_info()
+    archs = re.search(r"^CUDA arch list +(.*)$", out, re.M).group(1)
+    # a CUDA build names the archs it compiled, whether TORCH_CUDA_ARCH_LIST was set or not
+    assert archs == (info["cuda_arch_list"] if info["with_cuda"] else "-")
+    assert archs not in ("", "-") or not info["with_cuda"]
+    built_for = re.search(r"^extension built for torch +(.*)$", out, re.M).group(1)
+    assert built_for == info["torch_version"] == Version(torch.__version__).base_version
+
+
+# ------------------------------------------------------------------------------ the CUDA arch list setup.py compiles
+
+
+def _setup_py():
+    """setup.py as a module (its setup() call runs only as __main__, as setuptools runs it)."""
+    spec = importlib.util.spec_from_file_location("s2s_fused_setup_py", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fake_gpus(monkeypatch, capabilities, built_for):
+    """Visible GPUs of these capabilities, and a torch built for these archs (torch.cuda.get_arch_list)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: bool(capabilities))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i=0: capabilities[i])
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(built_for))
+
+
+@pytest.mark.parametrize("given, capabilities, built_for, expected", [
+    ("7.5;8.6", [(9, 0)], ["sm_90"], "7.5;8.6"),                        # an explicit list is kept
+    ("", [], [], "8.0;9.0+PTX"),                                         # no GPU visible: the default
+    ("", [(9, 0)], ["sm_80", "sm_90", "sm_100"], "9.0+PTX"),             # an H100 / H200
+    ("", [(9, 0), (8, 0), (9, 0)], ["sm_80", "sm_90"], "8.0;9.0+PTX"),   # two kinds of GPU, each once
+    ("", [(12, 0)], ["sm_80", "sm_90"], "9.0+PTX"),                      # newer than this torch: its newest
+])
+def test_cuda_arch_list_is_always_explicit(monkeypatch, given, capabilities, built_for, expected):
+    setup_py = _setup_py()
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", given)
+    _fake_gpus(monkeypatch, capabilities, built_for)
+    assert setup_py.cuda_arch_list() == expected
+
+
+def test_cuda_build_records_the_archs_it_compiles(monkeypatch, tmp_path):
+    """With TORCH_CUDA_ARCH_LIST unset and a GPU visible, torch picks the archs itself; the build must still know
+    them (`python -m s2s_fused info` printed "-" for such a build)."""
+    import torch.utils.cpp_extension as cpp_extension
+    # describing a CUDA extension only joins paths to the toolkit's (a CPU build of torch has none)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(tmp_path))
+    setup_py = _setup_py()
+    monkeypatch.setenv("S2S_FUSED_FORCE_CUDA", "1")
+    monkeypatch.setenv("S2S_FUSED_CPU_ONLY", "0")
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "")  # unset, as far as the build is concerned
+    _fake_gpus(monkeypatch, [(9, 0)], ["sm_80", "sm_90"])
+    ext = setup_py.make_extension()
+    assert '-DS2S_CUDA_ARCH_LIST="9.0+PTX"' in ext.extra_compile_args["cxx"]
+    assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX", "torch must compile the list that is recorded"

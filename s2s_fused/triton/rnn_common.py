@@ -35,10 +35,12 @@ def gate_dot(acc, a_ptr, s_ab, s_ak, w_ptr, s_wn, s_wk, row0, offs_b, offs_h, B,
                     mask=(offs_b[:, None] < B) & (offs_k[None, :] < K), other=0.0)
         w = tl.load(w_ptr + (row0 + offs_h)[None, :].to(tl.int64) * s_wn + offs_k[:, None] * s_wk,
                     mask=(offs_h[None, :] < H) & (offs_k[:, None] < K), other=0.0)
+        # out_dtype names the accumulator's dtype: Triton 3.6 defaults it to fp32 whatever acc is (an fp64 acc
+        # then fails its assertion), Triton 3.9 to acc's dtype.
         if PREC == "f32":
-            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee")
+            acc = tl.dot(a.to(tl.float32), w.to(tl.float32), acc, input_precision="ieee", out_dtype=acc.dtype)
         else:
-            acc = tl.dot(a, w, acc, input_precision=PREC)
+            acc = tl.dot(a, w, acc, input_precision=PREC, out_dtype=acc.dtype)
     return acc
 
 
