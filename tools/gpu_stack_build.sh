@@ -13,8 +13,8 @@
 #     and that every Triton launcher (custom_op in s2s_fused/triton/) registers with a fake kernel;
 #  4. writes .prebuilt/: the .so with its debug info stripped and build_info.json, for the GPU round to use
 #     instead of building there (benchmarks/gpu_check.sh; the device tool carries .prebuilt/);
-#  5. runs the Triton tests under Triton 3.6's interpreter, and compiles every Triton kernel for sm_90 with
-#     Triton 3.6 (python -m tests.gpu_compile; a SKIP there is a failure here).
+#  5. runs the test suite on this stack (Triton tests under Triton 3.6's interpreter), and compiles every Triton
+#     kernel for sm_90 with Triton 3.6 (python -m tests.gpu_compile; a SKIP there is a failure here).
 # Exits non-zero on any failure; the last line is always `cuda kernels: N of M ops` (M: the ops of
 # csrc/ops.cpp, N: those with a CUDA kernel registered, 0 when the build did not get that far).
 set -euo pipefail
@@ -60,15 +60,16 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py=$venv/bin/python
 "$py" -c 'import sys; assert sys.version_info[:2] == (3, 12), sys.version' || die "$venv is not a Python 3.12 venv"
-# The test extras, read from setup.py so that the two lists cannot drift apart.
+# The test and train extras (the suite's seq2seq tests need the latter), read from setup.py so that the lists cannot
+# drift apart.
 mapfile -t TEST_EXTRAS < <("$py" - <<'EOF'
 import ast
 for node in ast.parse(open("setup.py").read()).body:
-    if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["TEST"]:
+    if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] in (["TEST"], ["TRAIN"]):
         print("\n".join(ast.literal_eval(node.value)))
 EOF
 )
-[ "${#TEST_EXTRAS[@]}" -gt 0 ] || die "no TEST = [...] extras list found in setup.py"
+[ "${#TEST_EXTRAS[@]}" -gt 0 ] || die "no TEST = [...] / TRAIN = [...] extras lists found in setup.py"
 # numpy<2.4: Triton 3.6's interpreter turns 1-element arrays into loop bounds with int(), which NumPy 2.4 refuses
 # ("only 0-dimensional arrays can be converted to Python scalars"); Triton 3.9 squeezes them first.
 "$py" -m pip install -q --disable-pip-version-check "torch==$TORCH_PIN" "triton==$TRITON_PIN" setuptools wheel \
@@ -219,11 +220,13 @@ echo "$(du -m ".prebuilt/$so_name" | cut -f1) MB stripped ($(stat -c %s ".prebui
 # ------------------------------------------------------------------------------------------- 5. the tests
 step "tests/test_build.py against this build"
 "$py" -m pytest -q -p no:cacheprovider tests/test_build.py || die "tests/test_build.py"
-step "Triton tests under Triton $TRITON_PIN's interpreter"
-# The tests that compile for sm_90 run tests.gpu_compile in a subprocess and skip on its SKIP; it runs directly
-# below instead, where a SKIP fails. The interpreter's int() of 1-element arrays warns under NumPy 2.x.
+step "the test suite on torch $TORCH_PIN, Triton tests under Triton $TRITON_PIN's interpreter"
+# The whole suite, so that the oldest supported torch is tested as well as the newest (the main CI run). The tests
+# that compile for sm_90 run tests.gpu_compile in a subprocess and skip on its SKIP; it runs directly below
+# instead, where a SKIP fails. test_device_awareness reruns the suite in a GPU simulation: the main run has it.
+# The interpreter's int() of 1-element arrays warns under NumPy 2.x.
 "$py" -m pytest -q -p no:cacheprovider -W "ignore::DeprecationWarning:triton.runtime.interpreter" tests \
-  -k "triton and not compile_for_gpu" || die "Triton tests under Triton $TRITON_PIN"
+  -k "not compile_for_gpu and not test_device_awareness" || die "the test suite on torch $TORCH_PIN"
 step "every Triton kernel compiled for sm_90 with Triton $TRITON_PIN (tests.gpu_compile)"
 # Triton's compile cache goes with the venv: a fresh venv compiles everything, as a fresh machine would.
 out=$(env -u TRITON_INTERPRET TRITON_CACHE_DIR="$venv/triton-cache" "$py" -m tests.gpu_compile 2>&1) || { echo "$out"; die "tests.gpu_compile"; }
