@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "rnn_pointwise.h"  // Dtype
+#include "dtype.h"
 
 namespace s2s_fused::cpu {
 

@@ -7,7 +7,7 @@
 
 #include <string>
 
-#include "rnn_pointwise.h"
+#include "rnn_core.h"
 
 namespace s2s_fused {
 

@@ -8,7 +8,7 @@
 
 #include <atomic>
 
-#include "cpu/debug_checks.h"
+#include "config.h"
 #include "cpu/dispatch.h"
 
 // The CUDA archs compiled, as setup.py handed them to torch (TORCH_CUDA_ARCH_LIST); empty in a CPU-only build.
@@ -40,7 +40,7 @@ TORCH_LIBRARY(s2s_fused, m) {
   // ---------------------------------------------------------------- rnn_layer (whole sequences)
   // One layer in one direction over a whole (T, B, I) sequence (the modules stack layers and directions).
   // lengths (B,) optional: step t of row b runs when t < lengths[b]; other steps keep the state and output zeros.
-  // reverse runs t = T-1 .. 0. hs, cs (T+1, B, H): the states in time layout (see csrc/rnn_layer_impl.h);
+  // reverse runs t = T-1 .. 0. hs, cs (T+1, B, H): the states in time layout (csrc/rnn_core.h, TimeLayout);
   // workspace: the activated gates of every step, as the rnn_cell ops define it, (T, B, 4H) or (T, B, 3H).
   m.def(
       "lstm_layer_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
@@ -67,12 +67,12 @@ TORCH_LIBRARY(s2s_fused, m) {
       "Tensor? lengths, bool reverse, bool reset_after) -> (Tensor output, Tensor h_n)");
 
   // ---------------------------------------------------------------- rnn_layer_bidir
-  // Both directions of one bidirectional layer in one op (csrc/rnn_bidir_impl.h): step s runs the forward
-  // direction at time s and the reverse one at time T-1-s together (one batched recurrent GEMM and one pointwise
-  // launch per step on CUDA). h0, c0, h_n, c_n (2, B, H) direction-major; output (T, B, 2H) = the two
-  // directions' outputs concatenated; hs, cs (2, T+1, B, H) and workspace (2, T, B, G'H): direction d's slice is
-  // what the single-direction op returns for reverse = (d == 1). Backward returns grad_h0/grad_c0 (2, B, H) and
-  // each direction's weight gradients (the _r ones: reverse).
+  // Both directions of one bidirectional layer in one op (csrc/rnn_recurrence.h with D = 2): step s runs the
+  // forward direction at time s and the reverse one at time T-1-s together (one batched recurrent GEMM and one
+  // pointwise launch per step on CUDA). h0, c0, h_n, c_n (2, B, H) direction-major; output (T, B, 2H) = the two
+  // directions' outputs concatenated; hs, cs (2, T+1, B, H) and workspace (2, T, B, W) (csrc/rnn_core.h):
+  // direction d's slice is what the single-direction op returns for reverse = (d == 1). Backward returns
+  // grad_h0/grad_c0 (2, B, H) and each direction's weight gradients (the _r ones: reverse).
   m.def(
       "lstm_layer_bidir_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
       "Tensor? b_hh, Tensor w_ih_r, Tensor w_hh_r, Tensor? b_ih_r, Tensor? b_hh_r, Tensor? lengths) -> "
@@ -141,22 +141,43 @@ PyObject* build_info(PyObject*, PyObject*) {
   // extension: 1 with torch's thread count above 1 means the build lost -fopenmp and every CPU loop runs serially).
   std::atomic<int> chunks{0};
   at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) { chunks.fetch_add(1); });
+  // The S2S_FUSED_* switches the library reads (csrc/config.h), as they stand.
+  PyObject* switches = PyDict_New();
+  for (size_t i = 0; i < s2s_fused::config::kSwitchNames.size(); ++i) {
+    PyDict_SetItemString(switches, s2s_fused::config::kSwitchNames[i],
+                         s2s_fused::config::on(static_cast<s2s_fused::config::Switch>(i)) ? Py_True : Py_False);
+  }
   // torch_version: the torch whose headers this was compiled against; a prebuilt extension loaded by another
   // torch may import and then crash (its C++ ABI is not versioned), so loaders compare it with torch.__version__.
-  return Py_BuildValue("{s:O,s:s,s:s,s:N,s:s,s:i}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
+  return Py_BuildValue("{s:O,s:s,s:s,s:N,s:s,s:i,s:N}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
                        "torch_version", TORCH_VERSION, "cpu_capabilities_compiled", compiled_caps, "cpu_capability",
-                       capability_name(runtime_capability()), "parallel_for_chunks", chunks.load());
+                       capability_name(runtime_capability()), "parallel_for_chunks", chunks.load(), "switches",
+                       switches);
 }
 
-// _set_check_gemm_tails(bool) -> the previous setting (cpu/debug_checks.h).
+// _set_switch(name, on) -> the previous setting (csrc/config.h).
+PyObject* set_switch(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  int on = 0;
+  if (!PyArg_ParseTuple(args, "sp", &name, &on)) return nullptr;
+  const s2s_fused::config::Switch s = s2s_fused::config::find(name);
+  if (s == s2s_fused::config::Switch::Count) {
+    PyErr_Format(PyExc_KeyError, "%s: not a switch of the compiled library (see build_info()['switches'])", name);
+    return nullptr;
+  }
+  return PyBool_FromLong(s2s_fused::config::set(s, on != 0));
+}
+
+// _set_check_gemm_tails(bool) -> the previous setting of S2S_FUSED_CHECK_GEMM_TAILS (the test session's switch).
 PyObject* set_check_gemm_tails(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);
   if (on < 0) return nullptr;
-  return PyBool_FromLong(s2s_fused::cpu::check_gemm_tails_flag().exchange(on != 0));
+  return PyBool_FromLong(s2s_fused::config::set(s2s_fused::config::Switch::CheckGemmTails, on != 0));
 }
 
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "Facts about this build of the extension."},
+    {"_set_switch", set_switch, METH_VARARGS, "Set a switch of build_info()['switches']; returns the previous value."},
     {"_set_check_gemm_tails", set_check_gemm_tails, METH_O, "Test switch: check CPU GEMM operands' row tails."},
     {nullptr, nullptr, 0, nullptr},
 };

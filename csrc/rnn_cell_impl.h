@@ -1,10 +1,6 @@
-// One LSTM / GRU step, forward and backward, written once for every device. A device policy `PW` runs the GEMMs
-//   gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, bool accumulate)   (out = a @ b (+ out))
-// (oneDNN or BLAS on CPU, cuBLAS on CUDA) and the pointwise work through its members
-//   lstm_forward(const LstmForwardParams&, int64_t B)      lstm_backward(const LstmBackwardParams&, int64_t B)
-//   gru_forward / gru_forward_stage2(const GruForwardParams&, int64_t B)
-//   gru_backward / gru_backward_stage2(const GruBackwardParams&, int64_t B)
-// (csrc/cpu/rnn_cell.cpp: vectorized, parallel over rows; csrc/cuda/rnn_cell_binding.cpp: CUDA kernels).
+// One LSTM / GRU step (the rnn_cell ops), forward and backward, written once for every device through the
+// interface of csrc/rnn_device.h: the GEMMs and one pointwise pass (csrc/cpu/rnn_cell.cpp,
+// csrc/cuda/rnn_cell_binding.cpp). Shapes: csrc/rnn_core.h with T = 1 and no time dimension.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,6 +9,7 @@
 #include <tuple>
 
 #include "checks.h"
+#include "rnn_device.h"
 
 namespace s2s_fused {
 
@@ -20,6 +17,23 @@ struct CellArgs {
   at::Tensor input, hx, w_ih, w_hh, b_ih, b_hh;  // contiguous; biases possibly undefined
   int64_t B, I, H;
 };
+
+// The parameters every pointwise kernel takes, for a cell of input's dtype.
+template <class P>
+P step_params(const at::Tensor& input, int64_t H) {
+  P p;
+  p.dtype = to_dtype(input.scalar_type());
+  p.H = H;
+  return p;
+}
+
+// ... and for a backward kernel, with the incoming state gradient dh (B, H) (undefined: none).
+template <class P>
+P backward_params(const at::Tensor& input, int64_t H, const at::Tensor& dh) {
+  P p = step_params<P>(input, H);
+  p.dh1 = cmat(dh);
+  return p;
+}
 
 // Checks shared by both cells; gates = 4 (LSTM) or 3 (GRU).
 inline CellArgs check_cell_args(const at::Tensor& input, const at::Tensor& hx, const at::Tensor& w_ih,
@@ -37,14 +51,6 @@ inline CellArgs check_cell_args(const at::Tensor& input, const at::Tensor& hx, c
   return a;
 }
 
-// a @ b into a new tensor, through the policy's GEMM.
-template <class PW>
-at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
-  pw.gemm(out, a, b, false);
-  return out;
-}
-
 template <class PW>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
     const PW& pw, const at::Tensor& input, const at::Tensor& hx, const at::Tensor& cx, const at::Tensor& w_ih,
@@ -57,17 +63,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
   at::Tensor gates = mm(pw, a.input, a.w_ih.t());
   pw.gemm(gates, a.hx, a.w_hh.t(), true);
   at::Tensor h1 = at::empty_like(a.hx), c1 = at::empty_like(a.hx);
-  LstmForwardParams p;
-  p.dtype = to_dtype(input.scalar_type());
-  p.H = a.H;
+  auto p = step_params<LstmForwardParams>(input, a.H);
   p.g1 = cmat(gates);
-  p.b1 = ptr_or_null(a.b_ih);
-  p.b2 = ptr_or_null(a.b_hh);
+  p.b_ih = ptr_or_null(a.b_ih);
+  p.b_hh = ptr_or_null(a.b_hh);
   p.cx = cmat(c0);
   p.h1 = mat(h1);
   p.c1 = mat(c1);
   p.ws = mat(gates);
-  pw.lstm_forward(p, a.B);
+  pw.lstm_forward(one(p), a.B);
   return {h1, c1, gates};
 }
 
@@ -89,21 +93,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor ws = workspace.contiguous(), c0 = cx.contiguous(), cn = c1.contiguous();
   at::Tensor dgates = at::empty({B, 4 * H}, input.options());
   at::Tensor dcx = at::empty_like(a.hx);
-  LstmBackwardParams p;
-  p.dtype = to_dtype(input.scalar_type());
-  p.H = H;
-  p.dh1 = cmat(dh);
+  auto p = backward_params<LstmBackwardParams>(input, H, dh);
   p.dc1 = cmat(dc);
   p.ws = cmat(ws);
   p.cx = cmat(c0);
   p.c1 = cmat(cn);
   p.dgates = mat(dgates);
   p.dcx = mat(dcx);
-  pw.lstm_backward(p, B);
+  pw.lstm_backward(one(p), B);
   const auto none = [&] { return at::empty({0}, input.options()); };
-  return {mask[0] ? mm(pw, dgates, a.w_ih) : none(),        mask[1] ? mm(pw, dgates, a.w_hh) : none(),
-          mask[2] ? dcx : none(),                               mask[3] ? mm(pw, dgates.t(), a.input) : none(),
-          mask[4] ? mm(pw, dgates.t(), a.hx) : none(),          mask[5] ? dgates.sum(0) : none()};
+  return {mask[0] ? mm(pw, dgates, a.w_ih) : none(),
+          mask[1] ? mm(pw, dgates, a.w_hh) : none(),
+          mask[2] ? dcx : none(),
+          mask[3] ? mm(pw, dgates.t(), a.input) : none(),
+          mask[4] ? grad_w_hh(pw, CellKind::LSTM, dgates, a.hx, at::Tensor()) : none(),
+          mask[5] ? dgates.sum(0) : none()};
 }
 
 template <class PW>
@@ -115,10 +119,8 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 3);
   const int64_t B = a.B, H = a.H;
   at::Tensor h1 = at::empty_like(a.hx);
-  GruForwardParams p;
-  p.dtype = to_dtype(input.scalar_type());
-  p.H = H;
-  p.reset_after = reset_after;
+  auto p = step_params<GruForwardParams>(input, H);
+  p.kind = gru_kind(reset_after);
   p.b_ih = ptr_or_null(a.b_ih);
   p.b_hh = ptr_or_null(a.b_hh);
   p.hx = cmat(a.hx);
@@ -130,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
     at::Tensor ws = at::empty({B, 4 * H}, input.options());
     p.gh = cmat(gh);
     p.ws = mat(ws);
-    pw.gru_forward(p, B);
+    pw.gru_forward(one(p), B);
     return {h1, ws};
   }
   // Cho et al.: the reset gate scales h before the W_hn product, so the n columns need a second GEMM.
@@ -140,10 +142,10 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   p.gh = cmat(gh_rz);
   p.ws = mat(ws);
   p.rh = mat(rh);
-  pw.gru_forward(p, B);
+  pw.gru_forward(one(p), B);
   const at::Tensor ghn = mm(pw, rh, a.w_hh.narrow(0, 2 * H, H).t());
   p.ghn = cmat(ghn);
-  pw.gru_forward_stage2(p, B);
+  pw.gru_forward_stage2(one(p), B);
   return {h1, ws};
 }
 
@@ -159,51 +161,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor dh = grad_h1.contiguous(), ws = workspace.contiguous();
   at::Tensor dgi = at::empty({B, 3 * H}, input.options());
   at::Tensor dhx = at::empty_like(a.hx);
-  GruBackwardParams p;
-  p.dtype = to_dtype(input.scalar_type());
-  p.H = H;
-  p.reset_after = reset_after;
-  p.dh1 = cmat(dh);
+  auto p = backward_params<GruBackwardParams>(input, H, dh);
+  p.kind = gru_kind(reset_after);
   p.ws = cmat(ws);
   p.hx = cmat(a.hx);
   p.dgi = mat(dgi);
   p.dhx = mat(dhx);
+  const CellKind kind = gru_kind(reset_after);
   const auto none = [&] { return at::empty({0}, input.options()); };
-  at::Tensor grad_hx = none(), grad_w_hh = none(), grad_b_hh = none();
+  at::Tensor dgh = dgi, rh;  // reset_before: gh_n = (r h) W_hn has gradient dn, the same as gi_n's
   if (reset_after) {
-    at::Tensor dgh = at::empty({B, 3 * H}, input.options());
+    dgh = at::empty({B, 3 * H}, input.options());
     p.dgh = mat(dgh);
-    pw.gru_backward(p, B);
-    if (mask[1]) {
-      pw.gemm(dhx, dgh, a.w_hh, true);
-      grad_hx = dhx;
-    }
-    if (mask[3]) grad_w_hh = mm(pw, dgh.t(), a.hx);
-    if (mask[5]) grad_b_hh = dgh.sum(0);
+    pw.gru_backward(one(p), B);
   } else {
-    p.dgh = p.dgi;  // gh_n = (r h) W_hn: its gradient is dn, the same as gi_n's
-    pw.gru_backward(p, B);
-    const at::Tensor dn = dgi.narrow(1, 2 * H, H);
-    const at::Tensor drh = mm(pw, dn, a.w_hh.narrow(0, 2 * H, H));
-    at::Tensor rh = at::empty_like(a.hx);
+    p.dgh = p.dgi;
+    pw.gru_backward(one(p), B);
+    const at::Tensor drh = mm(pw, dgi.narrow(1, 2 * H, H), a.w_hh.narrow(0, 2 * H, H));
+    rh = at::empty_like(a.hx);
     p.drh = cmat(drh);
     p.rh = mat(rh);
-    pw.gru_backward_stage2(p, B);  // also the r columns of dgi, needed by every other gradient
-    const at::Tensor drz = dgi.narrow(1, 0, 2 * H);
-    if (mask[1]) {
-      pw.gemm(dhx, drz, a.w_hh.narrow(0, 0, 2 * H), true);
-      grad_hx = dhx;
-    }
-    if (mask[3]) {
-      grad_w_hh = at::empty_like(a.w_hh, at::MemoryFormat::Contiguous);
-      at::Tensor g_rz = grad_w_hh.narrow(0, 0, 2 * H), g_n = grad_w_hh.narrow(0, 2 * H, H);
-      pw.gemm(g_rz, drz.t(), a.hx, false);
-      pw.gemm(g_n, dn.t(), rh, false);
-    }
-    if (mask[5]) grad_b_hh = dgi.sum(0);
+    pw.gru_backward_stage2(one(p), B);  // also the r columns of dgi, needed by every other gradient
+  }
+  at::Tensor grad_hx = none();
+  if (mask[1]) {
+    const int64_t Gh = hidden_gates(kind) * H;
+    pw.gemm(dhx, dgh.narrow(1, 0, Gh), a.w_hh.narrow(0, 0, Gh), true);
+    grad_hx = dhx;
   }
   return {mask[0] ? mm(pw, dgi, a.w_ih) : none(), grad_hx, mask[2] ? mm(pw, dgi.t(), a.input) : none(),
-          grad_w_hh, mask[4] ? dgi.sum(0) : none(), grad_b_hh};
+          mask[3] ? grad_w_hh(pw, kind, dgh, a.hx, rh) : none(), mask[4] ? dgi.sum(0) : none(),
+          mask[5] ? dgh.sum(0) : none()};
 }
 
 }  // namespace s2s_fused

@@ -105,8 +105,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True, scope="session")
 def _check_gemm_operand_tails():
     """Every CPU GEMM of the RNN ops checks, for the whole session, that the memory oneDNN's AMX matmul reads past
-    its operand's rows holds no NaN/inf (csrc/cpu/debug_checks.h): a buffer left unwritten next to a GEMM operand
-    then fails on every machine, not only on Intel AMX ones where it turns into NaN gradients now and then."""
+    its operand's rows holds no NaN/inf (S2S_FUSED_CHECK_GEMM_TAILS, csrc/config.h): a buffer left unwritten next
+    to a GEMM operand then fails on every machine, not only on Intel AMX ones where it turns into NaN gradients now
+    and then."""
     from s2s_fused import backend
 
     ext = backend._extension()

@@ -1,6 +1,7 @@
 """Shared test helpers: the error measure and tolerances of ARCHITECTURE.md, poisoning, backend lists."""
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -84,3 +85,15 @@ def make_cell_params(kind: str, I: int, H: int, *, dtype=torch.float64, bias=Tru
     w_ih, w_hh = g(G * H, I) / max(1, I) ** 0.5 * 2, g(G * H, H) / max(1, H) ** 0.5 * 2
     b_ih, b_hh = (g(G * H), g(G * H)) if bias else (None, None)
     return w_ih, w_hh, b_ih, b_hh
+
+
+@contextlib.contextmanager
+def compiled_switch(name: str, on: bool = True):
+    """A switch of the compiled library (build_info()["switches"], csrc/config.h: read from the environment once per
+    process) set to `on` for the duration."""
+    ext = _backend._extension()
+    previous = ext._set_switch(name, on)
+    try:
+        yield
+    finally:
+        ext._set_switch(name, previous)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -56,6 +57,30 @@ def test_our_cpu_loops_run_in_parallel():
         assert ext.build_info()["parallel_for_chunks"] == 1
     finally:
         torch.set_num_threads(old)
+
+
+COMPILED_SWITCHES = ("S2S_FUSED_NO_PACKED", "S2S_FUSED_NO_ONEDNN", "S2S_FUSED_NO_PERSISTENT",
+                     "S2S_FUSED_CHECK_GEMM_TAILS")
+
+
+def test_compiled_switches_are_read_once_with_one_rule():
+    """Every S2S_FUSED_* switch of the compiled library is in build_info()["switches"], read from the environment
+    with one rule ("1" on, anything else off), and _set_switch changes one in a running process."""
+    script = ("import json, s2s_fused._C as C; s = C.build_info()['switches']; "
+              "prev = C._set_switch('S2S_FUSED_NO_PACKED', True); "
+              "print(json.dumps([s, prev, C.build_info()['switches']['S2S_FUSED_NO_PACKED']]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_FUSED_")}
+    env |= {"PYTHONPATH": str(ROOT), "S2S_FUSED_NO_PACKED": "true", "S2S_FUSED_NO_ONEDNN": "1",
+            "S2S_FUSED_NO_PERSISTENT": "0"}
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    switches, previous, now = json.loads(res.stdout)
+    assert set(switches) == set(COMPILED_SWITCHES)
+    assert switches == {"S2S_FUSED_NO_PACKED": False, "S2S_FUSED_NO_ONEDNN": True, "S2S_FUSED_NO_PERSISTENT": False,
+                        "S2S_FUSED_CHECK_GEMM_TAILS": False}
+    assert previous is False and now is True
+    with pytest.raises(KeyError, match="S2S_FUSED_NOPE"):
+        s2s_fused.backend._extension()._set_switch("S2S_FUSED_NOPE", True)
 
 
 def test_available_backends():

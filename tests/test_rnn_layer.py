@@ -14,7 +14,7 @@ import s2s_fused
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
 from tests.gpu_compile import check_families
-from tests.helpers import assert_close, device_for, make_cell_params, poison_heap, rel_err
+from tests.helpers import assert_close, compiled_switch, device_for, make_cell_params, poison_heap, rel_err
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -567,8 +567,8 @@ def test_cuda_persistent_small_batch(kind, dtype, B, monkeypatch):
     o64, g64 = _run(ref64, x, None, packed_lengths=lens)
     o_ref, g_ref = _run(ref, x.to(dtype), None, packed_lengths=lens)
     o_new, g_new = _run(ours, x.to(dtype), None, packed_lengths=lens)
-    monkeypatch.setenv("S2S_FUSED_NO_PERSISTENT", "1")
-    o_step, g_step = _run(ours, x.to(dtype), None, packed_lengths=lens)
+    with compiled_switch("S2S_FUSED_NO_PERSISTENT"):
+        o_step, g_step = _run(ours, x.to(dtype), None, packed_lengths=lens)
     floor = 1e-5 if dtype == torch.float32 else 1e-2
     for exact, theirs, new, step in zip(o64 + g64, o_ref + g_ref, o_new + g_new, o_step + g_step):
         tol = max(2 * rel_err(theirs, exact), floor)
@@ -653,7 +653,7 @@ def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypa
     b1, b2 = args[-2:]
     gx = (x.reshape(T * B, I) @ w_ih.t()).view(T, B, G * H).contiguous()
     hs_step, ws_step = step[3 if lstm else 2], step[-1]
-    first = T if reverse else 0  # the first step's read slot (csrc/rnn_layer_impl.h's time layout)
+    first = T if reverse else 0  # the first step's read slot (csrc/rnn_core.h's TimeLayout)
     hs, ws, out = (poison_(torch.empty_like(t)) for t in (hs_step, ws_step, step[0]))
     hs[first] = args[1]
     cs = None
@@ -758,9 +758,10 @@ def test_cuda_triton_persistent(kind, dtype, B, monkeypatch):
         assert rel_err(new, exact) <= tol, f"triton persistent {kind} {dtype} B={B}"
         assert rel_err(step, exact) <= tol, f"triton per-step {kind} {dtype} B={B}"
 # ================================================================ rnn_layer_bidir (both directions in one op)
-# The two-direction ops run, on CPU, the same template as on CUDA with the single-direction kernels twice per step
-# (csrc/rnn_bidir_impl.h): checked here against two single-direction ops (values, saved tensors, gradients),
-# torch.nn with loaded weights (through the modules, forced onto the bidir path), gradcheck and opcheck.
+# The two-direction ops run the one recurrence with D = 2 (csrc/rnn_recurrence.h; on CPU the per-step loop with
+# both directions' GEMMs batched, or for fp32 the packed sequence loop): checked here against two single-direction
+# ops (values, saved tensors, gradients), torch.nn with loaded weights (through the modules, forced onto the bidir
+# path), gradcheck and opcheck.
 import s2s_fused.nn.rnn as _snn_rnn  # noqa: E402
 from s2s_fused.ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir  # noqa: E402
 
@@ -793,20 +794,19 @@ def _bidir_both_ways(kind, x, h0, c0, w, lens):
     return [o, h], [torch.cat([p[0] for p in per], -1), torch.stack([p[1] for p in per])]
 
 
-@pytest.mark.parametrize("branches", [False, True], ids=["cpu-policy", "cuda-branches"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["per-step", "fp32-packed"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "gru_rb"])
 @pytest.mark.parametrize("shape", [(7, 5, 3, 4, True), (1, 1, 2, 3, True), (6, 3, 4, 5, False), (3, 4, 1, 17, True)],
                          ids=["T7-packed", "T1-B1-packed", "T6-dense-nobias", "T3-H17-packed"])
-def test_bidir_op_matches_per_direction_ops(kind, shape, branches, monkeypatch):
-    """Outputs, final states, saved tensors and every gradient equal the two single-direction ops'. cuda-branches:
-    a CPU test policy with the CUDA policy's two-direction methods (batched GEMMs through the same ATen calls on
-    the strided step views), so the template's CUDA branches run here too."""
-    if branches:
-        monkeypatch.setenv("S2S_FUSED_TEST_BIDIR_BRANCHES", "1")
+def test_bidir_op_matches_per_direction_ops(kind, shape, dtype):
+    """Outputs, final states, saved tensors and every gradient equal the two single-direction ops'. per-step: the
+    per-step loop with both directions' GEMMs batched over the strided step views (the calls CUDA makes); fp32:
+    the packed sequence loop over both directions (where it runs: AVX2/AVX-512), the same to fp32 rounding."""
     T, B, I, H, packed = shape
     base = kind.split("_")[0]
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
     x, h0, c0, w, lens = _bidir_args(base, T, B, I, H, bias=shape != (6, 3, 4, 5, False), lengths=packed,
-                                     requires_grad=True)
+                                     requires_grad=True, dtype=dtype)
     leaves = [x, h0] + ([c0] if c0 is not None else []) + [t for d in w for t in d if t is not None]
     fused, per = _bidir_both_ways(kind, x, h0, c0, w, lens)
     g = torch.Generator().manual_seed(5)
@@ -814,7 +814,7 @@ def test_bidir_op_matches_per_direction_ops(kind, shape, branches, monkeypatch):
     gf = torch.autograd.grad(sum((o * c).sum() for o, c in zip(fused, cot)), leaves)
     gp = torch.autograd.grad(sum((o * c).sum() for o, c in zip(per, cot)), leaves)
     for i, (a, b) in enumerate(zip(fused + list(gf), per + list(gp))):
-        assert_close(a, b, 1e-12, f"{kind} output/grad #{i}")
+        assert_close(a, b, tol, f"{kind} output/grad #{i}")
     # the saved tensors: direction d's slice is the single-direction op's
     det = [[t.detach() if t is not None else None for t in d] for d in w]
     if base == "lstm":
@@ -831,12 +831,12 @@ def test_bidir_op_matches_per_direction_ops(kind, shape, branches, monkeypatch):
         saved = (2, 3)
     for d in range(2):
         for k in saved:
-            assert_close(out[k][d], ones[d][k], 1e-12, f"saved #{k} direction {d}")
+            assert_close(out[k][d], ones[d][k], tol, f"saved #{k} direction {d}")
 
 
-def test_bidir_cuda_branches_are_taken(monkeypatch):
-    """The test policy really runs the two-direction branches: one batched GEMM per recurrent product per step
-    (aten::bmm / baddbmm_ show in the profiler; the CPU policy's oneDNN GEMMs do not go through the dispatcher)."""
+def test_bidir_step_gemms_are_batched():
+    """The per-step loop runs both directions' recurrent products as one batched GEMM per product per step
+    (aten::bmm / baddbmm_ show in the profiler; single-direction GEMMs go to oneDNN or BLAS, not through them)."""
     T = 5
     x, h0, c0, w, lens = _bidir_args("gru", T, 4, 3, 8)
 
@@ -848,8 +848,6 @@ def test_bidir_cuda_branches_are_taken(monkeypatch):
     def run():
         return gru_layer_bidir(x, h0, w[0], w[1], lengths=lens, reset_after=False, backend="cpu")
 
-    assert count(run) == {}
-    monkeypatch.setenv("S2S_FUSED_TEST_BIDIR_BRANCHES", "1")
     assert count(run).get("aten::bmm") == 2 * T  # reset_before: the r,z product and the n product per step
     x, h0, c0, w, lens = _bidir_args("lstm", T, 4, 3, 8)
     got = count(lambda: lstm_layer_bidir(x, (h0, c0), w[0], w[1], lengths=lens, backend="cpu"))
@@ -1003,52 +1001,46 @@ def test_cuda_bidir_op_matches_per_direction(kind, B, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("graph", ["0", "1"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
-def test_cuda_bidir_module_and_graph_replay(kind, graph, monkeypatch):
-    """The module's two-direction path against cuDNN (float64, packed), eager and with the step loop recorded as a
-    CUDA graph (S2S_FUSED_CUDA_GRAPH=1: call 1 warms up, call 2 captures, later calls replay or update)."""
-    monkeypatch.setenv("S2S_FUSED_CUDA_GRAPH", graph)
-    monkeypatch.setenv("S2S_FUSED_NO_PERSISTENT", "1")
+def test_cuda_bidir_module_per_step(kind):
+    """The module's two-direction path against cuDNN (float64, packed), the per-step loop."""
     ref, ours = _pair(kind, 9, 33, 2, True, False, True, torch.float64, backend="cuda")
     ref, ours = ref.cuda(), ours.cuda()
-    for seed in range(4):  # same shapes each time: pointers may repeat (replay) or not (exec update)
-        x = _make_input(13, 17, 9, False, torch.float64, seed=seed).cuda()
-        lens = _lengths(13, 17)
-        o_ref, g_ref = _run(ref, x, None, packed_lengths=lens)
-        o, g = _run(ours, x, None, packed_lengths=lens)
-        for a, b in zip(o_ref + g_ref, o + g):
-            assert_close(b, a, 1e-9, f"{kind} graph={graph} call {seed}")
+    with compiled_switch("S2S_FUSED_NO_PERSISTENT"):
+        for seed in range(4):
+            x = _make_input(13, 17, 9, False, torch.float64, seed=seed).cuda()
+            lens = _lengths(13, 17)
+            o_ref, g_ref = _run(ref, x, None, packed_lengths=lens)
+            o, g = _run(ours, x, None, packed_lengths=lens)
+            for a, b in zip(o_ref + g_ref, o + g):
+                assert_close(b, a, 1e-9, f"{kind} call {seed}")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("graph", ["0", "1"])
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "GRU_rb"])
-def test_cuda_single_direction_graph_replay(kind, graph, monkeypatch):
-    """Single-direction layers (rnn_layer_impl.h's loops) with the step loop recorded as a CUDA graph: every
-    output and gradient against float64 torch (reset_before: against the per-step eager run), 4 calls."""
-    monkeypatch.setenv("S2S_FUSED_CUDA_GRAPH", graph)
-    monkeypatch.setenv("S2S_FUSED_NO_PERSISTENT", "1")
+def test_cuda_single_direction_per_step(kind):
+    """Single-direction layers through the per-step loop: every output and gradient against float64 torch
+    (reset_before: against the reference backend), 4 calls."""
     base, kw = kind.split("_")[0], ({"reset_after": False} if kind.endswith("rb") else {})
     ref, ours = _pair(base, 9, 33, 2, True, False, False, torch.float64, backend="cuda", **kw)
     ref, ours = ref.cuda(), ours.cuda()
     if kw:
         ref = getattr(snn, base)(9, 33, 2, dtype=torch.float64, backend="reference", **kw).cuda()
         ref.load_state_dict(ours.state_dict())
-    for seed in range(4):
-        x = _make_input(13, 17, 9, False, torch.float64, seed=seed).cuda()
-        lens = _lengths(13, 17) if seed % 2 else None
-        o_ref, g_ref = _run(ref, x, None, packed_lengths=lens)
-        o, g = _run(ours, x, None, packed_lengths=lens)
-        for a, b in zip(o_ref + g_ref, o + g):
-            assert_close(b, a, 1e-9, f"{kind} graph={graph} call {seed}")
+    with compiled_switch("S2S_FUSED_NO_PERSISTENT"):
+        for seed in range(4):
+            x = _make_input(13, 17, 9, False, torch.float64, seed=seed).cuda()
+            lens = _lengths(13, 17) if seed % 2 else None
+            o_ref, g_ref = _run(ref, x, None, packed_lengths=lens)
+            o, g = _run(ours, x, None, packed_lengths=lens)
+            for a, b in zip(o_ref + g_ref, o + g):
+                assert_close(b, a, 1e-9, f"{kind} call {seed}")
 
 
 @pytest.mark.gpu
-def test_cuda_graph_inside_user_capture(monkeypatch):
-    """With S2S_FUSED_CUDA_GRAPH=1 inside the user's own torch.cuda.graph capture the loop runs eagerly (is
-    recorded into the user's graph), and replaying that graph gives the eager result."""
-    monkeypatch.setenv("S2S_FUSED_CUDA_GRAPH", "1")
+def test_cuda_layers_inside_user_capture():
+    """Inside the user's own torch.cuda.graph capture the layer's launches are recorded into the user's graph (all
+    on the current stream, no host sync), and replaying that graph gives the eager result."""
     m = snn.GRU(8, 16, bidirectional=True, backend="cuda").cuda()
     x = torch.randn(10, 24, 8, device="cuda")
     with torch.no_grad():

@@ -1,10 +1,10 @@
 // CUDA registration of the rnn_cell ops. Small batch (B <= 32, not float64): one fused kernel per step (the
 // recurrent and input GEMM tiles for all gates of a hidden unit, with the cell update in the epilogue).
-// Otherwise: cuBLAS GEMMs through ATen + one pointwise kernel (rnn_cell_impl.h). Backward: pointwise kernel +
-// cuBLAS GEMMs. Every launch goes on the current stream under a device guard.
+// Otherwise: csrc/rnn_cell_impl.h on the CUDA device of cuda/rnn_policy.h (cuBLAS GEMMs through ATen + one
+// pointwise kernel). Backward: pointwise kernel + cuBLAS GEMMs. Every launch goes on the current stream under a
+// device guard.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 

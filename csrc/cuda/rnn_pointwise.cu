@@ -1,39 +1,23 @@
-// CUDA pointwise LSTM/GRU kernels and the fused one-kernel step (declarations and contracts in
-// rnn_pointwise.cuh / rnn_pointwise.h). No torch headers: compiled by plain nvcc in CI.
+// CUDA pointwise LSTM/GRU kernels and the fused one-kernel cell step (declarations and contracts in
+// rnn_pointwise.cuh / csrc/rnn_core.h), over the cell math of rnn_cell_math.cuh. No torch headers: compiled by plain
+// nvcc in CI.
 //
 // Pointwise kernels: one thread per (row, hidden unit), all gates of that unit, so every value is read and
-// written once; x is the fast grid dimension over H (coalesced along a row), y the batch row. Math in float
-// (double for double), rounded once on store. Offsets are 64-bit.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
+// written once; x is the fast grid dimension over H (coalesced along a row), y the batch row, z the direction.
+// Math in float (double for double), rounded once on store. Offsets are 64-bit.
+#include "cuda/rnn_cell_math.cuh"
 #include "cuda/rnn_pointwise.cuh"
 
 namespace s2s_fused::cuda {
 namespace {
 
-template <typename T> struct Acc { using type = float; };
-template <> struct Acc<double> { using type = double; };
-
-template <typename T> __device__ __forceinline__ typename Acc<T>::type to_acc(T v) { return static_cast<typename Acc<T>::type>(v); }
-template <> __device__ __forceinline__ float to_acc<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> __device__ __forceinline__ T from_acc(typename Acc<T>::type v) { return static_cast<T>(v); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
 // Element (b, j) of an optional row-major view; nullptr reads as zero.
 template <typename T>
-__device__ __forceinline__ typename Acc<T>::type ld(const CMat& m, int64_t b, int64_t j) {
-  return m.data ? to_acc(static_cast<const T*>(m.data)[b * m.ld + j]) : typename Acc<T>::type(0);
+__device__ __forceinline__ acc_t<T> ld(const CMat& m, int64_t b, int64_t j) {
+  return m.data ? to_acc(static_cast<const T*>(m.data)[b * m.ld + j]) : acc_t<T>(0);
 }
 template <typename T>
-__device__ __forceinline__ typename Acc<T>::type ld_vec(const void* v, int64_t j) {
-  return v ? to_acc(static_cast<const T*>(v)[j]) : typename Acc<T>::type(0);
-}
-template <typename T>
-__device__ __forceinline__ void st(const Mat& m, int64_t b, int64_t j, typename Acc<T>::type v) {
+__device__ __forceinline__ void st(const Mat& m, int64_t b, int64_t j, acc_t<T> v) {
   if (m.data) static_cast<T*>(m.data)[b * m.ld + j] = from_acc<T>(v);
 }
 __device__ __forceinline__ CMat as_const(const Mat& m) { return {m.data, m.ld}; }
@@ -41,229 +25,216 @@ __device__ __forceinline__ CMat as_const(const Mat& m) { return {m.data, m.ld}; 
 // This thread's hidden unit: x runs over H (coalesced along a row), y over batch rows.
 __device__ __forceinline__ int64_t unit_index() { return blockIdx.x * int64_t(blockDim.x) + threadIdx.x; }
 
-template <typename A> __device__ __forceinline__ A sigmoid(A x) { return A(1) / (A(1) + exp(-x)); }
+// The work of one thread: unit j of row b. A finished row (active[b] == 0) goes to `finished`, the others to
+// `live`; both get (b, j).
+template <class P, class Finished, class Live>
+__device__ __forceinline__ void for_unit(const P& p, int64_t B, Finished finished, Live live) {
+  const int64_t j = unit_index(), b = blockIdx.y;
+  if (j >= p.H || b >= B) return;
+  if (p.active && !p.active[b]) {
+    finished(b, j);
+  } else {
+    live(b, j);
+  }
+}
+
+// A finished row of a forward kernel: the state is kept (h1 = hx) and the output is zero.
+template <typename T>
+__device__ __forceinline__ void keep_state(const ForwardStep& p, int64_t b, int64_t j) {
+  st<T>(p.h1, b, j, ld<T>(p.hx, b, j));
+  st<T>(p.out, b, j, acc_t<T>(0));
+}
+
+// dh = dh1 + dh2 of a backward kernel (each optional).
+template <typename T>
+__device__ __forceinline__ acc_t<T> load_dh(const BackwardStep& p, int64_t b, int64_t j) {
+  return ld<T>(p.dh1, b, j) + ld<T>(p.dh2, b, j);
+}
+
+// A gate's two products and two biases at column `col` (g2 and both biases optional).
+template <typename T>
+__device__ __forceinline__ acc_t<T> pre_activation(const CMat& g1, const CMat& g2, const void* b1, const void* b2,
+                                                   int64_t b, int64_t col) {
+  return ld<T>(g1, b, col) + ld<T>(g2, b, col) + element_or_zero<T>(b1, col) + element_or_zero<T>(b2, col);
+}
 
 template <typename T>
 __device__ __forceinline__ void lstm_forward_body(const LstmForwardParams& p, int64_t B) {
-  using A = typename Acc<T>::type;
-  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
-  if (j >= H || b >= B) return;
-  if (p.active && !p.active[b]) {
-    st<T>(p.h1, b, j, ld<T>(p.hx, b, j));
+  const auto finished = [&](int64_t b, int64_t j) {
+    keep_state<T>(p, b, j);
     st<T>(p.c1, b, j, ld<T>(p.cx, b, j));
-    st<T>(p.out, b, j, A(0));
-    return;
-  }
-  A pre[4];
+  };
+  for_unit(p, B, finished, [&](int64_t b, int64_t j) {
+    const int64_t H = p.H;
+    acc_t<T> pre[4];
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int64_t col = k * H + j;
-    pre[k] = ld<T>(p.g1, b, col) + ld<T>(p.g2, b, col) + ld_vec<T>(p.b1, col) + ld_vec<T>(p.b2, col);
-  }
-  const A i = sigmoid(pre[0]), f = sigmoid(pre[1]), g = tanh(pre[2]), o = sigmoid(pre[3]);
-  const A c = f * ld<T>(p.cx, b, j) + i * g;
-  const A h = o * tanh(c);
-  st<T>(p.ws, b, j, i);
-  st<T>(p.ws, b, H + j, f);
-  st<T>(p.ws, b, 2 * H + j, g);
-  st<T>(p.ws, b, 3 * H + j, o);
-  st<T>(p.c1, b, j, c);
-  st<T>(p.h1, b, j, h);
-  st<T>(p.out, b, j, h);
+    for (int k = 0; k < 4; ++k) pre[k] = pre_activation<T>(p.g1, p.g2, p.b_ih, p.b_hh, b, k * H + j);
+    const LstmStep<acc_t<T>> s = lstm_step(pre[0], pre[1], pre[2], pre[3], ld<T>(p.cx, b, j));
+    st<T>(p.ws, b, j, s.i);
+    st<T>(p.ws, b, H + j, s.f);
+    st<T>(p.ws, b, 2 * H + j, s.g);
+    st<T>(p.ws, b, 3 * H + j, s.o);
+    st<T>(p.c1, b, j, s.c);
+    st<T>(p.h1, b, j, s.h);
+    st<T>(p.out, b, j, s.h);
+  });
 }
 
 template <typename T>
 __device__ __forceinline__ void lstm_backward_body(const LstmBackwardParams& p, int64_t B) {
-  using A = typename Acc<T>::type;
-  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
-  if (j >= H || b >= B) return;
-  const A dh = ld<T>(p.dh1, b, j) + ld<T>(p.dh2, b, j);
-  if (p.active && !p.active[b]) {
-    st<T>(p.dhx, b, j, dh);
+  const auto finished = [&](int64_t b, int64_t j) {
+    st<T>(p.dhx, b, j, load_dh<T>(p, b, j));
     st<T>(p.dcx, b, j, ld<T>(p.dc1, b, j));
 #pragma unroll
-    for (int k = 0; k < 4; ++k) st<T>(p.dgates, b, k * H + j, A(0));
-    return;
-  }
-  const A i = ld<T>(p.ws, b, j), f = ld<T>(p.ws, b, H + j), g = ld<T>(p.ws, b, 2 * H + j),
-          o = ld<T>(p.ws, b, 3 * H + j);
-  const A tc = tanh(ld<T>(p.c1, b, j));
-  const A dc = ld<T>(p.dc1, b, j) + dh * o * (A(1) - tc * tc);
-  st<T>(p.dgates, b, j, dc * g * i * (A(1) - i));
-  st<T>(p.dgates, b, H + j, dc * ld<T>(p.cx, b, j) * f * (A(1) - f));
-  st<T>(p.dgates, b, 2 * H + j, dc * i * (A(1) - g * g));
-  st<T>(p.dgates, b, 3 * H + j, dh * tc * o * (A(1) - o));
-  st<T>(p.dcx, b, j, dc * f);
+    for (int k = 0; k < 4; ++k) st<T>(p.dgates, b, k * p.H + j, acc_t<T>(0));
+  };
+  for_unit(p, B, finished, [&](int64_t b, int64_t j) {
+    const int64_t H = p.H;
+    const LstmGrads<acc_t<T>> g = lstm_grads(ld<T>(p.ws, b, j), ld<T>(p.ws, b, H + j), ld<T>(p.ws, b, 2 * H + j),
+                                             ld<T>(p.ws, b, 3 * H + j), ld<T>(p.cx, b, j), ld<T>(p.c1, b, j),
+                                             load_dh<T>(p, b, j), ld<T>(p.dc1, b, j));
+    st<T>(p.dgates, b, j, g.di);
+    st<T>(p.dgates, b, H + j, g.df);
+    st<T>(p.dgates, b, 2 * H + j, g.dg);
+    st<T>(p.dgates, b, 3 * H + j, g.d_o);
+    st<T>(p.dcx, b, j, g.dcx);
+  });
 }
 
-// reset_after: the whole cell; reset_before: stage 1 (r, z, rh = r * hx).
+// reset_after: the whole cell; reset_before: stage 1 (r, z, rh = r * hx; stage 2 handles finished rows).
 template <typename T>
 __device__ __forceinline__ void gru_forward_body(const GruForwardParams& p, int64_t B) {
-  using A = typename Acc<T>::type;
-  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
-  if (j >= H || b >= B) return;
-  const A h = ld<T>(p.hx, b, j);
-  if (p.active && !p.active[b]) {
-    if (p.reset_after) {
-      st<T>(p.h1, b, j, h);
-      st<T>(p.out, b, j, A(0));
+  const bool after = p.kind == CellKind::GRU_RESET_AFTER;
+  const auto finished = [&](int64_t b, int64_t j) {
+    if (after) keep_state<T>(p, b, j);
+  };
+  for_unit(p, B, finished, [&](int64_t b, int64_t j) {
+    using A = acc_t<T>;
+    const int64_t H = p.H;
+    const A pre_r = pre_activation<T>(p.gi, p.gh, p.b_ih, p.b_hh, b, j);
+    const A pre_z = pre_activation<T>(p.gi, p.gh, p.b_ih, p.b_hh, b, H + j);
+    const A h = ld<T>(p.hx, b, j);
+    if (!after) {
+      const A r = sigmoid(pre_r);
+      st<T>(p.ws, b, j, r);
+      st<T>(p.ws, b, H + j, sigmoid(pre_z));
+      st<T>(p.rh, b, j, r * h);
+      return;
     }
-    return;
-  }
-  const A r = sigmoid(ld<T>(p.gi, b, j) + ld<T>(p.gh, b, j) + ld_vec<T>(p.b_ih, j) + ld_vec<T>(p.b_hh, j));
-  const A z = sigmoid(ld<T>(p.gi, b, H + j) + ld<T>(p.gh, b, H + j) + ld_vec<T>(p.b_ih, H + j) +
-                      ld_vec<T>(p.b_hh, H + j));
-  st<T>(p.ws, b, j, r);
-  st<T>(p.ws, b, H + j, z);
-  if (p.reset_after) {
-    const A hn = ld<T>(p.gh, b, 2 * H + j) + ld_vec<T>(p.b_hh, 2 * H + j);
-    const A n = tanh(ld<T>(p.gi, b, 2 * H + j) + ld_vec<T>(p.b_ih, 2 * H + j) + r * hn);
-    const A hnew = n + z * (h - n);
-    st<T>(p.ws, b, 2 * H + j, n);
+    const A hn = ld<T>(p.gh, b, 2 * H + j) + element_or_zero<T>(p.b_hh, 2 * H + j);
+    const A n_in = ld<T>(p.gi, b, 2 * H + j) + element_or_zero<T>(p.b_ih, 2 * H + j);
+    const GruStep<A> s = gru_reset_after_step(pre_r, pre_z, n_in, hn, h);
+    st<T>(p.ws, b, j, s.r);
+    st<T>(p.ws, b, H + j, s.z);
+    st<T>(p.ws, b, 2 * H + j, s.n);
     st<T>(p.ws, b, 3 * H + j, hn);
-    st<T>(p.h1, b, j, hnew);
-    st<T>(p.out, b, j, hnew);
-  } else {
-    st<T>(p.rh, b, j, r * h);
-  }
+    st<T>(p.h1, b, j, s.h);
+    st<T>(p.out, b, j, s.h);
+  });
 }
 
+// reset_before stage 2: n = tanh(gi_n + ghn + b_in + b_hn) and the new state.
 template <typename T>
 __device__ __forceinline__ void gru_forward_stage2_body(const GruForwardParams& p, int64_t B) {
-  using A = typename Acc<T>::type;
-  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
-  if (j >= H || b >= B) return;
-  const A h = ld<T>(p.hx, b, j);
-  if (p.active && !p.active[b]) {
-    st<T>(p.h1, b, j, h);
-    st<T>(p.out, b, j, A(0));
-    return;
-  }
-  const A n = tanh(ld<T>(p.gi, b, 2 * H + j) + ld<T>(p.ghn, b, j) + ld_vec<T>(p.b_ih, 2 * H + j) +
-                   ld_vec<T>(p.b_hh, 2 * H + j));
-  const A z = ld<T>(as_const(p.ws), b, H + j);
-  const A hnew = n + z * (h - n);
-  st<T>(p.ws, b, 2 * H + j, n);
-  st<T>(p.h1, b, j, hnew);
-  st<T>(p.out, b, j, hnew);
+  for_unit(p, B, [&](int64_t b, int64_t j) { keep_state<T>(p, b, j); }, [&](int64_t b, int64_t j) {
+    const int64_t H = p.H;
+    const acc_t<T> n = tanh(ld<T>(p.gi, b, 2 * H + j) + ld<T>(p.ghn, b, j) +
+                            element_or_zero<T>(p.b_ih, 2 * H + j) + element_or_zero<T>(p.b_hh, 2 * H + j));
+    const acc_t<T> hnew = gru_state(n, ld<T>(as_const(p.ws), b, H + j), ld<T>(p.hx, b, j));
+    st<T>(p.ws, b, 2 * H + j, n);
+    st<T>(p.h1, b, j, hnew);
+    st<T>(p.out, b, j, hnew);
+  });
 }
 
+// reset_after: the whole pointwise backward; reset_before: stage 1 (dz, dn).
 template <typename T>
 __device__ __forceinline__ void gru_backward_body(const GruBackwardParams& p, int64_t B) {
-  using A = typename Acc<T>::type;
-  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
-  if (j >= H || b >= B) return;
-  const A dh = ld<T>(p.dh1, b, j) + ld<T>(p.dh2, b, j);
-  if (p.active && !p.active[b]) {
-    st<T>(p.dhx, b, j, dh);
+  const auto finished = [&](int64_t b, int64_t j) {
+    st<T>(p.dhx, b, j, load_dh<T>(p, b, j));
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
-      st<T>(p.dgi, b, k * H + j, A(0));
-      st<T>(p.dgh, b, k * H + j, A(0));
+      st<T>(p.dgi, b, k * p.H + j, acc_t<T>(0));
+      st<T>(p.dgh, b, k * p.H + j, acc_t<T>(0));
     }
-    return;
-  }
-  const A r = ld<T>(p.ws, b, j), z = ld<T>(p.ws, b, H + j), n = ld<T>(p.ws, b, 2 * H + j);
-  const A h = ld<T>(p.hx, b, j);
-  const A dn = dh * (A(1) - z) * (A(1) - n * n);
-  const A dz = dh * (h - n) * z * (A(1) - z);
-  st<T>(p.dgi, b, H + j, dz);
-  st<T>(p.dgi, b, 2 * H + j, dn);
-  if (p.reset_after) {
-    const A hn = ld<T>(p.ws, b, 3 * H + j);
-    const A dr = dn * hn * r * (A(1) - r);
+  };
+  for_unit(p, B, finished, [&](int64_t b, int64_t j) {
+    using A = acc_t<T>;
+    const int64_t H = p.H;
+    const A dh = load_dh<T>(p, b, j);
+    const A r = ld<T>(p.ws, b, j), z = ld<T>(p.ws, b, H + j), n = ld<T>(p.ws, b, 2 * H + j);
+    const GruGrads<A> g = gru_grads(z, n, ld<T>(p.hx, b, j), dh);
+    st<T>(p.dgi, b, H + j, g.dz);
+    st<T>(p.dgi, b, 2 * H + j, g.dn);
+    if (p.kind != CellKind::GRU_RESET_AFTER) return;
+    const A dr = gru_dr(g.dn, ld<T>(p.ws, b, 3 * H + j), r);
     st<T>(p.dgi, b, j, dr);
     st<T>(p.dgh, b, j, dr);
-    st<T>(p.dgh, b, H + j, dz);
-    st<T>(p.dgh, b, 2 * H + j, dn * r);
+    st<T>(p.dgh, b, H + j, g.dz);
+    st<T>(p.dgh, b, 2 * H + j, g.dn * r);
     st<T>(p.dhx, b, j, dh * z);
-  }
+  });
 }
 
+// reset_before stage 2: dr, dhx = dh * z + drh * r and rh = r * hx. A finished row: stage 1 already passed dh
+// through and zeroed the gate gradients; rh only feeds dW_hn, scaled by dn = 0.
 template <typename T>
 __device__ __forceinline__ void gru_backward_stage2_body(const GruBackwardParams& p, int64_t B) {
-  using A = typename Acc<T>::type;
-  const int64_t H = p.H, j = unit_index(), b = blockIdx.y;
-  if (j >= H || b >= B) return;
-  if (p.active && !p.active[b]) {
-    st<T>(p.rh, b, j, A(0));
-    return;
-  }
-  const A dh = ld<T>(p.dh1, b, j) + ld<T>(p.dh2, b, j);
-  const A r = ld<T>(p.ws, b, j), z = ld<T>(p.ws, b, H + j), h = ld<T>(p.hx, b, j);
-  const A drh = ld<T>(p.drh, b, j);
-  st<T>(p.dgi, b, j, drh * h * r * (A(1) - r));
-  st<T>(p.dhx, b, j, dh * z + drh * r);
-  st<T>(p.rh, b, j, r * h);
+  for_unit(p, B, [&](int64_t b, int64_t j) { st<T>(p.rh, b, j, acc_t<T>(0)); }, [&](int64_t b, int64_t j) {
+    using A = acc_t<T>;
+    const A r = ld<T>(p.ws, b, j), z = ld<T>(p.ws, b, p.H + j), h = ld<T>(p.hx, b, j);
+    const A drh = ld<T>(p.drh, b, j);
+    st<T>(p.dgi, b, j, gru_dr(drh, h, r));
+    st<T>(p.dhx, b, j, load_dh<T>(p, b, j) * z + drh * r);
+    st<T>(p.rh, b, j, r * h);
+  });
 }
 
 constexpr int kThreads = 128;
 
-// The kernels: one direction (the cells and the single-direction layers), or both directions of a bidirectional
-// layer in one launch (gridDim.z = 2, block z runs direction z with its own parameters). The z branch is
-// uniform per block and keeps both parameter sets in the kernel's parameter space (no local copy).
+// One launch covers D directions: block z runs direction z with its own parameters. The z branch is uniform per
+// block and keeps both parameter sets in the kernel's parameter space (no local copy).
 template <typename P>
-struct ParamPair {
-  P p0, p1;
+struct Directions {
+  P p[2];
 };
 
-#define S2S_POINTWISE_KERNELS(name, P)                                            \
-  template <typename T>                                                           \
-  __global__ void name##_kernel(P p, int64_t B) {                                 \
-    name##_body<T>(p, B);                                                         \
-  }                                                                               \
-  template <typename T>                                                           \
-  __global__ void name##_bidir_kernel(ParamPair<P> pp, int64_t B) {               \
-    if (blockIdx.z == 0) name##_body<T>(pp.p0, B); else name##_body<T>(pp.p1, B); \
+#define S2S_POINTWISE_KERNEL(name, P)                                                     \
+  template <typename T>                                                                   \
+  __global__ void name##_kernel(Directions<P> pp, int64_t B) {                            \
+    if (blockIdx.z == 0) name##_body<T>(pp.p[0], B); else name##_body<T>(pp.p[1], B);     \
+  }                                                                                       \
+  template <typename T>                                                                   \
+  struct name##_launch {                                                                  \
+    static void run(const Directions<P>& pp, int64_t B, dim3 grid, cudaStream_t stream) { \
+      name##_kernel<T><<<grid, kThreads, 0, stream>>>(pp, B);                             \
+    }                                                                                     \
+  };
+
+S2S_POINTWISE_KERNEL(lstm_forward, LstmForwardParams)
+S2S_POINTWISE_KERNEL(lstm_backward, LstmBackwardParams)
+S2S_POINTWISE_KERNEL(gru_forward, GruForwardParams)
+S2S_POINTWISE_KERNEL(gru_forward_stage2, GruForwardParams)
+S2S_POINTWISE_KERNEL(gru_backward, GruBackwardParams)
+S2S_POINTWISE_KERNEL(gru_backward_stage2, GruBackwardParams)
+#undef S2S_POINTWISE_KERNEL
+
+template <template <typename> class Launch, typename P>
+cudaError_t launch_pointwise(const P* p, int64_t D, int64_t B, cudaStream_t stream) {
+  if (D < 1 || D > 2) return cudaErrorInvalidValue;
+  if (B == 0 || p[0].H == 0) return cudaSuccess;
+  if (B > 65535 || (D == 2 && (p[1].H != p[0].H || p[1].dtype != p[0].dtype))) return cudaErrorInvalidConfiguration;
+  Directions<P> pp{{p[0], p[D - 1]}};
+  const dim3 grid(static_cast<unsigned>((p[0].H + kThreads - 1) / kThreads), static_cast<unsigned>(B),
+                  static_cast<unsigned>(D));
+  switch (p[0].dtype) {
+    case Dtype::Float32: Launch<float>::run(pp, B, grid, stream); break;
+    case Dtype::Float64: Launch<double>::run(pp, B, grid, stream); break;
+    case Dtype::Float16: Launch<__half>::run(pp, B, grid, stream); break;
+    case Dtype::BFloat16: Launch<__nv_bfloat16>::run(pp, B, grid, stream); break;
   }
-
-S2S_POINTWISE_KERNELS(lstm_forward, LstmForwardParams)
-S2S_POINTWISE_KERNELS(lstm_backward, LstmBackwardParams)
-S2S_POINTWISE_KERNELS(gru_forward, GruForwardParams)
-S2S_POINTWISE_KERNELS(gru_forward_stage2, GruForwardParams)
-S2S_POINTWISE_KERNELS(gru_backward, GruBackwardParams)
-S2S_POINTWISE_KERNELS(gru_backward_stage2, GruBackwardParams)
-
-// `kernel` names the kernel template, `args` its arguments; nz = 1 (one direction) or 2 (bidir).
-#define S2S_POINTWISE_DISPATCH(kernel, args)                                                             \
-  switch (dtype) {                                                                                       \
-    case Dtype::Float32: kernel<float><<<grid, kThreads, 0, stream>>> args; break;                       \
-    case Dtype::Float64: kernel<double><<<grid, kThreads, 0, stream>>> args; break;                      \
-    case Dtype::Float16: kernel<__half><<<grid, kThreads, 0, stream>>> args; break;                      \
-    case Dtype::BFloat16: kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>> args; break;              \
-  }
-
-inline dim3 pointwise_grid(int64_t H, int64_t B, unsigned nz) {
-  return dim3(static_cast<unsigned>((H + kThreads - 1) / kThreads), static_cast<unsigned>(B), nz);
+  return cudaGetLastError();
 }
-
-#define S2S_POINTWISE_LAUNCH(name)                                                               \
-  template <typename P>                                                                          \
-  cudaError_t launch_##name(const P& p, int64_t B, cudaStream_t stream) {                        \
-    if (B == 0 || p.H == 0) return cudaSuccess;                                                  \
-    if (B > 65535) return cudaErrorInvalidConfiguration;                                         \
-    const dim3 grid = pointwise_grid(p.H, B, 1);                                                 \
-    const Dtype dtype = p.dtype;                                                                 \
-    S2S_POINTWISE_DISPATCH(name##_kernel, (p, B))                                                \
-    return cudaGetLastError();                                                                   \
-  }                                                                                              \
-  template <typename P>                                                                          \
-  cudaError_t launch_##name##_bidir(const P& p0, const P& p1, int64_t B, cudaStream_t stream) {  \
-    if (B == 0 || p0.H == 0) return cudaSuccess;                                                 \
-    if (B > 65535 || p1.H != p0.H || p1.dtype != p0.dtype) return cudaErrorInvalidConfiguration; \
-    const dim3 grid = pointwise_grid(p0.H, B, 2);                                                \
-    const Dtype dtype = p0.dtype;                                                                \
-    const ParamPair<P> pp{p0, p1};                                                               \
-    S2S_POINTWISE_DISPATCH(name##_bidir_kernel, (pp, B))                                         \
-    return cudaGetLastError();                                                                   \
-  }
-
-S2S_POINTWISE_LAUNCH(lstm_forward)
-S2S_POINTWISE_LAUNCH(lstm_backward)
-S2S_POINTWISE_LAUNCH(gru_forward)
-S2S_POINTWISE_LAUNCH(gru_forward_stage2)
-S2S_POINTWISE_LAUNCH(gru_backward)
-S2S_POINTWISE_LAUNCH(gru_backward_stage2)
 
 // ------------------------------------------------------------------------------------------- fused step
 // One warp per hidden unit j: it owns the G weight rows {g*H + j} of W_ih and W_hh and computes their dot
@@ -322,11 +293,6 @@ __device__ __forceinline__ void lane_sums(const float (&acc)[4][kMaxRows], int l
 }
 
 template <typename T>
-__device__ __forceinline__ float bias_at(const void* v, int64_t col) {
-  return v ? to_acc(static_cast<const T*>(v)[col]) : 0.f;
-}
-
-template <typename T>
 __global__ void lstm_fused_step_kernel(FusedStepParams p) {
   const int lane = threadIdx.x & 31;
   const int64_t j = blockIdx.x * int64_t(kWarpsPerBlock) + (threadIdx.x >> 5);
@@ -340,16 +306,15 @@ __global__ void lstm_fused_step_kernel(FusedStepParams p) {
   lane_sums(acc, lane, pre);
   const int64_t b = b0 + lane, H = p.H;
 #pragma unroll
-  for (int g = 0; g < 4; ++g) pre[g] += bias_at<T>(p.b_ih, g * H + j) + bias_at<T>(p.b_hh, g * H + j);
-  const float i = sigmoid(pre[0]), f = sigmoid(pre[1]), gg = tanhf(pre[2]), o = sigmoid(pre[3]);
-  const float c = f * to_acc(static_cast<const T*>(p.cx)[b * H + j]) + i * gg;
+  for (int g = 0; g < 4; ++g) pre[g] += element_or_zero<T>(p.b_ih, g * H + j) + element_or_zero<T>(p.b_hh, g * H + j);
+  const LstmStep<float> c = lstm_step(pre[0], pre[1], pre[2], pre[3], to_acc(static_cast<const T*>(p.cx)[b * H + j]));
   T* ws = static_cast<T*>(p.ws) + b * 4 * H;
-  ws[j] = from_acc<T>(i);
-  ws[H + j] = from_acc<T>(f);
-  ws[2 * H + j] = from_acc<T>(gg);
-  ws[3 * H + j] = from_acc<T>(o);
-  static_cast<T*>(p.c1)[b * H + j] = from_acc<T>(c);
-  static_cast<T*>(p.h1)[b * H + j] = from_acc<T>(o * tanhf(c));
+  ws[j] = from_acc<T>(c.i);
+  ws[H + j] = from_acc<T>(c.f);
+  ws[2 * H + j] = from_acc<T>(c.g);
+  ws[3 * H + j] = from_acc<T>(c.o);
+  static_cast<T*>(p.c1)[b * H + j] = from_acc<T>(c.c);
+  static_cast<T*>(p.h1)[b * H + j] = from_acc<T>(c.h);
 }
 
 // GRU reset_after needs the n-gate input and hidden products apart (r multiplies only the hidden one), so it
@@ -367,17 +332,18 @@ __global__ void gru_fused_step_kernel(FusedStepParams p) {
   float s[4];  // r, z (input + hidden), n input part, n hidden part
   lane_sums(acc, lane, s);
   const int64_t b = b0 + lane, H = p.H;
-  const float r = sigmoid(s[0] + bias_at<T>(p.b_ih, j) + bias_at<T>(p.b_hh, j));
-  const float z = sigmoid(s[1] + bias_at<T>(p.b_ih, H + j) + bias_at<T>(p.b_hh, H + j));
-  const float hn = s[3] + bias_at<T>(p.b_hh, 2 * H + j);
-  const float n = tanhf(s[2] + bias_at<T>(p.b_ih, 2 * H + j) + r * hn);
-  const float h = to_acc(static_cast<const T*>(p.hx)[b * H + j]);
+  const float hn = s[3] + element_or_zero<T>(p.b_hh, 2 * H + j);
+  const GruStep<float> c = gru_reset_after_step(s[0] + element_or_zero<T>(p.b_ih, j) + element_or_zero<T>(p.b_hh, j),
+                                                s[1] + element_or_zero<T>(p.b_ih, H + j) +
+                                                    element_or_zero<T>(p.b_hh, H + j),
+                                                s[2] + element_or_zero<T>(p.b_ih, 2 * H + j), hn,
+                                                to_acc(static_cast<const T*>(p.hx)[b * H + j]));
   T* ws = static_cast<T*>(p.ws) + b * 4 * H;
-  ws[j] = from_acc<T>(r);
-  ws[H + j] = from_acc<T>(z);
-  ws[2 * H + j] = from_acc<T>(n);
+  ws[j] = from_acc<T>(c.r);
+  ws[H + j] = from_acc<T>(c.z);
+  ws[2 * H + j] = from_acc<T>(c.n);
   ws[3 * H + j] = from_acc<T>(hn);
-  static_cast<T*>(p.h1)[b * H + j] = from_acc<T>(n + z * (h - n));
+  static_cast<T*>(p.h1)[b * H + j] = from_acc<T>(c.h);
 }
 
 template <template <typename> class Launch>
@@ -417,28 +383,17 @@ bool fused_step_supported(const FusedStepParams& p) {
 
 }  // namespace
 
-cudaError_t lstm_forward(const LstmForwardParams& p, int64_t B, cudaStream_t s) { return launch_lstm_forward(p, B, s); }
-cudaError_t lstm_backward(const LstmBackwardParams& p, int64_t B, cudaStream_t s) { return launch_lstm_backward(p, B, s); }
-cudaError_t gru_forward(const GruForwardParams& p, int64_t B, cudaStream_t s) { return launch_gru_forward(p, B, s); }
-cudaError_t gru_forward_stage2(const GruForwardParams& p, int64_t B, cudaStream_t s) {
-  return launch_gru_forward_stage2(p, B, s);
-}
-cudaError_t gru_backward(const GruBackwardParams& p, int64_t B, cudaStream_t s) { return launch_gru_backward(p, B, s); }
-cudaError_t gru_backward_stage2(const GruBackwardParams& p, int64_t B, cudaStream_t s) {
-  return launch_gru_backward_stage2(p, B, s);
-}
-
-// Both directions of a bidirectional layer in one launch (p0: forward direction, p1: reverse; same H, dtype).
-#define S2S_POINTWISE_BIDIR_ENTRY(name, P)                                                  \
-  cudaError_t name##_bidir(const P& p0, const P& p1, int64_t B, cudaStream_t s) {           \
-    return launch_##name##_bidir(p0, p1, B, s);                                            \
+#define S2S_POINTWISE_ENTRY(name, P)                                                    \
+  cudaError_t name(const P* p, int64_t D, int64_t B, cudaStream_t stream) {             \
+    return launch_pointwise<name##_launch>(p, D, B, stream);                            \
   }
-S2S_POINTWISE_BIDIR_ENTRY(lstm_forward, LstmForwardParams)
-S2S_POINTWISE_BIDIR_ENTRY(lstm_backward, LstmBackwardParams)
-S2S_POINTWISE_BIDIR_ENTRY(gru_forward, GruForwardParams)
-S2S_POINTWISE_BIDIR_ENTRY(gru_forward_stage2, GruForwardParams)
-S2S_POINTWISE_BIDIR_ENTRY(gru_backward, GruBackwardParams)
-S2S_POINTWISE_BIDIR_ENTRY(gru_backward_stage2, GruBackwardParams)
+S2S_POINTWISE_ENTRY(lstm_forward, LstmForwardParams)
+S2S_POINTWISE_ENTRY(lstm_backward, LstmBackwardParams)
+S2S_POINTWISE_ENTRY(gru_forward, GruForwardParams)
+S2S_POINTWISE_ENTRY(gru_forward_stage2, GruForwardParams)
+S2S_POINTWISE_ENTRY(gru_backward, GruBackwardParams)
+S2S_POINTWISE_ENTRY(gru_backward_stage2, GruBackwardParams)
+#undef S2S_POINTWISE_ENTRY
 
 cudaError_t lstm_fused_step(const FusedStepParams& p, cudaStream_t s) {
   if (!fused_step_supported(p)) return cudaErrorNotSupported;

@@ -1,0 +1,57 @@
+// Every S2S_FUSED_* switch the compiled library reads, in one place. Each is read from the environment once, on
+// first use, with one rule: "1" is on, anything else (or unset) is off. s2s_fused._C.build_info()["switches"]
+// shows them; s2s_fused._C._set_switch(name, on) changes one in a running process (A/B runs and tests of both
+// paths) and returns the previous setting.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+
+namespace s2s_fused::config {
+
+enum class Switch : int {
+  NoPacked,         // CPU: the per-step loop with ATen GEMMs instead of the packed-weight sequence loop
+  NoOnednn,         // CPU: fp32 GEMMs through ATen's BLAS instead of oneDNN
+  NoPersistent,     // CUDA: the per-step loop instead of the persistent small-batch kernel
+  CheckGemmTails,   // CPU, tests: check what oneDNN's AMX kernels read past each GEMM operand's rows
+  Count,
+};
+
+inline constexpr std::array<const char*, static_cast<int>(Switch::Count)> kSwitchNames = {
+    "S2S_FUSED_NO_PACKED",
+    "S2S_FUSED_NO_ONEDNN",
+    "S2S_FUSED_NO_PERSISTENT",
+    "S2S_FUSED_CHECK_GEMM_TAILS",
+};
+
+struct Switches {
+  std::atomic<bool> value[static_cast<int>(Switch::Count)];
+  Switches() {
+    for (size_t i = 0; i < kSwitchNames.size(); ++i) {
+      const char* s = std::getenv(kSwitchNames[i]);
+      value[i].store(s != nullptr && std::strcmp(s, "1") == 0);
+    }
+  }
+};
+
+inline Switches& switches() {
+  static Switches s;  // the environment is read here, once
+  return s;
+}
+
+inline bool on(Switch s) { return switches().value[static_cast<int>(s)].load(std::memory_order_relaxed); }
+
+// Sets a switch, returns its previous value.
+inline bool set(Switch s, bool value) { return switches().value[static_cast<int>(s)].exchange(value); }
+
+// The switch of that environment variable name; Switch::Count when there is none.
+inline Switch find(const char* name) {
+  for (size_t i = 0; i < kSwitchNames.size(); ++i) {
+    if (std::strcmp(kSwitchNames[i], name) == 0) return static_cast<Switch>(i);
+  }
+  return Switch::Count;
+}
+
+}  // namespace s2s_fused::config
