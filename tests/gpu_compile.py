@@ -259,11 +259,12 @@ def _beam():
     from s2s_fused.triton import beam as tri
     with record_launches(tri) as log:
         for dtype in map(_dt, FLOATS[:3]):  # float64 logits take the torch path
-            for B, K, V, k, eos in ((2, 3, 50, 4, 7), (1, 1, 1, 1, 1)):
-                if B == 1 and dtype != torch.float32:
+            # sizes and eos_id equal to 1 are constexprs (eos_id < V, which the op checks)
+            for B, K, V, k, eos in ((2, 3, 50, 4, 7), (2, 3, 50, 4, 1), (1, 1, 1, 1, 0)):
+                if (B == 1 or eos == 1) and dtype != torch.float32:
                     continue
                 logits = torch.randn(B, K, V, dtype=dtype)
-                if B > 1 and dtype == torch.float32:  # vocabulary not contiguous: stride_v is an i32
+                if B > 1 and eos != 1 and dtype == torch.float32:  # vocabulary not contiguous: stride_v an i32
                     logits = torch.randn(B, V, K, dtype=dtype).transpose(1, 2)
                 scores = torch.randn(B, K)
                 for fin in (torch.zeros(B, K, dtype=torch.bool), None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -302,6 +303,8 @@ def test_bad_inputs_raise_clear_errors():
         (dict(beam_scores=torch.zeros(2, 3, dtype=torch.float64)), TypeError, "beam_scores: expected a float32"),
         (dict(finished=fin), ValueError, "eos_id: required when finished is given"),
         (dict(finished=fin.int(), eos_id=1), TypeError, "finished: expected a bool tensor"),
+        (dict(finished=fin.tolist(), eos_id=1), TypeError, "finished: expected a torch.Tensor, got list"),
+        (dict(finished=True, eos_id=1), TypeError, "finished: expected a torch.Tensor, got bool"),
         (dict(finished=fin[:, :2], eos_id=1), ValueError, "finished: expected shape (2, 3)"),
         (dict(eos_id=5), ValueError, "eos_id: expected 0 <= eos_id < V = 5, got 5"),
         (dict(eos_id=-1), ValueError, "eos_id: expected 0 <= eos_id < V = 5, got -1"),
@@ -322,6 +325,79 @@ def test_bad_inputs_raise_clear_errors():
         op(x, s, 2, fin, 7)
     with pytest.raises(RuntimeError, match="beam_scores: expected shape"):
         op(x, s[:1], 2)
+
+
+def _bad_op_args():
+    """(what, args) of direct op calls with one wrong argument each, for the C++ op's checks (beam_checks.h)."""
+    x, s = torch.randn(2, 3, 5), torch.zeros(2, 3)
+    fin = torch.zeros(2, 3, dtype=torch.bool)
+    return [
+        ("logits 2-D", (x[0], s, 2, None, None)),
+        ("logits 4-D", (x[None], s, 2, None, None)),
+        ("logits int64", (x.long(), s, 2, None, None)),
+        ("beam_scores float64", (x, s.double(), 2, None, None)),
+        ("beam_scores float16", (x, s.half(), 2, None, None)),
+        ("beam_scores (2, 4)", (x, torch.zeros(2, 4), 2, None, None)),
+        ("beam_scores 1-D", (x, torch.zeros(6), 2, None, None)),
+        ("beam_scores 0-D", (x, torch.zeros(()), 2, None, None)),
+        ("k = 0", (x, s, 0, None, None)),
+        ("k = -3", (x, s, -3, None, None)),
+        ("k > K*V", (x, s, 16, None, None)),
+        ("V = 0", (torch.randn(2, 3, 0), s, 1, None, None)),
+        ("K = 0", (torch.randn(2, 0, 5), torch.zeros(2, 0), 1, None, None)),
+        ("finished int32", (x, s, 2, fin.int(), 1)),
+        ("finished (2, 2)", (x, s, 2, fin[:, :2], 1)),
+        ("finished 3-D", (x, s, 2, fin[..., None], 1)),
+        ("finished without eos_id", (x, s, 2, fin, None)),
+        ("eos_id = V", (x, s, 2, None, 5)),
+        ("eos_id = -1 with finished", (x, s, 2, fin, -1)),
+        ("eos_id huge", (x, s, 2, None, 2**40)),
+    ]
+
+
+@TRITON
+def test_op_checks_same_on_every_kernel():
+    """Every wrong input to a registered op raises before any launch, the same exception and message from the C++
+    op (its TORCH_CHECKs), the Triton op (s2s_fused/_op_checks.py) and both fake kernels; nothing is launched and
+    the inputs are left alone."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from s2s_fused.triton import beam as tri
+    from tests.gpu_compile import record_launches
+    ops = {"cpu": torch.ops.s2s_fused.beam_search_topk, "triton": torch.ops.s2s_fused.beam_search_topk_triton}
+    for what, args in _bad_op_args():
+        copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        errors = {}
+        for name, op in ops.items():
+            with record_launches(tri) as launched:
+                with pytest.raises(Exception) as e:
+                    op(*args)
+            assert not launched, f"{what}: {name} launched {[l.fn.__name__ for l in launched]}"
+            errors[name] = e.value
+            with FakeTensorMode() as mode:
+                fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                with pytest.raises(Exception) as e:
+                    op(*fake)
+            errors[name + " fake"] = e.value
+        first = errors["cpu"]
+        assert type(first) is RuntimeError, f"{what}: {type(first).__name__}: {first}"
+        msg = str(first).splitlines()[0]
+        for name, err in errors.items():
+            assert (type(err), str(err).splitlines()[0]) == (RuntimeError, msg), f"{what}: {name} raised {err!r}"
+        for a, c in zip(args, copies):
+            assert not isinstance(a, torch.Tensor) or torch.equal(a, c), f"{what}: an input was written"
+
+
+@TRITON
+def test_op_checks_under_torch_compile():
+    """The fake kernels' checks surface through torch.compile with the kernels' message."""
+    x, s = torch.randn(2, 3, 5), torch.zeros(2, 3)
+    for op in (torch.ops.s2s_fused.beam_search_topk, torch.ops.s2s_fused.beam_search_topk_triton):
+        for args, msg in (((x, s[:1], 2, None, None), "beam_scores: expected shape (2, 3) (logits' (B, K)), got [1, 3]"),
+                          ((x, s, 16, None, None), "k: expected 1 <= k <= K*V = 15, got 16")):
+            torch._dynamo.reset()
+            with pytest.raises(Exception, match=re.escape(msg)):
+                torch.compile(lambda *a: op(*a), fullgraph=True, backend="aot_eager")(*args)
 
 
 # ----------------------------------------------------------------------------------------------- decoders

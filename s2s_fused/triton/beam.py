@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import reference
+from .. import _op_checks, reference
 
 FAST_MAX_K = 64
 # A constexpr: the GPU compiler rejects plain Python globals in @triton.jit code (the interpreter reads them).
@@ -233,6 +233,7 @@ def _launch(logits, beam_scores, k, finished, eos_id):
 def beam_search_topk_triton(logits: torch.Tensor, beam_scores: torch.Tensor, k: int,
                             finished: Optional[torch.Tensor] = None,
                             eos_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _op_checks.beam_search_topk(logits, beam_scores, k, finished, eos_id)
     B, K, V = logits.shape
     if logits.dtype == torch.float64 or k > FAST_MAX_K or K * V >= 2**31:
         # The packed keys hold fp32 values and 31-bit flat indices; the rest is the exact torch path.
