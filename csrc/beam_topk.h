@@ -14,8 +14,8 @@
 
 namespace s2s_fused::cpu {
 
-// Largest k the single-pass path keeps per row; above it every row takes the exact path (all V scores + partial
-// sort), which is slower but gives the same answer.
+// Largest k the single-pass path keeps per row; above it every row takes the exact path (every score of the row,
+// selected with O(k) memory), which is slower but gives the same answer.
 constexpr int64_t kBeamFastMaxK = 64;
 
 struct BeamRowParams {

@@ -118,6 +118,30 @@ def test_cpu_exact_path_large_k(k):
     assert_topk_equal(run("cpu", x, s, k, fin, 3), reference.beam_search_topk(x, s, k, fin, 3))
 
 
+def test_cpu_exact_path_memory_is_bounded():
+    """The exact path (k > 64, and the single-pass path's fallback when logits tie at the top-k cut) keeps O(k)
+    candidates a row, not O(V) a thread. Every logit of two 2^23-long rows ties, so k = 2 falls back for both rows,
+    on two threads at once, and so does k = 100; the peak RSS of a subprocess over what it held before the calls
+    (16 bytes x V per row took 256 MiB here) must stay small."""
+    code = (
+        "import resource, torch, s2s_fused\n"
+        "torch.set_num_threads(2)\n"
+        "V = 1 << 23\n"
+        "x, s = torch.full((1, 2, V), 0.5), torch.zeros(1, 2)\n"
+        "s2s_fused.beam_search_topk(x[:, :, :300], s, 100, backend='cpu')  # everything loaded first\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for k in (2, 100):\n"
+        "    sc, b, t = s2s_fused.beam_search_topk(x, s, k, backend='cpu')\n"
+        "    assert b.tolist() == [[0] * k] and t.tolist() == [list(range(k))], (b, t)  # ties: index order\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # ru_maxrss: KiB\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    extra = int(r.stdout.split()[-1])
+    assert extra < 32 * 2**20, f"the exact path grew the peak RSS by {extra / 2**20:.0f} MiB"
+
+
 def test_cpu_rounding_collisions_are_exact():
     # Tiny logits next to a huge one all score -huge: ties that only the index can break.
     x = torch.randn(2, 3, 300, generator=torch.Generator().manual_seed(0))

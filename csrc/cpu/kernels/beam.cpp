@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -51,9 +50,18 @@ inline void fill_neg_inf(double* os, int64_t* oi, int64_t from, int64_t kk, int6
   }
 }
 
-// The exact path: every score of the row, then a partial sort. Used for k > kBeamFastMaxK and as the fallback.
+struct Candidate {
+  double score;
+  int64_t index;
+};
+
+// The exact path: every score of the row, selected in a buffer of O(kk) candidates (the caller's `buf`, reused
+// across rows): a candidate that does not beat the kk-th best seen so far is dropped at once, the others are
+// appended, and a full buffer is cut back to its best kk with nth_element, so each candidate costs O(1) amortised
+// and the memory stays O(kk) whatever V is. Used for k > kBeamFastMaxK and as the fast path's fallback.
 template <typename T>
-void exact_row(const T* x, int64_t V, int64_t kk, double s, int64_t base, double* os, int64_t* oi) {
+void exact_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi,
+               std::vector<Candidate>& buf) {
   using A = acc_t<T>;
   A m = -std::numeric_limits<A>::infinity();
   for (int64_t v = 0; v < V; ++v) m = std::max<A>(m, static_cast<A>(x[v]));
@@ -62,15 +70,26 @@ void exact_row(const T* x, int64_t V, int64_t kk, double s, int64_t base, double
     for (int64_t v = 0; v < V; ++v) d += std::exp(static_cast<double>(static_cast<A>(x[v]) - m));
   }
   const A log_d = static_cast<A>(std::log(d));
-  std::vector<double> sc(V);
-  for (int64_t v = 0; v < V; ++v) sc[v] = row_score<A>(static_cast<A>(s), static_cast<A>(x[v]), m, log_d);
-  std::vector<int64_t> order(V);
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + kk, order.end(),
-                    [&](int64_t a, int64_t b) { return better(sc[a], a, sc[b], b); });
+  const A s = static_cast<A>(s_in);
+  const auto cmp = [](const Candidate& a, const Candidate& b) { return better(a.score, a.index, b.score, b.index); };
+  const int64_t cap = std::max<int64_t>(2 * kk, kk + 1024);
+  if (static_cast<int64_t>(buf.size()) < cap) buf.resize(cap);
+  int64_t n = 0;
+  Candidate cut{0, -1};  // the kk-th best so far, once the buffer has been cut
+  for (int64_t v = 0; v < V; ++v) {
+    const double sc = row_score<A>(s, static_cast<A>(x[v]), m, log_d);
+    if (cut.index >= 0 && !better(sc, v, cut.score, cut.index)) continue;
+    buf[n++] = {sc, v};
+    if (n == cap) {
+      std::nth_element(buf.begin(), buf.begin() + (kk - 1), buf.begin() + n, cmp);
+      n = kk;
+      cut = buf[kk - 1];
+    }
+  }
+  std::partial_sort(buf.begin(), buf.begin() + kk, buf.begin() + n, cmp);  // n >= kk: V >= kk
   for (int64_t j = 0; j < kk; ++j) {
-    os[j] = sc[order[j]];
-    oi[j] = base + order[j];
+    os[j] = buf[j].score;
+    oi[j] = base + buf[j].index;
   }
 }
 
@@ -105,7 +124,8 @@ inline bool collides(const A* xs, int64_t kk, A s, A m, A log_d) {
 }
 
 template <typename T>
-void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi) {
+void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi,
+              std::vector<Candidate>& exact_buf) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
@@ -178,7 +198,7 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
   const A s = static_cast<A>(s_in);
   // Collision check (see the file comment): only when some logits were dropped.
   if (V > kk && collides<T>(xs, kk, s, m, log_d)) {
-    exact_row<T>(x, V, kk, s_in, base, os, oi);
+    exact_row<T>(x, V, kk, s_in, base, os, oi, exact_buf);
     return;
   }
   for (int64_t j = 0; j < kk; ++j) {
@@ -204,6 +224,7 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
 template <typename T>
 void beam_rows_impl(const BeamRowParams& p, int64_t r0, int64_t r1) {
   const double ninf = -std::numeric_limits<double>::infinity();
+  std::vector<Candidate> exact_buf;  // the exact path's, sized on first use
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / p.K, i = r % p.K;
     const int64_t base = i * p.V;
@@ -227,9 +248,9 @@ void beam_rows_impl(const BeamRowParams& p, int64_t r0, int64_t r1) {
     }
     const T* x = static_cast<const T*>(p.logits) + b * p.stride_b + i * p.stride_k;
     if (p.exact) {
-      exact_row<T>(x, p.V, p.kk, s, base, os, oi);
+      exact_row<T>(x, p.V, p.kk, s, base, os, oi, exact_buf);
     } else {
-      fast_row<T>(x, p.V, p.kk, s, base, os, oi);
+      fast_row<T>(x, p.V, p.kk, s, base, os, oi, exact_buf);
     }
   }
 }
