@@ -68,6 +68,12 @@ def beam_search_topk(logits, beam_scores, k, *, finished=None, eos_id=None, back
     (``finished`` (B, K) bool, with ``eos_id``) offers exactly one candidate, (its score unchanged, ``eos_id``);
     an empty (-inf) beam offers only -inf candidates, which rank after every finite one (by index). ``1 <= k <=
     K*V``; k <= 64 runs the single-pass kernels, larger k an exact slower path. No host synchronisation.
+
+    NaN and inf follow torch (``log_softmax`` then a stable descending ``sort``/``topk``), on every backend: a
+    beam whose logits hold a NaN or +inf, or are all -inf, scores NaN for every token (log_softmax is NaN there);
+    a NaN beam score gives NaN candidates, a +inf one +inf (NaN where the logit is -inf); NaN ranks above +inf, and
+    equal scores (NaN with NaN) go to the lower flat index. So a NaN anywhere in a beam's logits surfaces as NaN
+    scores in the top of its row instead of being dropped silently.
     """
     check_args(logits, beam_scores, k, finished, eos_id)
     be = resolve("beam_search_topk", backend, logits.device)

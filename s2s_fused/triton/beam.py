@@ -4,11 +4,13 @@ Three launches, no host synchronisation:
   1. ``_beam_chunk_kernel``, grid (B*K, P): one pass over a chunk of one beam row keeps the chunk's (max, sum-exp)
      and its top KP raw logits as packed int64 keys (order-preserving float bits in the high half, ``~index`` in
      the low half, so one max returns value and index with the lower index winning ties). Finished and
-     empty (-inf) beams select by a substituted value instead (eos first, then index order).
+     empty (-inf) beams select by a substituted value instead (eos first, then index order). A chunk holding a
+     NaN or +inf logit stores a NaN max: the row is poisoned (csrc/beam_topk.h).
   2. ``_beam_merge_kernel``, grid (B,): combines the chunks' (max, sum-exp) per beam, turns the candidates into
      scores and takes the top k of the batch row with the same packed-key trick. Each chunk kept one logit more
      than it offers: if that dropped logit rounds to the same score as the last offered one, a dropped logit
-     could win a tie on index, so the row is flagged.
+     could win a tie on index, so the row is flagged; so is a row with a beam that does not rank by logit
+     (poisoned, or a NaN / +inf beam score).
   3. ``_beam_exact_kernel``, grid (B,): flagged rows only (others return at once) recompute every score of the
      row and select exactly, tile by tile.
 k > 64 and float64 logits take the exact torch path (reference.beam_search_topk on the device).
@@ -30,9 +32,10 @@ _INT64_MIN = tl.constexpr(-(2**63))
 
 @triton.jit
 def _ordered_i32(x):
-    """float32 -> int32 with the same order (-0.0 first mapped to +0.0, so equal values give equal keys)."""
+    """float32 -> int32 with torch.sort's order: -0.0 first mapped to +0.0 (equal values give equal keys), every
+    NaN to the largest key, above +inf."""
     bits = (x + 0.0).to(tl.int32, bitcast=True)
-    return tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return tl.where(x != x, 0x7FFFFFFF, tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits))
 
 
 @triton.jit
@@ -80,10 +83,12 @@ def _beam_chunk_kernel(logits_ptr, s_ptr, fin_ptr, part_key_ptr, part_m_ptr, par
     valid = offs < V
     row = logits_ptr + b.to(tl.int64) * stride_b + i.to(tl.int64) * stride_k
     x = tl.load(row + offs.to(tl.int64) * stride_v, mask=valid, other=float("-inf")).to(tl.float32)
-    m = tl.max(x, axis=0)
+    # NaN / +inf poison the row (csrc/beam_topk.h); kept out of (max, sum) so those stay well defined.
+    bad = (x != x) | (x == float("inf"))
+    xf = tl.where(bad, float("-inf"), x)
+    m = tl.max(xf, axis=0)
     m_safe = tl.where(m == float("-inf"), 0.0, m)  # an all -inf chunk sums to 0, not NaN
-    e = tl.where(valid, tl.exp(x - m_safe), 0.0)
-    d = tl.sum(e, axis=0)
+    d = tl.sum(tl.exp(xf - m_safe), axis=0)
     s = tl.load(s_ptr + r)
     sel = tl.where(s == float("-inf"), float("-inf"), x)
     if HAS_FIN:
@@ -93,7 +98,7 @@ def _beam_chunk_kernel(logits_ptr, s_ptr, fin_ptr, part_key_ptr, part_m_ptr, par
     top = _topk_packed(packed, KP)
     base = (r * P + c).to(tl.int64)
     tl.store(part_key_ptr + base * KP + tl.arange(0, KP), top)
-    tl.store(part_m_ptr + base, m)
+    tl.store(part_m_ptr + base, tl.where(tl.max(bad.to(tl.int32), axis=0) != 0, float("nan"), m))
     tl.store(part_d_ptr + base, d)
 
 
@@ -112,9 +117,13 @@ def _beam_merge_kernel(s_ptr, fin_ptr, part_key_ptr, part_m_ptr, part_d_ptr, lse
     part_ok = beam_ok[:, None] & (pp[None, :] < P)
     pm = tl.load(part_m_ptr + mp, mask=part_ok, other=float("-inf"))
     pd = tl.load(part_d_ptr + mp, mask=part_ok, other=0.0)
+    # A NaN chunk max marks a NaN / +inf logit; a row of only -inf logits is poisoned too (x - max is NaN).
+    poisoned = tl.max((pm != pm).to(tl.int32), axis=1) > 0
+    pm = tl.where(pm != pm, float("-inf"), pm)
     M = tl.max(pm, axis=1)
     D = tl.sum(tl.where(pm != float("-inf"), pd * tl.exp(pm - M[:, None]), 0.0), axis=1)
-    log_d = tl.log(D)
+    poisoned = poisoned | (M == float("-inf"))
+    log_d = tl.where(poisoned, float("nan"), tl.log(D))  # every score of a poisoned row is NaN
     tl.store(lse_ptr + rows * 2, M, mask=beam_ok)
     tl.store(lse_ptr + rows * 2 + 1, log_d, mask=beam_ok)
     s = tl.load(s_ptr + rows, mask=beam_ok, other=float("-inf"))
@@ -125,6 +134,8 @@ def _beam_merge_kernel(s_ptr, fin_ptr, part_key_ptr, part_m_ptr, part_d_ptr, lse
         normal = normal & (fin_i == 0)
     else:
         fin = ii < 0
+    # Rows that do not rank by logit go to the exact kernel: poisoned, or a NaN / +inf beam score.
+    unordered = beam_ok & normal & (poisoned | (s != s) | (s == float("inf")))
 
     kp3 = mp[:, :, None] * KP + jj[None, None, :]
     ok3 = part_ok[:, :, None]
@@ -142,7 +153,8 @@ def _beam_merge_kernel(s_ptr, fin_ptr, part_key_ptr, part_m_ptr, part_d_ptr, lse
     dropped = tl.sum(tl.where(last & live, score, 0.0), axis=2)
     has_drop = tl.sum(tl.where(last & live, 1, 0), axis=2) > 0
     collide = has_drop & normal[:, None] & (dropped == prev)
-    tl.store(flag_ptr + b, tl.max(tl.max(collide.to(tl.int32), axis=1), axis=0))
+    flag = tl.maximum(tl.max(tl.max(collide.to(tl.int32), axis=1), axis=0), tl.max(unordered.to(tl.int32), axis=0))
+    tl.store(flag_ptr + b, flag)
 
     flat = ii[:, None, None].to(tl.int64) * V + v
     cand = tl.where(live & (jj[None, None, :] < KP - 1), _pack(_ordered_i32(score), flat), _INT64_MIN)
@@ -174,7 +186,7 @@ def _beam_exact_kernel(logits_ptr, s_ptr, fin_ptr, lse_ptr, flag_ptr, out_s_ptr,
             M = tl.load(lse_ptr + r * 2)
             log_d = tl.load(lse_ptr + r * 2 + 1)
             s = tl.load(s_ptr + r)
-            fin = s != s  # False (a tensor, so both branches below type-check)
+            fin = i < 0  # False (a tensor, so both branches below type-check; s != s would be True for NaN)
             if HAS_FIN:
                 fin = tl.load(fin_ptr + r) != 0
             row = logits_ptr + b.to(tl.int64) * stride_b + i * stride_k
