@@ -20,8 +20,7 @@ import torch
 from .checkpoint import save_checkpoint
 from .data import Vocab, load_corpus, shard_batches, tokenize
 from .errors import UserError
-from .model import (ATTENTIONS, BACKENDS, CELLS, SCORES, DEFAULT_CONFIG, Seq2Seq, fused_layers_available,
-                    fused_loss_available, make_loss)
+from .model import ATTENTIONS, BACKENDS, CELLS, SCORES, DEFAULT_CONFIG, Seq2Seq, make_loss
 
 DEFAULTS = dict(epochs=20, batch_size=64, lr=0.005, clip=1.0, min_freq=1, heldout=0.1, seed=0, beam=4,
                 compare_steps=20)
@@ -229,7 +228,7 @@ def compare_training_speed(trained, corpus, args, device, rounds=3):
 
 def compare_decoding_speed(trained, corpus, args, device, n_sent=128, rounds=2):
     """Beam-search sentences/s on both backends (same weights, same held-out sources)."""
-    from .translate import decoders, translate_ids
+    from .translate import translate_ids
 
     src = corpus.heldout_src[:n_sent].to(device)
     src_len = corpus.heldout_src_len[:n_sent].to(device)
@@ -250,9 +249,7 @@ def compare_decoding_speed(trained, corpus, args, device, n_sent=128, rounds=2):
             translate_ids(acc[0], src, src_len, beam=args.beam)
             _sync(device)
             acc[1] += time.perf_counter() - t0
-    out = {name: rounds * len(src) / acc[1] for name, acc in models.items()}
-    out["fused_beam_kernel"] = decoders(args.backend_fused)[2]
-    return out
+    return {name: rounds * len(src) / acc[1] for name, acc in models.items()}
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -337,13 +334,10 @@ def _run(args, dist: Dist, t_start: float) -> int:
     say(f"data: {len(corpus.src)} training pairs, {len(corpus.heldout)} held-out sources "
         f"({len(corpus.heldout_pairs[0])} references); vocab src {len(corpus.src_vocab)} / "
         f"tgt {len(corpus.tgt_vocab)}")
-    fused_parts = ("layers " + ("s2s_fused.nn" if fused_layers_available() else "torch.nn (fused layers not built)")
-                   + ", cells s2s_fused.nn, loss "
-                   + ("s2s_fused" if fused_loss_available() else "eager (fused loss not built)"))
+    parts = "" if args.backend == "torch" else " (layers s2s_fused.nn, cells s2s_fused.nn, loss s2s_fused)"
     say(f"model: {args.cell} {args.attention}{'/' + args.score if args.attention == 'luong' else ''}"
         f"{' bidirectional' if args.bidirectional else ''}, {args.num_layers} layer(s), embed {args.embed_size}, "
-        f"hidden {args.hidden_size}, {n_params:,} parameters; backend {args.backend}"
-        f"{'' if args.backend == 'torch' else ' (' + fused_parts + ')'}; device {device}"
+        f"hidden {args.hidden_size}, {n_params:,} parameters; backend {args.backend}{parts}; device {device}"
         f"{f', {dist.world} processes (DDP)' if dist.enabled else ''}, {torch.get_num_threads()} thread(s)")
 
     train_model = model
@@ -460,7 +454,6 @@ def _report(args, model, loss_fn, corpus, device, epoch_losses, tok_s, train_wal
             ds = compare_decoding_speed(model, corpus, args, device)
             report["compare_beam_sentences_per_s"] = ds
             print(f"  beam-{args.beam} decoding: fused {ds['fused']:,.1f} sent/s, torch {ds['torch']:,.1f} sent/s "
-                  f"-> {ds['fused'] / ds['torch']:.2f}x"
-                  f"{'' if ds['fused_beam_kernel'] else ' (fused beam search not built: eager decoder on both)'}")
+                  f"-> {ds['fused'] / ds['torch']:.2f}x")
     model.train()
     return report
