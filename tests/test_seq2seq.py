@@ -21,8 +21,9 @@ from s2s_fused.seq2seq.data import (SPECIALS, Vocab, load_corpus, preprocess, re
                                     split_by_source, to_tensors, tokenize)
 from s2s_fused.seq2seq.decode import beam_search, eager_beam_topk, greedy_decode
 from s2s_fused.seq2seq.errors import UserError
+from s2s_fused.seq2seq.evaluate import corpus_bleu
 from s2s_fused.seq2seq.model import EagerMaskedSoftmaxCELoss, Seq2Seq, make_loss
-from s2s_fused.seq2seq.train import corpus_bleu, train_step, trim_target
+from s2s_fused.seq2seq.train import train_step, trim_target
 from s2s_fused.seq2seq.translate import translate, translate_ids
 
 from tests.helpers import assert_close
