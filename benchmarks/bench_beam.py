@@ -39,7 +39,7 @@ def op_rows(device, shapes, dtypes, repeats):
             k = 2 * K
             nbytes = x.numel() * x.element_size()
             for name, fn in providers.items():
-                if name == "torch-compile" and B != 32:  # the shape only: compiles cost the time box
+                if name == "torch-compile" and B != 32:  # B=32 only: each compile costs the time box
                     continue
                 rows.append(measure("beam_search_topk", name, f"B={B} K={K} V={V} k={k}", dtype, "fwd",
                                     lambda fn=fn: fn(x, s, k), device, repeats=repeats,
