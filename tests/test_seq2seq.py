@@ -291,6 +291,23 @@ def test_beam_options(topk):
         beam_search(lm.step, init, 0, 1, 3, 8, length_penalty="wu", topk=topk)
 
 
+@TOPK_STEPS
+def test_beam_with_every_token_banned_leaves_the_beam(topk):
+    """min_len bans EOS and no_repeat_ngram_size=1 bans every token used: at step 3 of a 4-token vocabulary
+    (bos 0, eos 1, two more) no beam has a token left. Such a beam must drop out, not score NaN (the top-k rule's
+    answer for an all -inf row) and rank above every real hypothesis."""
+    lm = ToyLM(4, seed=2)
+    init = {"last": torch.zeros(2, dtype=torch.long)}
+    for max_len, min_len in ((6, 4), (6, 3)):
+        for hyps in beam_search(lm.step, init, 0, 1, 3, max_len, min_len=min_len, no_repeat_ngram_size=1,
+                                n_best=3, topk=topk):
+            assert all(math.isfinite(h.score) for h in hyps), [(h.tokens, h.score) for h in hyps]
+            for h in hyps:
+                assert len(h.tokens) == len(set(h.tokens)) and len(h.tokens) >= min_len - 1
+            if min_len == 3:  # every beam can end with EOS after its three distinct tokens
+                assert len(hyps) == 3 and all(h.finished for h in hyps)
+
+
 def test_topk_step_arguments():
     lm = ToyLM(5)
     init = {"last": torch.zeros(2, dtype=torch.long)}

@@ -283,9 +283,17 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
         logits = logits.view(B, W, -1)
         if t < min_len:
             logits = logits.index_fill(2, torch.tensor([eos_id], device=device), NEG_INF)
+        live_scores = scores
         if ngram:
             logits = _ban_repeated_ngrams(logits, hist, t, ngram)
-        new_scores, parent, tok = select(logits, scores, W, finished=finished, eos_id=eos_id)
+        if ngram or t < min_len:
+            # A live beam whose every token is banned has no continuation: it leaves the beam (score -inf over
+            # finite logits: only -inf candidates, whatever the top-k step). Left as it is, its all -inf row would
+            # score NaN by the top-k rule (torch's log_softmax of it), and NaN ranks above every real candidate.
+            dead = (logits == NEG_INF).all(dim=-1) & ~finished
+            live_scores = scores.masked_fill(dead, NEG_INF)
+            logits = logits.masked_fill(dead[..., None], 0.0)
+        new_scores, parent, tok = select(logits, live_scores, W, finished=finished, eos_id=eos_id)
         parent_fin = finished.gather(1, parent)
         new_hist = hist.gather(1, parent[..., None].expand(B, W, max_len))
         new_hist[:, :, t] = torch.where(parent_fin, new_hist[:, :, t], tok)
