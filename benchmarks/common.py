@@ -14,6 +14,7 @@ A script stopped early (SIGTERM or SIGINT, e.g. by run_all.py's time box) writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -304,6 +305,22 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="results folder (default: none written unless given)")
     p.add_argument("--no-plot", action="store_true")
     return p
+
+
+@contextlib.contextmanager
+def switches(**env: str):
+    """The environment variables ``env`` set while the block runs, as they were afterwards: the library's A/B
+    switches (read at every call) around one provider's calls."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def threads_note() -> str:
