@@ -1,8 +1,11 @@
-// Every S2S_FUSED_* switch the compiled library reads, in one place. Each is read from the environment once, on
-// first use, with one rule: "1" is on, anything else (or unset) is off. s2s_fused._C.build_info()["switches"]
-// shows them; s2s_fused._C._set_switch(name, on) changes one in a running process (A/B runs and tests of both
-// paths) and returns the previous setting.
+// Every S2S_FUSED_* switch the compiled library reads, in one place. All are read from the environment together,
+// once, the first time any is asked for, with the Python side's rule (s2s_fused/config.py): "1" is on, unset, ""
+// or "0" is off, and anything else is an error (a ValueError naming the variable), so a typo never leaves a switch
+// silently off. s2s_fused._C.build_info()["switches"] shows them (name -> bool); s2s_fused._C._set_switch(name,
+// on) changes one in a running process (A/B runs and tests of both paths) and returns the previous setting.
 #pragma once
+
+#include <c10/util/Exception.h>
 
 #include <array>
 #include <atomic>
@@ -29,15 +32,21 @@ inline constexpr std::array<const char*, static_cast<int>(Switch::Count)> kSwitc
 struct Switches {
   std::atomic<bool> value[static_cast<int>(Switch::Count)];
   Switches() {
-    for (size_t i = 0; i < kSwitchNames.size(); ++i) {
-      const char* s = std::getenv(kSwitchNames[i]);
-      value[i].store(s != nullptr && std::strcmp(s, "1") == 0);
-    }
+    for (size_t i = 0; i < kSwitchNames.size(); ++i) value[i].store(parse(kSwitchNames[i]));
+  }
+
+  static bool parse(const char* name) {
+    const char* s = std::getenv(name);
+    if (s == nullptr || std::strcmp(s, "") == 0 || std::strcmp(s, "0") == 0) return false;
+    TORCH_CHECK_VALUE(std::strcmp(s, "1") == 0, name, ": expected 1 (on), 0 or unset (off), got '", s, "'");
+    return true;
   }
 };
 
+// The switches, read from the environment on the first call; a call that throws (a bad value) leaves them unread,
+// so every later call throws too.
 inline Switches& switches() {
-  static Switches s;  // the environment is read here, once
+  static Switches s;
   return s;
 }
 

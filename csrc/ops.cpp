@@ -120,7 +120,19 @@ TORCH_LIBRARY(s2s_fused, m) {
 // `import s2s_fused._C` runs the static registrations above; the module itself only carries build facts.
 namespace {
 
+// Reads the switches (csrc/config.h) if not yet read; false, with a Python ValueError set, when one has a bad value.
+bool read_switches() {
+  try {
+    s2s_fused::config::switches();
+    return true;
+  } catch (const c10::ValueError& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return false;
+  }
+}
+
 PyObject* build_info(PyObject*, PyObject*) {
+  if (!read_switches()) return nullptr;
   using s2s_fused::cpu::Capability;
   using s2s_fused::cpu::capability_name;
   using s2s_fused::cpu::runtime_capability;
@@ -159,7 +171,7 @@ PyObject* build_info(PyObject*, PyObject*) {
 PyObject* set_switch(PyObject*, PyObject* args) {
   const char* name = nullptr;
   int on = 0;
-  if (!PyArg_ParseTuple(args, "sp", &name, &on)) return nullptr;
+  if (!PyArg_ParseTuple(args, "sp", &name, &on) || !read_switches()) return nullptr;
   const s2s_fused::config::Switch s = s2s_fused::config::find(name);
   if (s == s2s_fused::config::Switch::Count) {
     PyErr_Format(PyExc_KeyError, "%s: not a switch of the compiled library (see build_info()['switches'])", name);
@@ -171,7 +183,7 @@ PyObject* set_switch(PyObject*, PyObject* args) {
 // _set_check_gemm_tails(bool) -> the previous setting of S2S_FUSED_CHECK_GEMM_TAILS (the test session's switch).
 PyObject* set_check_gemm_tails(PyObject*, PyObject* arg) {
   const int on = PyObject_IsTrue(arg);
-  if (on < 0) return nullptr;
+  if (on < 0 || !read_switches()) return nullptr;
   return PyBool_FromLong(s2s_fused::config::set(s2s_fused::config::Switch::CheckGemmTails, on != 0));
 }
 

@@ -63,16 +63,20 @@ COMPILED_SWITCHES = ("S2S_FUSED_NO_PACKED", "S2S_FUSED_NO_ONEDNN", "S2S_FUSED_NO
                      "S2S_FUSED_CHECK_GEMM_TAILS")
 
 
+def _switch_process(script, **switches):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_FUSED_")}
+    env |= {"PYTHONPATH": str(ROOT)} | switches
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=ROOT)
+
+
 def test_compiled_switches_are_read_once_with_one_rule():
     """Every S2S_FUSED_* switch of the compiled library is in build_info()["switches"], read from the environment
-    with one rule ("1" on, anything else off), and _set_switch changes one in a running process."""
+    with the Python side's rule ("1" on; unset, "" or "0" off), and _set_switch changes one in a running process."""
     script = ("import json, s2s_fused._C as C; s = C.build_info()['switches']; "
               "prev = C._set_switch('S2S_FUSED_NO_PACKED', True); "
               "print(json.dumps([s, prev, C.build_info()['switches']['S2S_FUSED_NO_PACKED']]))")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("S2S_FUSED_")}
-    env |= {"PYTHONPATH": str(ROOT), "S2S_FUSED_NO_PACKED": "true", "S2S_FUSED_NO_ONEDNN": "1",
-            "S2S_FUSED_NO_PERSISTENT": "0"}
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    res = _switch_process(script, S2S_FUSED_NO_PACKED="", S2S_FUSED_NO_ONEDNN="1", S2S_FUSED_NO_PERSISTENT="0")
     assert res.returncode == 0, res.stderr
     switches, previous, now = json.loads(res.stdout)
     assert set(switches) == set(COMPILED_SWITCHES)
@@ -81,6 +85,36 @@ def test_compiled_switches_are_read_once_with_one_rule():
     assert previous is False and now is True
     with pytest.raises(KeyError, match="S2S_FUSED_NOPE"):
         s2s_fused.backend._extension()._set_switch("S2S_FUSED_NOPE", True)
+
+
+_BAD_SWITCH_SCRIPT = """
+import glob, importlib.util, torch
+try:
+    import s2s_fused
+except ValueError as e:
+    print(e)
+path = glob.glob("s2s_fused/_C*.so")[0]
+C = importlib.util.module_from_spec(importlib.util.spec_from_file_location("_C", path))
+x, h, w = torch.zeros(1, 1, 1), torch.zeros(1, 1), torch.zeros(4, 1)
+for f in (C.build_info, C.build_info, lambda: torch.ops.s2s_fused.lstm_layer_inference(x, h, h, w, w, None, None,
+                                                                                          None, False)):
+    try:
+        f()
+    except ValueError as e:
+        print(e)
+"""
+
+
+@pytest.mark.parametrize("value", ["true", "on", " 1", "2"])
+def test_compiled_switch_with_a_bad_value_is_an_error(value):
+    """Any value but 1, 0 or empty is a ValueError naming the variable, the first time the switches are read (the
+    package's import) and every time after (a typo never leaves a switch silently off), from build_info and from
+    an op alike."""
+    res = _switch_process(_BAD_SWITCH_SCRIPT, S2S_FUSED_NO_ONEDNN=value)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    want = f"S2S_FUSED_NO_ONEDNN: expected 1 (on), 0 or unset (off), got '{value}'"
+    assert len(lines) == 4 and all(line.startswith(want) for line in lines), res.stdout
 
 
 def test_available_backends():
