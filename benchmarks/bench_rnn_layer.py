@@ -15,11 +15,9 @@ and A/B variants, each timed only on the shapes where it runs other code than it
   s2s_fused-triton-perstep    S2S_FUSED_TRITON_NO_PERSISTENT=1: per-step kernels where the default picks the
                               persistent program
   s2s_fused-cuda-perdir       bidirectional, S2S_FUSED_NO_BIDIR_FUSED=1: one op per direction
-  s2s_fused-cuda-graph        bidirectional, S2S_FUSED_CUDA_GRAPH=1: the two-direction op's step loop replayed as a
-                              CUDA graph (opt-in)
   s2s_fused-cpu-bidir-op      bidirectional, 1 layer: the two-direction op called on CPU, where the modules run one
-                              op per direction (it runs the per-direction kernels twice per step, so this shows its
-                              overhead)
+                              op per direction (the same recurrence over both directions at once: fp32 runs the
+                              packed-weight loop per direction, other dtypes batch both directions' step GEMMs)
 
   PYTHONPATH=. python benchmarks/bench_rnn_layer.py [--smoke] [--device cpu|cuda] [--out DIR]
 
@@ -76,8 +74,7 @@ def _providers(device, B, H, L, bi):
     if is_available("cuda"):
         out.append(("s2s_fused-cuda", "cuda", {}, False))
         if bi:
-            out += [("s2s_fused-cuda-perdir", "cuda", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}, False),
-                    ("s2s_fused-cuda-graph", "cuda", {"S2S_FUSED_CUDA_GRAPH": "1"}, False)]
+            out.append(("s2s_fused-cuda-perdir", "cuda", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}, False))
     if is_available("triton"):
         out.append(("s2s_fused-triton", "triton", {}, False))
         from s2s_fused.triton.rnn_layer import use_persistent

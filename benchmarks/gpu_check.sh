@@ -293,7 +293,7 @@ part1() {
     row sanitizer "FAILED (no compute-sanitizer)" 0 ""
   else
     # memcheck: each tensor its own cudaMalloc (no caching allocator), so a read just past a tensor is outside any
-    # allocation; the CUDA-graph path then runs eagerly (capture needs the allocator's pools): racecheck has it.
+    # allocation.
     echo "== compute-sanitizer --tool memcheck (PYTORCH_NO_CUDA_MEMORY_CACHING=1)" >> "$log"
     timed "$(clamp $(($(left) * 7 / 15)) 30 150)" "$log" env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
       compute-sanitizer --tool memcheck --error-exitcode 86 "$py" benchmarks/gpu_sanitize.py

@@ -1,6 +1,6 @@
 """Every CUDA kernel of the package once, forward and backward, on small odd shapes: the program that
 benchmarks/gpu_check.sh runs under compute-sanitizer (memcheck, racecheck). Cells (fused small-batch step and the
-GEMM + pointwise path), layers (per-step, persistent, CUDA-graph replay; LSTM, GRU, GRU reset_before), both
+GEMM + pointwise path), layers (per-step and persistent; LSTM, GRU, GRU reset_before), both
 directions in one op (per-step and persistent), masked cross-entropy (warp- and block-per-row, vectorized or not)
 and its linear variant, beam-search top-k (chunk + merge; the exact path above k = 64), in every dtype each takes.
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,17 +29,14 @@ FLOATS = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 @contextlib.contextmanager
-def env(**settings):
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update({k: v for k, v in settings.items()})
+def compiled_switch(name: str):
+    """A switch of the compiled library (read from the environment once per process) turned on for the block."""
+    ext = s2s_fused.backend._extension()
+    previous = ext._set_switch(name, True)
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        ext._set_switch(name, previous)
 
 
 class Runner:
@@ -118,7 +114,7 @@ class Runner:
     def layers(self):
         kinds = ("lstm", "gru", "gru_rb")
         for dtype in FLOATS:  # per-step path: cuBLAS + pointwise kernels, both time directions
-            with env(S2S_FUSED_NO_PERSISTENT="1"):
+            with compiled_switch("S2S_FUSED_NO_PERSISTENT"):
                 for kind in kinds:
                     self.case(f"{kind}_layer per-step T=5 B=11 {dtype}", lambda: self._layer(kind, 5, 11, dtype))
                     self.case(f"{kind}_layer per-step reverse T=5 B=3 {dtype}",
@@ -128,13 +124,6 @@ class Runner:
             for kind in ("lstm", "gru"):
                 self.case(f"{kind}_layer persistent T=6 B=5 {dtype}", lambda: self._layer(kind, 6, 5, dtype))
                 self.case(f"{kind} bidir persistent T=6 B=3 {dtype}", lambda: self._bidir(kind, 6, 3, dtype))
-        with env(S2S_FUSED_CUDA_GRAPH="1", S2S_FUSED_NO_PERSISTENT="1"):  # call 1 warms up, 2 captures + replays
-            for kind in kinds:
-                for call in (1, 2, 3):
-                    self.case(f"{kind}_layer graph call {call} T=5 B=11", lambda: self._layer(kind, 5, 11,
-                                                                                              torch.float32))
-                    self.case(f"{kind} bidir graph call {call} T=5 B=11", lambda: self._bidir(kind, 5, 11,
-                                                                                             torch.float32))
 
     # ---------------------------------------------------------------------------------------- cross-entropy
     def cross_entropy(self):

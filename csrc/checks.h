@@ -40,7 +40,7 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
   TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, what, ", got ", t.sizes());
 }
 
-// One LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), optional biases (G*H,), all
+// One LSTM/GRU cell's or layer-direction's weights: w_ih (G·H, I), w_hh (G·H, H), optional biases (G·H,), all
 // of input's dtype and device. `suffix` is appended to their names ("_r": a bidirectional op's reverse direction).
 inline void check_rnn_weights(const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
                               const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t gates, int64_t I, int64_t H,

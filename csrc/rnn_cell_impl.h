@@ -127,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   p.h1 = mat(h1);
   const at::Tensor gi = mm(pw, a.input, a.w_ih.t());
   p.gi = cmat(gi);
-  if (reset_after) {
+  if (p.kind == CellKind::GRU_RESET_AFTER) {
     const at::Tensor gh = mm(pw, a.hx, a.w_hh.t());
     at::Tensor ws = at::empty({B, 4 * H}, input.options());
     p.gh = cmat(gh);
@@ -156,21 +156,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     std::array<bool, 6> mask) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, std::nullopt, std::nullopt, 3);
   const int64_t B = a.B, H = a.H;
+  const CellKind kind = gru_kind(reset_after);
   check_saved(grad_h1, hx.sizes(), input, "grad_h1", " (as hx)");
-  check_saved(workspace, {B, reset_after ? 4 * H : 3 * H}, input, "workspace");
+  check_saved(workspace, {B, workspace_gates(kind) * H}, input, "workspace");
   const at::Tensor dh = grad_h1.contiguous(), ws = workspace.contiguous();
   at::Tensor dgi = at::empty({B, 3 * H}, input.options());
   at::Tensor dhx = at::empty_like(a.hx);
   auto p = backward_params<GruBackwardParams>(input, H, dh);
-  p.kind = gru_kind(reset_after);
+  p.kind = kind;
   p.ws = cmat(ws);
   p.hx = cmat(a.hx);
   p.dgi = mat(dgi);
   p.dhx = mat(dhx);
-  const CellKind kind = gru_kind(reset_after);
   const auto none = [&] { return at::empty({0}, input.options()); };
   at::Tensor dgh = dgi, rh;  // reset_before: gh_n = (r h) W_hn has gradient dn, the same as gi_n's
-  if (reset_after) {
+  if (kind == CellKind::GRU_RESET_AFTER) {
     dgh = at::empty({B, 3 * H}, input.options());
     p.dgh = mat(dgh);
     pw.gru_backward(one(p), B);

@@ -149,11 +149,11 @@ def gru_cell_backward(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, ma
 
 
 # ----------------------------------------------------------------------------------------------- rnn_layer
-# csrc/rnn_layer_impl.h (one direction) and csrc/rnn_bidir_impl.h (both directions in one op).
+# csrc/rnn_recurrence.h: the checks of the rnn_layer ops (one direction, and both directions in one op).
 
 
 def lengths_arg(lengths, input, B: int) -> None:
-    """csrc/rnn_layer_impl.h active_mask: (B,) integers, on the CPU or on input's device."""
+    """csrc/rnn_recurrence.h active_mask: (B,) integers, on the CPU or on input's device."""
     if lengths is None:
         return
     if lengths.dim() != 1 or lengths.shape[0] != B:
@@ -165,7 +165,7 @@ def lengths_arg(lengths, input, B: int) -> None:
 
 
 def layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, gates: int, suffix: str = ""):
-    """csrc/rnn_layer_impl.h check_layer_args; returns (T, B, I, H). ``suffix`` names the weights (``_r``: the
+    """csrc/rnn_recurrence.h check_layer_args; returns (T, B, I, H). ``suffix`` names the weights (``_r``: the
     reverse direction's of a bidirectional op)."""
     dim(input, 3, "input")
     dim(h0, 2, "h0")
@@ -180,7 +180,7 @@ def layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, gates: int, suffix: s
 
 
 def state_history(hs, input, directions: int = 1) -> None:
-    """csrc/rnn_layer_impl.h check_state_history: a backward op's saved hs, (T+1, B, H) or (2, T+1, B, H),
+    """csrc/rnn_recurrence.h check_state_history: a backward op's saved hs, (T+1, B, H) or (2, T+1, B, H),
     checked before the other arguments, which take the hidden size from it."""
     dim(input, 3, "input")
     floating(input, "input")
@@ -230,7 +230,7 @@ def gru_layer_backward(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, 
 
 
 def bidir_args(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, gates: int):
-    """csrc/rnn_bidir_impl.h check_bidir_args: h0 (2, B, H); returns (T, B, I, H)."""
+    """csrc/rnn_recurrence.h both_directions: h0 (2, B, H); returns (T, B, I, H)."""
     dim(input, 3, "input")
     dim(h0, 3, "h0")
     size(h0, 0, 2, "h0")

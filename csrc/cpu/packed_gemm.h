@@ -7,7 +7,7 @@
 //     v * vs + (p * ps + v * vi + l)        valid when p * ps + v * vi + l < len.
 // Two layouts use it:
 //   gated(G, H): the G gates of W consecutive hidden units per panel (nv = G, ps = W, vi = 0, vs = H, len = H),
-//     so a row tile's accumulators hold every gate of the same units: C is a (M, G*H) gate matrix in torch's
+//     so a row tile's accumulators hold every gate of the same units: C is a (M, G·H) gate matrix in torch's
 //     gate order.
 //   plain(N):    4 consecutive vectors per panel (nv = 4, ps = 4W, vi = W, vs = 0, len = N).
 #pragma once

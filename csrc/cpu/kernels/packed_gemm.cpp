@@ -1,6 +1,6 @@
 // Register-tiled fp32 GEMM over a pre-packed right-hand operand (see packed_gemm.h), compiled once per CPU
 // capability by setup.py. It is the recurrent product of the CPU layers: C (M x N) (+)= A (M x K) @ B (K x N)
-// with M = a thread's batch rows (1..64), K = H or G*H, N = G*H or H, where ATen's GEMMs lose a third of the
+// with M = a thread's batch rows (1..64), K = H or G·H, N = G·H or H, where ATen's GEMMs lose a third of the
 // machine to their small-M setup (benchmarks/NOTES.md, rnn_layer).
 //
 // Micro-kernel: MR rows x NV vectors of accumulators stay in registers over the whole K loop; per k it loads
