@@ -194,13 +194,12 @@ def _rnn_cell():
 
 def _rnn_layer():
     import torch
+    from s2s_fused import config
     from s2s_fused.triton import rnn_layer as tri
     ops = torch.ops.s2s_fused
-    saved = os.environ.get("S2S_FUSED_TRITON_NO_PERSISTENT")
     with record_launches(tri) as log:
-        try:
-            for persistent in (True, False):
-                os.environ["S2S_FUSED_TRITON_NO_PERSISTENT"] = "0" if persistent else "1"
+        for persistent in (True, False):
+            with config.override(TRITON_NO_PERSISTENT=not persistent):
                 for dtype in map(_dt, FLOATS):
                     for T, B, I, H in ((3, 5, 4, 70), (1, 1, 1, 1)):
                         if B == 1 and dtype != torch.float32:
@@ -227,11 +226,6 @@ def _rnn_layer():
                                         if persistent:
                                             ops.gru_layer_backward_triton(go if bias else None, h0, x, w_ih, w_hh,
                                                                           hs, ws, lens, reverse, ra)
-        finally:
-            if saved is None:
-                os.environ.pop("S2S_FUSED_TRITON_NO_PERSISTENT", None)
-            else:
-                os.environ["S2S_FUSED_TRITON_NO_PERSISTENT"] = saved
     return log
 
 

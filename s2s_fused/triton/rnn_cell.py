@@ -1,4 +1,5 @@
-"""Triton LSTM / GRU cells.
+"""Triton LSTM / GRU cells: the kernels of the ops torch.ops.s2s_fused.{lstm,gru}_cell_{forward,backward}_triton
+(defined, with their fake kernels and autograd, in s2s_fused/ops/rnn_cell.py).
 
 Forward: one kernel computes, for a (BLOCK_B x BLOCK_H) tile of (batch rows x hidden units), the pre-activations
 of *all* gates of those units (x W_ih^T + h W_hh^T, fp32 accumulate) and applies the cell update in registers:
@@ -6,10 +7,7 @@ the gate pre-activations never reach memory. Only the activated gates (the works
 GRU reset_before (Cho et al.) needs r * h before its W_hn product, so it runs as two such kernels.
 Backward: one pointwise kernel writes the pre-activation gate gradients, then the five GEMMs run on cuBLAS/BLAS
 through torch.
-
-Registered as ``torch.ops.s2s_fused.{lstm,gru}_cell_{forward,backward}_triton`` (torch.library.custom_op, which
-works under TRITON_INTERPRET=1 and torch.compile alike), with the fake kernels and autograd of the C++ ops.
-Shapes as in s2s_fused.ops.rnn_cell: input (B, I), hx/cx (B, H), w_ih (G*H, I), w_hh (G*H, H), b (G*H,).
+Shapes as in s2s_fused.ops.rnn_cell.
 """
 from __future__ import annotations
 
@@ -27,7 +25,6 @@ from .rnn_common import sigmoid as _sigmoid
 from .rnn_common import tanh as _tanh
 from .rnn_common import tile_sizes as _blocks
 from .. import _op_checks as _check
-from ..ops import rnn_cell as _cell_ops
 
 Tensor = torch.Tensor
 
@@ -221,7 +218,6 @@ def _forward(mode, x, h, c, w_ih, w_hh, b_ih, b_hh, h1, c1, ws, aux):
     )
 
 
-@torch.library.custom_op("s2s_fused::lstm_cell_forward_triton", mutates_args=())
 def lstm_cell_forward(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                       b_hh: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
     B, _, H = _check.lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
@@ -232,7 +228,6 @@ def lstm_cell_forward(input: Tensor, hx: Tensor, cx: Tensor, w_ih: Tensor, w_hh:
     return h1, c1, ws
 
 
-@torch.library.custom_op("s2s_fused::lstm_cell_backward_triton", mutates_args=())
 def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], input: Tensor, hx: Tensor, cx: Tensor,
                        w_ih: Tensor, w_hh: Tensor, workspace: Tensor, c1: Tensor, grad_mask: list[bool]
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -256,7 +251,6 @@ def lstm_cell_backward(grad_h1: Optional[Tensor], grad_c1: Optional[Tensor], inp
     return _masked_grads(grad_mask, grads, hx)
 
 
-@torch.library.custom_op("s2s_fused::gru_cell_forward_triton", mutates_args=())
 def gru_cell_forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                      b_hh: Optional[Tensor], reset_after: bool) -> tuple[Tensor, Tensor]:
     B, _, H = _check.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
@@ -273,7 +267,6 @@ def gru_cell_forward(input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih
     return h1, ws
 
 
-@torch.library.custom_op("s2s_fused::gru_cell_backward_triton", mutates_args=())
 def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, w_hh: Tensor, workspace: Tensor,
                       reset_after: bool, grad_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     B, _, H = _check.gru_cell_backward(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask)
@@ -306,11 +299,3 @@ def gru_cell_backward(grad_h1: Tensor, input: Tensor, hx: Tensor, w_ih: Tensor, 
     grads = (lambda: dgi @ w_ih, grad_hx, lambda: dgi.t() @ input, grad_w_hh, lambda: dgi.sum(0), grad_b_hh)
     return _masked_grads(grad_mask, grads, hx)
 
-
-# Fake kernels and autograd: the same as the C++ ops (same signatures).
-torch.library.register_fake("s2s_fused::lstm_cell_forward_triton", _cell_ops._lstm_fwd_fake)
-torch.library.register_fake("s2s_fused::lstm_cell_backward_triton", _cell_ops._lstm_bwd_fake)
-torch.library.register_fake("s2s_fused::gru_cell_forward_triton", _cell_ops._gru_fwd_fake)
-torch.library.register_fake("s2s_fused::gru_cell_backward_triton", _cell_ops._gru_bwd_fake)
-_cell_ops._register_lstm_autograd("_triton")
-_cell_ops._register_gru_autograd("_triton")

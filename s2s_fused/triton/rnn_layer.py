@@ -1,4 +1,6 @@
-"""Triton LSTM / GRU layers: one layer in one direction over a whole sequence.
+"""Triton LSTM / GRU layers, one layer in one direction over a whole sequence: the kernels of the ops
+torch.ops.s2s_fused.{lstm,gru}_layer_{forward,backward}_triton (defined, with their fake kernels and autograd, in
+s2s_fused/ops/rnn_layer.py).
 
 Forward: the input projection of all T steps is one GEMM (torch); then per step one kernel computes, for a
 (BLOCK_B x BLOCK_H) tile of (batch rows x hidden units), the recurrent product h W_hh^T for *all* gates of those
@@ -13,12 +15,10 @@ Backward: per step one pointwise kernel (pre-activation gate gradients, state pa
 the dh GEMM (torch); after the loop the weight gradients as GEMMs over all T*B rows and bias gradients as sums.
 
 Variable lengths through an (T, B) `active` mask, as the C++ ops (csrc/rnn_layer_impl.h); the state buffers use
-the same time layout, hs / cs (T+1, B, H). Registered as ``torch.ops.s2s_fused.{lstm,gru}_layer_{forward,
-backward}_triton`` (torch.library.custom_op) with the fake kernels and autograd of the C++ ops.
+the same time layout, hs / cs (T+1, B, H).
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -33,7 +33,7 @@ from .rnn_common import sigmoid as _sigmoid
 from .rnn_common import tanh as _tanh
 from .rnn_common import tile_sizes as _blocks
 from .. import _op_checks as _check
-from ..ops import rnn_layer as _layer_ops
+from .. import config
 
 Tensor = torch.Tensor
 
@@ -339,7 +339,7 @@ PERSISTENT_NUM_WARPS = 8
 
 def use_persistent(B: int, H: int) -> bool:
     """Whether a (B, H) layer runs its time loop as one persistent launch (see the rule above)."""
-    if os.environ.get("S2S_FUSED_TRITON_NO_PERSISTENT", "0") not in ("", "0"):
+    if config.TRITON_NO_PERSISTENT:
         return False
     bb, bh, _ = _blocks(B, H)
     return H <= PERSISTENT_MAX_H and triton.cdiv(B, bb) * triton.cdiv(H, bh) <= PERSISTENT_MAX_STEP_PROGRAMS
@@ -388,7 +388,6 @@ def _contig(t):
     return t.contiguous() if t is not None else None
 
 
-@torch.library.custom_op("s2s_fused::lstm_layer_forward_triton", mutates_args=())
 def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                        b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -409,7 +408,6 @@ def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh
     return out, hs[last].clone(), cs[last].clone(), hs, cs, ws
 
 
-@torch.library.custom_op("s2s_fused::lstm_layer_backward_triton", mutates_args=())
 def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor], grad_c_n: Optional[Tensor],
                         input: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, workspace: Tensor,
                         lengths: Optional[Tensor], reverse: bool
@@ -436,7 +434,6 @@ def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor
             dg2.sum(0))
 
 
-@torch.library.custom_op("s2s_fused::gru_layer_forward_triton", mutates_args=())
 def gru_layer_forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
                       b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, reset_after: bool
                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -457,7 +454,6 @@ def gru_layer_forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_i
     return out, hs[last].clone(), hs, ws
 
 
-@torch.library.custom_op("s2s_fused::gru_layer_backward_triton", mutates_args=())
 def gru_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor], input: Tensor, w_ih: Tensor,
                        w_hh: Tensor, hs: Tensor, workspace: Tensor, lengths: Optional[Tensor], reverse: bool,
                        reset_after: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -497,11 +493,3 @@ def gru_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor]
         grad_w_hh = torch.cat([dgi2[:, : 2 * H].t().mm(h_read), dgi2[:, 2 * H:].t().mm(rh_all.view(T * B, H))])
     return dgi2.mm(w_ih).view(T, B, I), dh, dgi2.t().mm(x2), grad_w_hh, dgi2.sum(0), dgh2.sum(0)
 
-
-# Fake kernels and autograd: the same as the C++ ops (same signatures).
-torch.library.register_fake("s2s_fused::lstm_layer_forward_triton", _layer_ops._lstm_fwd_fake)
-torch.library.register_fake("s2s_fused::lstm_layer_backward_triton", _layer_ops._lstm_bwd_fake)
-torch.library.register_fake("s2s_fused::gru_layer_forward_triton", _layer_ops._gru_fwd_fake)
-torch.library.register_fake("s2s_fused::gru_layer_backward_triton", _layer_ops._gru_bwd_fake)
-_layer_ops._register_lstm_autograd("_triton")
-_layer_ops._register_gru_autograd("_triton")
