@@ -3,42 +3,27 @@
 Op rows: ``s2s_fused.beam_search_topk`` (cpu / cuda / triton) vs torch eager
 (log_softmax + add + view + topk, then // and %), on GPU at B=32 also that chain torch.compile'd. Decode rows:
 ``s2s_fused.seq2seq.decode.beam_search`` on a small random GRU decoder, with the fused op vs the same decoder whose
-selection step is the eager chain above.
+top-k step is the eager chain above (``decode.eager_beam_topk``).
 
     PYTHONPATH=. python benchmarks/bench_beam.py [--smoke] [--device cuda] [--out DIR]
 """
 from __future__ import annotations
 
-import contextlib
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
+from common import base_parser, fill_ratios, markdown_table, measure, write_results
 
-from benchmarks.common import base_parser, fill_ratios, measure, write_results  # noqa: E402
-
-import s2s_fused  # noqa: E402
-from s2s_fused.backend import is_available  # noqa: E402
-from s2s_fused.seq2seq import decode  # noqa: E402
-
-
-def eager_topk(logits, beam_scores, k, *, finished=None, eos_id=None, backend=None):
-    """The eager baseline: log_softmax + add + view + topk, then // and % (finished beams masked like the op)."""
-    B, K, V = logits.shape
-    cand = torch.log_softmax(logits.float(), dim=-1) + beam_scores[..., None]
-    if finished is not None:
-        only_eos = torch.full_like(cand, float("-inf"))
-        only_eos[..., eos_id] = beam_scores
-        cand = torch.where(finished[..., None], only_eos, cand)
-    vals, idx = cand.view(B, K * V).topk(k)
-    return vals, idx // V, idx % V
+import s2s_fused
+from s2s_fused.backend import is_available
+from s2s_fused.seq2seq import decode
+from s2s_fused.seq2seq.decode import eager_beam_topk
 
 
 def op_rows(device, shapes, dtypes, repeats):
     rows = []
-    providers = {"torch-eager": lambda x, s, k: eager_topk(x, s, k)}
+    providers = {"torch-eager": lambda x, s, k: eager_beam_topk(x, s, k)}
     if device.type == "cpu":
         providers["s2s_fused-cpu"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="cpu")
     else:
@@ -46,7 +31,7 @@ def op_rows(device, shapes, dtypes, repeats):
             providers["s2s_fused-cuda"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="cuda")
         if is_available("triton"):
             providers["s2s_fused-triton"] = lambda x, s, k: s2s_fused.beam_search_topk(x, s, k, backend="triton")
-        providers["torch-compile"] = torch.compile(eager_topk)
+        providers["torch-compile"] = torch.compile(eager_beam_topk)
     for B, K, V in shapes:
         for dtype in dtypes:
             x = torch.randn(B, K, V, device=device, dtype=dtype)
@@ -54,7 +39,7 @@ def op_rows(device, shapes, dtypes, repeats):
             k = 2 * K
             nbytes = x.numel() * x.element_size()
             for name, fn in providers.items():
-                if name == "torch-compile" and B != 32:  # the issue's shape only: compiles cost the time box
+                if name == "torch-compile" and B != 32:  # B=32 only: each compile costs the time box
                     continue
                 rows.append(measure("beam_search_topk", name, f"B={B} K={K} V={V} k={k}", dtype, "fwd",
                                     lambda fn=fn: fn(x, s, k), device, repeats=repeats,
@@ -78,16 +63,6 @@ class GRUDecoder(torch.nn.Module):
         return self.out(h), h
 
 
-@contextlib.contextmanager
-def selection(fn):
-    saved = decode.beam_search_topk
-    decode.beam_search_topk = fn
-    try:
-        yield
-    finally:
-        decode.beam_search_topk = saved
-
-
 def decode_rows(device, B, V, beam, max_len, repeats):
     torch.manual_seed(0)
     model = GRUDecoder(V, 64, 256).to(device).eval()
@@ -99,8 +74,8 @@ def decode_rows(device, B, V, beam, max_len, repeats):
             return decode.beam_search(model.step, h0, 1, 2, beam, max_len, n_best=1, backend=backend)
 
     def eager():
-        with torch.no_grad(), selection(eager_topk):
-            return decode.beam_search(model.step, h0, 1, 2, beam, max_len, n_best=1)
+        with torch.no_grad():
+            return decode.beam_search(model.step, h0, 1, 2, beam, max_len, n_best=1, topk=eager_beam_topk)
 
     tokens = sum(len(h[0].tokens) + 1 for h in fused())
     shape = f"GRU B={B} V={V} H=256 beam={beam} max_len={max_len}"
@@ -133,7 +108,6 @@ def main(argv=None):
     rows = op_rows(device, shapes, dtypes, repeats)
     rows += decode_rows(device, repeats=max(3, repeats // 5), **dec)
     rows = fill_ratios(rows, "torch-eager")
-    from benchmarks.common import markdown_table
     print(markdown_table(rows))
     write_results(rows, "beam", args.out, plot=not args.no_plot)
     return 0

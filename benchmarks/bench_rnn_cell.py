@@ -1,7 +1,7 @@
 """Benchmark: one decoder step of the fused LSTM/GRU cells vs torch.nn.LSTMCell / GRUCell (same weights),
 forward and forward+backward, measured side by side in one run.
 
-CPU: B=64, I=H=512 (the issue's decoder step). GPU: B in {1, 8, 64, 256}, H in {256, 512, 1024}, fp32 and bf16,
+CPU: B=64, I=H=512 (a decoder step). GPU: B in {1, 8, 64, 256}, H in {256, 512, 1024}, fp32 and bf16,
 providers s2s_fused-cuda, s2s_fused-triton, torch-eager (torch.nn cells: three launches per step) and, at H=512,
 torch-compile (dynamic shapes: one compiled graph per kind, dtype and mode serves every B); each also inside a CUDA
 graph (how a decode loop runs them).

@@ -1,77 +1,106 @@
-"""Benchmark: s2s_fused.nn.LSTM / GRU (whole sequences) vs torch.nn.LSTM / GRU, forward and forward+backward.
+"""Benchmark: s2s_fused.nn.LSTM / GRU (whole sequences, one or both directions) vs torch.nn.LSTM / GRU, forward and
+forward+backward.
 
-CPU shapes (issue 3): the fastrnns shape scaled down (T=32, B=64, I=H=256) and (T=64, B=16, I=H=512), 1 layer.
-GPU shapes (when --device cuda): fastrnns (T=100, B=64, I=H=512), FlashRNN's (T=1024, B=16, H=768), d2l (T=10,
-B=64, H=256), small-batch inference (B in 1, 4, 8; T=100, H=512), bidirectional and 2-layer variants.
+CPU shapes: the fastrnns shape scaled down (T=32, B=64, I=H=256) and (T=64, B=16, I=H=512), 1 layer, and the first
+one bidirectional. GPU shapes (when --device cuda): fastrnns (T=100, B=64, I=H=512), FlashRNN's (T=1024, B=16,
+H=768), d2l (T=10, B=64, H=256), small-batch inference (B in 1, 4, 8; T=100, H=512), bidirectional and 2-layer
+variants.
+
+Providers:
+  torch-cudnn / torch-eager   torch.nn.LSTM / GRU (the baseline of the ratio column)
+  s2s_fused-<backend>         s2s_fused.nn on each backend here, as the modules run by default (on CUDA a
+                              bidirectional layer runs both directions in one op: one batched GEMM and one
+                              pointwise launch per step)
+and A/B variants, each timed only on the shapes where it runs other code than its default:
+  s2s_fused-triton-perstep    S2S_FUSED_TRITON_NO_PERSISTENT=1: per-step kernels where the default picks the
+                              persistent program
+  s2s_fused-cuda-perdir       bidirectional, S2S_FUSED_NO_BIDIR_FUSED=1: one op per direction
+  s2s_fused-cuda-graph        bidirectional, S2S_FUSED_CUDA_GRAPH=1: the two-direction op's step loop replayed as a
+                              CUDA graph (opt-in)
+  s2s_fused-cpu-bidir-op      bidirectional, 1 layer: the two-direction op called on CPU, where the modules run one
+                              op per direction (it runs the per-direction kernels twice per step, so this shows its
+                              overhead)
 
   PYTHONPATH=. python benchmarks/bench_rnn_layer.py [--smoke] [--device cpu|cuda] [--out DIR]
 
 "fwd" runs under torch.no_grad() (inference); "fwd+bwd" runs forward then backward of output.sum() + h_n.sum().
 The ratio column is torch's time / ours, measured in the same run (> 1: faster than torch); providers are timed
-in alternation, one call each per round, so load from other processes on a shared machine hits them alike.
+in alternation, one call each per round, so load from other processes on a shared machine hits them alike. The
+A/B switches are set around each call of a variant (common.switches).
 """
 from __future__ import annotations
 
-import contextlib
-import os
-
 import torch
 
-try:
-    from common import fill_ratios, interleaved_rows, layer_bench_main
-except ImportError:  # run as a module from the repository root
-    from benchmarks.common import fill_ratios, interleaved_rows, layer_bench_main
+from common import fill_ratios, interleaved_rows, layer_bench_main, switches
 
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
+from s2s_fused.ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir
 
 CPU_SHAPES = [  # (T, B, I, H, layers, bidirectional)
     (32, 64, 256, 256, 1, False),
     (64, 16, 512, 512, 1, False),
+    (32, 64, 256, 256, 1, True),
 ]
 GPU_SHAPES = [
     (100, 64, 512, 512, 1, False),
+    (100, 64, 512, 512, 1, True),
     (100, 64, 512, 512, 2, True),
     (1024, 16, 768, 768, 1, False),
+    (1024, 16, 768, 768, 1, True),
     (10, 64, 256, 256, 1, False),
+    (10, 64, 256, 256, 1, True),
+    (100, 32, 256, 256, 1, True),
     (100, 1, 512, 512, 1, False),
     (100, 4, 512, 512, 1, False),
     (100, 8, 512, 512, 1, False),
     (100, 8, 256, 256, 1, False),  # small batch, H within the Triton persistent program's limit
 ]
-SMOKE_SHAPES = [(4, 3, 8, 8, 1, False)]
+SMOKE_SHAPES = [(4, 3, 8, 8, 1, False), (4, 3, 8, 8, 1, True)]
+LAYER_0 = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
-def _providers(device):
-    base = "torch-cudnn" if device.type == "cuda" else "torch-eager"
-    out = [(base, None)]
+def _baseline(device):
+    return "torch-cudnn" if device.type == "cuda" else "torch-eager"
+
+
+def _providers(device, B, H, L, bi):
+    """[(provider, backend or None for torch.nn, A/B switches, whether to call the two-direction op)]."""
+    out = [(_baseline(device), None, {}, False)]
     if device.type == "cpu":
-        out.append(("s2s_fused-cpu", "cpu"))
-    else:
-        if is_available("cuda"):
-            out.append(("s2s_fused-cuda", "cuda"))
-        if is_available("triton"):
-            out.append(("s2s_fused-triton", "triton"))
-            # the per-step Triton kernels where the default picks the persistent program: its A/B
-            out.append(("s2s_fused-triton-perstep", "triton"))
-    return base, out
+        out.append(("s2s_fused-cpu", "cpu", {}, False))
+        if bi and L == 1:
+            out.append(("s2s_fused-cpu-bidir-op", "cpu", {}, True))
+        return out
+    if is_available("cuda"):
+        out.append(("s2s_fused-cuda", "cuda", {}, False))
+        if bi:
+            out += [("s2s_fused-cuda-perdir", "cuda", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}, False),
+                    ("s2s_fused-cuda-graph", "cuda", {"S2S_FUSED_CUDA_GRAPH": "1"}, False)]
+    if is_available("triton"):
+        out.append(("s2s_fused-triton", "triton", {}, False))
+        from s2s_fused.triton.rnn_layer import use_persistent
+
+        if use_persistent(B, H):
+            out.append(("s2s_fused-triton-perstep", "triton", {"S2S_FUSED_TRITON_NO_PERSISTENT": "1"}, False))
+    return out
 
 
-@contextlib.contextmanager
-def _env(name, value):
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = old
+def _bidir_op(kind, mod, backend):
+    """``x -> (output, h_n or (h_n, c_n))`` of a 1-layer bidirectional module's weights, through the two-direction
+    op called directly."""
+    op = lstm_layer_bidir if kind == "LSTM" else gru_layer_bidir
+
+    def run(x):
+        w = [getattr(mod, n) for n in LAYER_0]
+        w_reverse = [getattr(mod, n + "_reverse") for n in LAYER_0]
+        h0 = x.new_zeros(2, x.shape[1], mod.hidden_size)
+        return op(x, (h0, h0) if kind == "LSTM" else h0, w, w_reverse, backend=backend)
+    return run
 
 
 def bench(device, shapes, dtype, repeats):
-    base, providers = _providers(device)
     rows = []
     for kind in ("LSTM", "GRU"):
         for T, B, I, H, L, bi in shapes:
@@ -81,36 +110,30 @@ def bench(device, shapes, dtype, repeats):
             xg = x.clone().requires_grad_()
             shape = f"T={T} B={B} I={I} H={H}" + (f" L={L}" if L > 1 else "") + (" bi" if bi else "")
             fwd, fwd_bwd = {}, {}
-            for name, backend in providers:
-                perstep = name.endswith("-perstep")
-                if perstep:
-                    from s2s_fused.triton.rnn_layer import use_persistent
-                    if not use_persistent(B, H):
-                        continue  # the same kernels as s2s_fused-triton
+            for name, backend, env, bidir_op in _providers(device, B, H, L, bi):
                 if backend is None:
-                    mod = ref
+                    layer = ref
                 else:
-                    mod = getattr(snn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype,
-                                             backend=backend)
-                    mod.load_state_dict(ref.state_dict())
+                    layer = getattr(snn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype,
+                                               backend=backend)
+                    layer.load_state_dict(ref.state_dict())
+                    if bidir_op:
+                        layer = _bidir_op(kind, layer, backend)
 
-                def path(perstep=perstep):
-                    return _env("S2S_FUSED_TRITON_NO_PERSISTENT", "1") if perstep else contextlib.nullcontext()
+                def run_fwd(layer=layer, env=env):
+                    with torch.no_grad(), switches(**env):
+                        layer(x)
 
-                def run_fwd(mod=mod, path=path):
-                    with torch.no_grad(), path():
-                        mod(x)
-
-                def run_fwd_bwd(mod=mod, path=path):
-                    with path():
-                        out, h = mod(xg)
+                def run_fwd_bwd(layer=layer, env=env):
+                    with switches(**env):
+                        out, h = layer(xg)
                         h_n = h[0] if isinstance(h, tuple) else h
                         (out.sum() + h_n.sum()).backward()
 
                 fwd[name], fwd_bwd[name] = run_fwd, run_fwd_bwd
             rows += interleaved_rows(f"{kind.lower()}_layer", shape, dtype, {"fwd": fwd, "fwd+bwd": fwd_bwd}, device,
-                                     repeats=repeats, label=kind, width=18)
-    return fill_ratios(rows, base)
+                                     repeats=repeats, label=kind, width=24)
+    return fill_ratios(rows, _baseline(device))
 
 
 def main(argv=None):

@@ -14,6 +14,7 @@ A script stopped early (SIGTERM or SIGINT, e.g. by run_all.py's time box) writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -304,6 +305,27 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="results folder (default: none written unless given)")
     p.add_argument("--no-plot", action="store_true")
     return p
+
+
+@contextlib.contextmanager
+def switches(**env: str):
+    """The library's A/B switches ``env`` (variable name -> "0" / "1") in effect while the block runs, as they were
+    afterwards, around one provider's calls. The Python side's (s2s_fused.config, read once at import) through
+    config.override; the others as environment variables."""
+    from s2s_fused import config
+    python = {name[len(config.PREFIX):]: config.parse_switch(name, env) for name in env if name in config.SWITCHES}
+    others = {name: value for name, value in env.items() if name not in config.SWITCHES}
+    saved = {name: os.environ.get(name) for name in others}
+    os.environ.update(others)
+    try:
+        with config.override(**python):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def threads_note() -> str:

@@ -1,13 +1,14 @@
 """Run every benchmarks/bench_<family>.py with the same arguments (e.g. --smoke, --out DIR, --device cuda).
 
 Each script runs in its own process, so one failing family does not hide the others; the exit code is non-zero
-if any failed. Families run in PRIORITY order (the device's ceilings first, then the ops the issues compare),
-then the rest alphabetically.
+if any failed. Families run in PRIORITY order (the device's ceilings first, then the RNN layers and cells,
+cross-entropy, beam search and the whole model), then the rest alphabetically.
 
 ``--only FAMILY...`` (consumed here) runs just those families. ``--budget-s N`` (consumed here too) time-boxes
-the whole run for a GPU round: each family gets at most its share of the time left (WEIGHTS, over the families still to run; one that finishes early leaves its time to
-the next), then SIGTERM, on which benchmarks/common.py writes the rows measured so far to <family>.partial.*,
-and SIGKILL GRACE_S later. So one slow family cannot starve the others, and a cut-short family keeps its rows.
+the whole run for a GPU round: each family gets at most its share of the time left (WEIGHTS, over the families
+still to run; one that finishes early leaves its time to the next), then SIGTERM, on which benchmarks/common.py
+writes the rows measured so far to <family>.partial.*, and SIGKILL GRACE_S later. So one slow family cannot
+starve the others, and a cut-short family keeps its rows.
 """
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PRIORITY = ["ceilings", "rnn_layer", "rnn_cell", "cross_entropy", "beam", "rnn_bidir", "seq2seq"]
+PRIORITY = ["ceilings", "rnn_layer", "rnn_cell", "cross_entropy", "beam", "seq2seq"]
 # Relative shares of a time-boxed run, from the GPU round's estimates (gpu_check.sh's header); others weigh 1.
-WEIGHTS = {"ceilings": 0.3, "rnn_layer": 3, "rnn_cell": 3, "cross_entropy": 1.5, "beam": 1, "rnn_bidir": 1.5,
-           "seq2seq": 1.5}
+WEIGHTS = {"ceilings": 0.3, "rnn_layer": 4.5, "rnn_cell": 3, "cross_entropy": 1.5, "beam": 1, "seq2seq": 1.5}
 GRACE_S = 20
 MIN_CAP_S = 30  # the least a family gets (importing torch and s2s_fused alone takes seconds)
 

@@ -422,4 +422,30 @@ def linear_ce_target_values(hidden, weight, target, ignore_index) -> None:
 # ---------------------------------------------------------------------------------------------------- beam
 
 
+def beam_search_topk(logits, beam_scores, k, finished=None, eos_id=None) -> None:
+    """csrc/beam_checks.h check_beam_topk_args, check for check and message for message."""
+    tensor(logits, "logits")
+    tensor(beam_scores, "beam_scores")
+    if logits.dim() != 3:
+        fail("logits: expected a 3-D tensor (B, K, V), got ", logits.dim(), "-D with shape ", shape_str(logits))
+    floating(logits, "logits")
+    B, K, V = logits.shape
+    if beam_scores.dtype != torch.float32:
+        fail("beam_scores: expected a float32 tensor, got ", dtype_str(beam_scores.dtype))
+    exact_shape(beam_scores, (B, K), "beam_scores", " (logits' (B, K))")
+    same_device(beam_scores, logits, "beam_scores", "logits")
+    if not 1 <= k <= K * V:
+        fail("k: expected 1 <= k <= K*V = ", K * V, ", got ", k)
+    if finished is not None:
+        tensor(finished, "finished")
+        if finished.dtype != torch.bool:
+            fail("finished: expected a bool tensor, got ", dtype_str(finished.dtype))
+        exact_shape(finished, (B, K), "finished", " (logits' (B, K))")
+        same_device(finished, logits, "finished", "logits")
+        if eos_id is None:
+            fail("eos_id: required when finished is given, got None")
+    if eos_id is not None and not 0 <= eos_id < V:
+        fail("eos_id: expected 0 <= eos_id < V = ", V, ", got ", eos_id)
+
+
 # ----------------------------------------------------------------------------------------------------- end

@@ -59,7 +59,7 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from .seq2seq.train import run
+    from .seq2seq.command import run
 
     return run(args)
 
@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, compiled and available backends, CUDA arch list, switches").set_defaults(
         func=_cmd_info)
 
-    from .seq2seq.train import add_arguments
+    from .seq2seq.args import add_arguments
 
     t = sub.add_parser("train", help="train the seq2seq model on the shipped eng-fra corpus (or --data), report "
                                      "BLEU, translations and the fused vs torch speed")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -248,20 +249,31 @@ def _cross_entropy():
     return log
 
 
+# Large vocabularies with large k: the biggest tiles and the most selection rounds the launcher produces (with
+# the rounds unrolled over a 16K-key tile, GPT-2's 50257 at k = 64 takes ptxas minutes; 256000 reads chunks of
+# several tiles).
+BEAM_LARGE = ((2, 5, 50257, 64), (1, 8, 256000, 64), (2, 4, 32000, 10))
+
+
 def _beam():
     import torch
     from s2s_fused.triton import beam as tri
     with record_launches(tri) as log:
         for dtype in map(_dt, FLOATS[:3]):  # float64 logits take the torch path
-            for B, K, V, k, eos in ((2, 3, 50, 4, 7), (1, 1, 1, 1, 1)):
-                if B == 1 and dtype != torch.float32:
+            # sizes and eos_id equal to 1 are constexprs (eos_id < V, which the op checks)
+            for B, K, V, k, eos in ((2, 3, 50, 4, 7), (2, 3, 50, 4, 1), (1, 1, 1, 1, 0)):
+                if (B == 1 or eos == 1) and dtype != torch.float32:
                     continue
                 logits = torch.randn(B, K, V, dtype=dtype)
-                if B > 1 and dtype == torch.float32:  # vocabulary not contiguous: stride_v is an i32
+                if B > 1 and eos != 1 and dtype == torch.float32:  # vocabulary not contiguous: stride_v an i32
                     logits = torch.randn(B, V, K, dtype=dtype).transpose(1, 2)
                 scores = torch.randn(B, K)
                 for fin in (torch.zeros(B, K, dtype=torch.bool), None):
                     tri.beam_search_topk_triton(logits, scores, k, fin, eos if fin is not None else None)
+        for B, K, V, k in BEAM_LARGE:
+            logits, scores = torch.randn(B, K, V, dtype=torch.float16), torch.randn(B, K)
+            for fin in (torch.zeros(B, K, dtype=torch.bool), None):
+                tri.beam_search_topk_triton(logits, scores, k, fin, 3 if fin is not None else None)
     return log
 
 
@@ -373,20 +385,43 @@ CODE_CHECKS = {
     "_layer_persistent_forward_kernel": ("bar.sync", lambda k: "bar.sync" in k.asm["ptx"]),
 }
 
+# Seconds one configuration of a family may take to compile (front end to cubin, one core): a kernel whose
+# unrolled code outgrows ptxas fails here, not on the GPU machine's clock. Generous, as a busy CI core is slow.
+COMPILE_LIMIT_S = {"beam": 120}
+
 _POOL_LAUNCHES = []
 
 
+class _CompileTimeout(BaseException):  # not an Exception: nothing inside Triton's compile swallows it
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _CompileTimeout
+
+
 def _compile_one(i):
-    launch = _POOL_LAUNCHES[i]
+    family, launch = _POOL_LAUNCHES[i]
+    limit = COMPILE_LIMIT_S.get(family)
     t0 = time.time()
+    if limit:  # stop a runaway compile at its limit: ptxas is killed with it, Triton's own passes stop on return
+        signal.signal(signal.SIGALRM, _on_alarm)
+        signal.alarm(limit)
     try:
         kernel = launch.compile()
         what, check = CODE_CHECKS.get(launch.fn.__name__, (None, None))
         if check is not None and not check(kernel):
             return f"compiled, but the code lacks {what}", time.time() - t0
+        if limit and time.time() - t0 > limit:
+            raise _CompileTimeout
         return None, time.time() - t0
+    except _CompileTimeout:
+        return f"compile took over the limit of {limit} s for {family}", time.time() - t0
     except Exception as e:  # noqa: BLE001  (report every failing configuration, not only the first)
         return _error_text(e), time.time() - t0
+    finally:
+        if limit:
+            signal.alarm(0)
 
 
 def _error_text(e):
@@ -427,7 +462,6 @@ def main(argv):
                 return 1
         _POOL_LAUNCHES.extend((family, launch) for launch in chosen)
     jobs = list(_POOL_LAUNCHES)
-    _POOL_LAUNCHES[:] = [launch for _, launch in jobs]
     workers = max(1, min(int(os.environ.get("GPU_COMPILE_WORKERS", "2")), len(jobs)))
     if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
         with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -15,7 +16,8 @@ from s2s_fused import reference
 from s2s_fused.backend import is_available
 from s2s_fused.seq2seq.decode import Hypothesis, beam_search, greedy_decode
 
-from tests.helpers import ALL_DTYPES, backend_params, device_for
+from s2s_fused.ops.beam import FAST_MAX_K
+from tests.helpers import ALL_DTYPES, backend_params, device_for, poison_heap
 
 NEG_INF = float("-inf")
 TRITON = pytest.mark.skipif(not is_available("triton"), reason="triton not available")
@@ -115,6 +117,30 @@ def test_cpu_exact_path_large_k(k):
     fin = torch.tensor([[False, True, False, False, True]] * 3)
     assert_topk_equal(run("cpu", x, s, k), reference.beam_search_topk(x, s, k))
     assert_topk_equal(run("cpu", x, s, k, fin, 3), reference.beam_search_topk(x, s, k, fin, 3))
+
+
+def test_cpu_exact_path_memory_is_bounded():
+    """The exact path (k > 64, and the single-pass path's fallback when logits tie at the top-k cut) keeps O(k)
+    candidates a row, not O(V) a thread. Every logit of two 2^23-long rows ties, so k = 2 falls back for both rows,
+    on two threads at once, and so does k = 100; the peak RSS of a subprocess over what it held before the calls
+    (16 bytes x V per row took 256 MiB here) must stay small."""
+    code = (
+        "import resource, torch, s2s_fused\n"
+        "torch.set_num_threads(2)\n"
+        "V = 1 << 23\n"
+        "x, s = torch.full((1, 2, V), 0.5), torch.zeros(1, 2)\n"
+        "s2s_fused.beam_search_topk(x[:, :, :300], s, 100, backend='cpu')  # everything loaded first\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "for k in (2, 100):\n"
+        "    sc, b, t = s2s_fused.beam_search_topk(x, s, k, backend='cpu')\n"
+        "    assert b.tolist() == [[0] * k] and t.tolist() == [list(range(k))], (b, t)  # ties: index order\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # ru_maxrss: KiB\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="2")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    extra = int(r.stdout.split()[-1])
+    assert extra < 32 * 2**20, f"the exact path grew the peak RSS by {extra / 2**20:.0f} MiB"
 
 
 def test_cpu_rounding_collisions_are_exact():
@@ -244,13 +270,172 @@ def test_cuda_large_vocab():
             assert_topk_equal(run(backend, x, s, k, fin, 2), reference.beam_search_topk(x, s, k, fin, 2), backend)
 
 
+# ------------------------------------------------------------------------------------------ NaN / inf rule
+# One rule on every backend, torch's (the reference): a candidate scores beam_scores + log_softmax(logits), so a
+# beam row holding a NaN or +inf logit, or only -inf logits, scores NaN everywhere; a NaN beam score gives NaN
+# candidates, a +inf one +inf (NaN where the logit is -inf); the ranking is torch.sort's, NaN above +inf, equal
+# scores by flat index. A finished beam still offers only (its score, eos_id), an empty (-inf) beam only -inf.
+
+NAN, INF = float("nan"), float("inf")
+
+
+def exact_lse_case(B, K, V, g):
+    """Logits whose log-sum-exp is exact in any summation order, so every backend must agree to the bit: each beam
+    row has one maximum and the rest lie >= 200 below it (exp underflows to 0 in fp32; 1 + e^-200 rounds to 1 in
+    fp64), so a finite score is s + (x - max) exactly. Values repeat inside a row (ties) and beam 1 repeats beam 0
+    with its score (ties across beams)."""
+    top = torch.randint(-4, 5, (B, K, 1), generator=g).double()
+    x = top - 200 - torch.randint(0, 64, (B, K, V), generator=g).double() * 0.5
+    x.scatter_(2, torch.randint(0, V, (B, K, 1), generator=g), top)
+    s = -torch.randint(0, 16, (B, K), generator=g).double() * 0.25
+    if K >= 2:
+        x[:, 1], s[:, 1] = x[:, 0], s[:, 0]
+    return x, s
+
+
+def _v(V, g):
+    return int(torch.randint(0, V, (1,), generator=g))
+
+
+def _nan_in_inf_stretch(x, s, g):
+    # NaN among -inf logits, the row's finite values after them (in the CPU kernel: a later chunk)
+    V = x.shape[2]
+    x[0, -1, : 3 * V // 4] = -INF
+    x[0, -1, V // 2] = NAN
+    x[0, -1, -1] = 1.0
+
+
+def _some_neg_inf(x, s, g):
+    x[0, 0, ::2] = -INF
+    x[0, 0, 1 % x.shape[2]] = 300.0  # a maximum again, far above the rest (which may have lost theirs)
+
+
+def _plus_inf_beam(x, s, g):
+    s[2, 0] = INF
+    x[2, 0, _v(x.shape[2], g)] = -INF  # +inf + -inf: NaN
+
+
+def _mixed(x, s, g):
+    x[0, 0, _v(x.shape[2], g)] = NAN
+    x[1, -1, _v(x.shape[2], g)] = INF
+    s[2, -1] = NAN
+    s[1, 0] = -INF
+    x[2, 0] = -INF
+
+
+# name -> mutation of (x (B=3, K, V) float64, s (3, K) float64, g); the unmutated rows stay as controls
+NAN_INF_SCENARIOS = {
+    "none": lambda x, s, g: None,
+    "nan logit in one beam": lambda x, s, g: x[0, -1].__setitem__(_v(x.shape[2], g), NAN),
+    "nan logit at index 0": lambda x, s, g: x[1, 0].__setitem__(0, NAN),
+    "nan logit at one token, every beam": lambda x, s, g: x[1, :].__setitem__((slice(None), _v(x.shape[2], g)), NAN),
+    "nan row": lambda x, s, g: x[2, 0].fill_(NAN),
+    "nan among -inf": _nan_in_inf_stretch,
+    "+inf logit": lambda x, s, g: x[0, 0].__setitem__(_v(x.shape[2], g), INF),
+    "+inf logits twice": lambda x, s, g: x[2, -1].__setitem__(slice(0, None, max(1, x.shape[2] // 2)), INF),
+    "+inf and nan logits": lambda x, s, g: (x[1, 0].__setitem__(0, INF), x[1, 0].__setitem__(-1, NAN)),
+    "some -inf logits": _some_neg_inf,
+    "-inf row": lambda x, s, g: x[1, -1].fill_(-INF),
+    "-inf beam score": lambda x, s, g: s[0].__setitem__(-1, -INF),
+    "every beam score -inf": lambda x, s, g: s[1].fill_(-INF),
+    "nan beam score": lambda x, s, g: s[2].__setitem__(0, NAN),
+    "+inf beam score": _plus_inf_beam,
+    "mixed": _mixed,
+}
+
+
+def nan_inf_batches(K, V, seed):
+    """Every scenario, 3 batch rows each, stacked into one batch: ``(names (one a row), x float64, s float32,
+    finished, eos_id)``, once without ``finished`` and once with about a third of the beams finished (beam 0 of
+    rows 0 and 2 always, over the special values: NaN logits, NaN / -inf / +inf scores)."""
+    g = torch.Generator().manual_seed(seed)
+    xs, ss, fins, names = [], [], [], []
+    for name, mutate in NAN_INF_SCENARIOS.items():
+        x, s = exact_lse_case(3, K, V, g)
+        mutate(x, s, g)
+        fin = torch.rand(3, K, generator=g) < 0.35
+        fin[:, 0] = torch.tensor([True, False, True])
+        xs.append(x)
+        ss.append(s.float())
+        fins.append(fin)
+        names += [name] * 3
+    x, s = torch.cat(xs), torch.cat(ss)
+    return [(names, x, s, None, None), ([n + ", finished" for n in names], x, s, torch.cat(fins), _v(V, g))]
+
+
+def topk_mismatch(out, ref):
+    """{row: what differs} for the batch rows where out is not exactly ref: the same indices, the same scores
+    (NaN where ref has NaN)."""
+    s, b, t = (o.cpu() for o in out)
+    rs, rb, rt = (r.cpu() for r in ref)
+    if s.dtype != torch.float32 or s.shape != rs.shape or b.shape != rb.shape or t.shape != rt.shape:
+        return {-1: f"got scores {s.dtype} {tuple(s.shape)}, expected float32 {tuple(rs.shape)}"}
+    nan = torch.isnan(rs)
+    same = (b == rb) & (t == rt) & (torch.isnan(s) == nan) & ((s == rs) | nan)
+    bad = {}
+    for r, j in (~same).nonzero().tolist():
+        if r not in bad:
+            bad[r] = (f"row {r}, position {j}: got ({s[r, j].item()}, beam {b[r, j].item()}, token "
+                      f"{t[r, j].item()}), expected ({rs[r, j].item()}, beam {rb[r, j].item()}, token "
+                      f"{rt[r, j].item()})")
+    return bad
+
+
+NAN_INF_SHAPES = [(1, 1), (3, 17), (5, 130), (2, 4099)]
+
+
+def nan_inf_probe(backend, dtypes, shapes, ks):
+    """Every scenario x shape x dtype x k (``ks(K*V)``, those <= K*V) on ``backend`` against the reference;
+    returns (the failures, one line per scenario and call, and the number of scenario cases run)."""
+    dev = device_for(backend)
+    failures, n = [], 0
+    for K, V in shapes:
+        for names, x64, s, fin, eos in nan_inf_batches(K, V, seed=K * 7 + V):
+            for dtype in dtypes:
+                x = x64.to(dtype)
+                for k in sorted(k for k in ks(K * V) if k <= K * V):
+                    args = (x.to(dev), s.to(dev), k, None if fin is None else fin.to(dev), eos)
+                    ref = reference.beam_search_topk(*args)
+                    poison_heap(3 * x.shape[0] * k)
+                    bad = topk_mismatch(run(backend, *args), ref)
+                    n += len(NAN_INF_SCENARIOS)
+                    for name in dict.fromkeys(names[r] if r >= 0 else "all" for r in bad):
+                        first = next(d for r, d in bad.items() if r < 0 or names[r] == name)
+                        failures.append(f"{name} K={K} V={V} k={k} {dtype}: {first}")
+    return failures, n
+
+
+@pytest.mark.parametrize("path", ["single-pass", "exact"])
+@pytest.mark.parametrize("backend", backend_params())
+def test_nan_inf_rule_matches_reference_exactly(backend, path):
+    """The probe of the rule above: NaN in one beam / one token, +inf logits, -inf rows, empty (-inf) beams,
+    -inf / NaN / +inf beam scores, finished beams mixed in, ties; indices and scores exactly equal to torch's,
+    on the single-pass kernels (k <= 64) and on the exact path (k > 64)."""
+    if path == "single-pass":
+        ks = lambda n: [k for k in (1, 2, 7, FAST_MAX_K, n) if k <= FAST_MAX_K]
+    else:
+        ks = lambda n: [k for k in (FAST_MAX_K + 1, 100, n) if k > FAST_MAX_K]
+    plan = [((K, V), dtype, ks) for K, V in NAN_INF_SHAPES for dtype in ALL_DTYPES]
+    if backend == "triton" and device_for(backend).type == "cpu" and path == "single-pass":
+        # The interpreter runs every selection round of every program in Python (one call at k = 7, K = 5 costs
+        # ~7 s of CPU here): a subset here, the whole probe on a GPU.
+        plan = [((1, 1), torch.float32, lambda n: [1]), ((3, 17), torch.float32, lambda n: [1, 7]),
+                ((3, 17), torch.bfloat16, lambda n: [7]), ((5, 130), torch.float32, lambda n: [7])]
+    failures, n = [], 0
+    for shape, dtype, ks in plan:
+        more, m = nan_inf_probe(backend, (dtype,), [shape], ks)
+        failures, n = failures + more, n + m
+    assert n and not failures, f"{len(failures)} of {n} cases differ from the reference:\n" + "\n".join(failures[:20])
+
+
 # ------------------------------------------------------------------------------------ opcheck / compile
 
 
 def _opcheck_samples(device="cpu"):
     x, s = make_case(2, 3, 17, torch.float32, seed=1, device=device)
     fin = torch.tensor([[True, False, False], [False, False, True]], device=device)
-    return [(x, s, 4, None, None), (x, s, 1, fin, 3), (x.half(), s, 6, None, 0), (x, s, 51, fin, 16)]
+    xh = make_case(2, 3, 17, torch.float16, seed=1, device=device)[0]  # (x.half() would overflow to +inf: NaN)
+    return [(x, s, 4, None, None), (x, s, 1, fin, 3), (xh, s, 6, None, 0), (x, s, 51, fin, 16)]
 
 
 def test_opcheck_cpu():
@@ -301,6 +486,8 @@ def test_bad_inputs_raise_clear_errors():
         (dict(beam_scores=torch.zeros(2, 3, dtype=torch.float64)), TypeError, "beam_scores: expected a float32"),
         (dict(finished=fin), ValueError, "eos_id: required when finished is given"),
         (dict(finished=fin.int(), eos_id=1), TypeError, "finished: expected a bool tensor"),
+        (dict(finished=fin.tolist(), eos_id=1), TypeError, "finished: expected a torch.Tensor, got list"),
+        (dict(finished=True, eos_id=1), TypeError, "finished: expected a torch.Tensor, got bool"),
         (dict(finished=fin[:, :2], eos_id=1), ValueError, "finished: expected shape (2, 3)"),
         (dict(eos_id=5), ValueError, "eos_id: expected 0 <= eos_id < V = 5, got 5"),
         (dict(eos_id=-1), ValueError, "eos_id: expected 0 <= eos_id < V = 5, got -1"),
@@ -321,6 +508,79 @@ def test_bad_inputs_raise_clear_errors():
         op(x, s, 2, fin, 7)
     with pytest.raises(RuntimeError, match="beam_scores: expected shape"):
         op(x, s[:1], 2)
+
+
+def _bad_op_args():
+    """(what, args) of direct op calls with one wrong argument each, for the C++ op's checks (beam_checks.h)."""
+    x, s = torch.randn(2, 3, 5), torch.zeros(2, 3)
+    fin = torch.zeros(2, 3, dtype=torch.bool)
+    return [
+        ("logits 2-D", (x[0], s, 2, None, None)),
+        ("logits 4-D", (x[None], s, 2, None, None)),
+        ("logits int64", (x.long(), s, 2, None, None)),
+        ("beam_scores float64", (x, s.double(), 2, None, None)),
+        ("beam_scores float16", (x, s.half(), 2, None, None)),
+        ("beam_scores (2, 4)", (x, torch.zeros(2, 4), 2, None, None)),
+        ("beam_scores 1-D", (x, torch.zeros(6), 2, None, None)),
+        ("beam_scores 0-D", (x, torch.zeros(()), 2, None, None)),
+        ("k = 0", (x, s, 0, None, None)),
+        ("k = -3", (x, s, -3, None, None)),
+        ("k > K*V", (x, s, 16, None, None)),
+        ("V = 0", (torch.randn(2, 3, 0), s, 1, None, None)),
+        ("K = 0", (torch.randn(2, 0, 5), torch.zeros(2, 0), 1, None, None)),
+        ("finished int32", (x, s, 2, fin.int(), 1)),
+        ("finished (2, 2)", (x, s, 2, fin[:, :2], 1)),
+        ("finished 3-D", (x, s, 2, fin[..., None], 1)),
+        ("finished without eos_id", (x, s, 2, fin, None)),
+        ("eos_id = V", (x, s, 2, None, 5)),
+        ("eos_id = -1 with finished", (x, s, 2, fin, -1)),
+        ("eos_id huge", (x, s, 2, None, 2**40)),
+    ]
+
+
+@TRITON
+def test_op_checks_same_on_every_kernel():
+    """Every wrong input to a registered op raises before any launch, the same exception and message from the C++
+    op (its TORCH_CHECKs), the Triton op (s2s_fused/_op_checks.py) and both fake kernels; nothing is launched and
+    the inputs are left alone."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from s2s_fused.triton import beam as tri
+    from tests.gpu_compile import record_launches
+    ops = {"cpu": torch.ops.s2s_fused.beam_search_topk, "triton": torch.ops.s2s_fused.beam_search_topk_triton}
+    for what, args in _bad_op_args():
+        copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        errors = {}
+        for name, op in ops.items():
+            with record_launches(tri) as launched:
+                with pytest.raises(Exception) as e:
+                    op(*args)
+            assert not launched, f"{what}: {name} launched {[l.fn.__name__ for l in launched]}"
+            errors[name] = e.value
+            with FakeTensorMode() as mode:
+                fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+                with pytest.raises(Exception) as e:
+                    op(*fake)
+            errors[name + " fake"] = e.value
+        first = errors["cpu"]
+        assert type(first) is RuntimeError, f"{what}: {type(first).__name__}: {first}"
+        msg = str(first).splitlines()[0]
+        for name, err in errors.items():
+            assert (type(err), str(err).splitlines()[0]) == (RuntimeError, msg), f"{what}: {name} raised {err!r}"
+        for a, c in zip(args, copies):
+            assert not isinstance(a, torch.Tensor) or torch.equal(a, c), f"{what}: an input was written"
+
+
+@TRITON
+def test_op_checks_under_torch_compile():
+    """The fake kernels' checks surface through torch.compile with the kernels' message."""
+    x, s = torch.randn(2, 3, 5), torch.zeros(2, 3)
+    for op in (torch.ops.s2s_fused.beam_search_topk, torch.ops.s2s_fused.beam_search_topk_triton):
+        for args, msg in (((x, s[:1], 2, None, None), "beam_scores: expected shape (2, 3) (logits' (B, K)), got [1, 3]"),
+                          ((x, s, 16, None, None), "k: expected 1 <= k <= K*V = 15, got 16")):
+            torch._dynamo.reset()
+            with pytest.raises(Exception, match=re.escape(msg)):
+                torch.compile(lambda *a: op(*a), fullgraph=True, backend="aot_eager")(*args)
 
 
 # ----------------------------------------------------------------------------------------------- decoders

@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 import torch
 
+import s2s_fused
 from s2s_fused.cli import main as cli_main
-from s2s_fused.seq2seq import eager_decode
 from s2s_fused.seq2seq.checkpoint import FILENAME, load_checkpoint, save_checkpoint
 from s2s_fused.seq2seq.data import (SPECIALS, Vocab, load_corpus, preprocess, read_pairs, shard_batches,
                                     split_by_source, to_tensors, tokenize)
+from s2s_fused.seq2seq.decode import beam_search, eager_beam_topk, greedy_decode
 from s2s_fused.seq2seq.errors import UserError
+from s2s_fused.seq2seq.evaluate import corpus_bleu
 from s2s_fused.seq2seq.model import EagerMaskedSoftmaxCELoss, Seq2Seq, make_loss
-from s2s_fused.seq2seq.train import corpus_bleu, train_step, trim_target
-from s2s_fused.seq2seq.translate import normalize_results, translate, translate_ids
+from s2s_fused.seq2seq.train import train_step, trim_target
+from s2s_fused.seq2seq.translate import translate, translate_ids
 
 from tests.helpers import assert_close
 
@@ -229,7 +231,17 @@ class ToyLM:
         return lp
 
 
-def test_beam_search_finds_best_sequence_exhaustively():
+# The one decoder with each top-k step: the fused op (default) and its eager twin (the "torch" backend's).
+TOPK_STEPS = pytest.mark.parametrize("topk", [None, eager_beam_topk], ids=["fused", "eager"])
+
+
+def _pairs(results):
+    """Per input, the hypotheses as (tokens, score) pairs."""
+    return [[(h.tokens, h.score) for h in hyps] for hyps in results]
+
+
+@TOPK_STEPS
+def test_beam_search_finds_best_sequence_exhaustively(topk):
     V, bos, eos, max_len = 5, 0, 1, 4
     for seed in range(4):
         lm = ToyLM(V, seed)
@@ -243,53 +255,83 @@ def test_beam_search_finds_best_sequence_exhaustively():
                     s = lm.logp(seq, bos)
                     if best is None or s > best[0]:
                         best = (s, seq)
-        res = eager_decode.beam_search(lm.step, init, bos, eos, beam_size=V * V * V, max_len=max_len, n_best=3)
+        res = _pairs(beam_search(lm.step, init, bos, eos, beam_size=V * V * V, max_len=max_len, n_best=3,
+                                 topk=topk))
         toks, score = res[0][0]
         want = best[1][:-1] if best[1][-1] == eos else best[1]
         assert toks == want and score == pytest.approx(best[0])
         assert [s for _, s in res[0]] == sorted((s for _, s in res[0]), reverse=True)
 
 
-def test_beam_of_one_is_greedy_and_batched_matches_single():
+@TOPK_STEPS
+def test_beam_of_one_is_greedy_and_batched_matches_single(topk):
     lm = ToyLM(7, seed=5)
     init = {"last": torch.tensor([0, 3, 4])}
-    greedy = eager_decode.greedy_decode(lm.step, init, 0, 1, 6)
-    beam1 = eager_decode.beam_search(lm.step, init, 0, 1, 1, 6)
+    greedy = _pairs(greedy_decode(lm.step, init, 0, 1, 6, topk=topk))
+    beam1 = _pairs(beam_search(lm.step, init, 0, 1, 1, 6, topk=topk))
     assert [g[0][0] for g in greedy] == [b[0][0] for b in beam1]
-    beam3 = eager_decode.beam_search(lm.step, init, 0, 1, 3, 6, n_best=2)
+    beam3 = _pairs(beam_search(lm.step, init, 0, 1, 3, 6, n_best=2, topk=topk))
     for i in range(3):
-        single = eager_decode.beam_search(lm.step, {"last": init["last"][i:i + 1]}, 0, 1, 3, 6, n_best=2)
+        single = _pairs(beam_search(lm.step, {"last": init["last"][i:i + 1]}, 0, 1, 3, 6, n_best=2, topk=topk))
         assert single[0] == beam3[i]
 
 
-def test_beam_options():
+@TOPK_STEPS
+def test_beam_options(topk):
     lm = ToyLM(6, seed=1)
     init = {"last": torch.zeros(2, dtype=torch.long)}
-    for toks, _ in eager_decode.beam_search(lm.step, init, 0, 1, 3, 8, min_len=4)[0]:
+    for toks, _ in _pairs(beam_search(lm.step, init, 0, 1, 3, 8, min_len=4, topk=topk))[0]:
         assert len(toks) >= 4
-    for r in eager_decode.beam_search(lm.step, init, 0, 1, 3, 8, no_repeat_ngram_size=2, length_penalty="gnmt"):
+    for r in _pairs(beam_search(lm.step, init, 0, 1, 3, 8, no_repeat_ngram_size=2, length_penalty="gnmt",
+                                topk=topk)):
         toks = r[0][0]
         grams = list(zip(toks, toks[1:]))
         assert len(grams) == len(set(grams))
     with pytest.raises(ValueError, match="length_penalty"):
-        eager_decode.beam_search(lm.step, init, 0, 1, 3, 8, length_penalty="wu")
+        beam_search(lm.step, init, 0, 1, 3, 8, length_penalty="wu", topk=topk)
 
 
-def test_normalize_results_shapes():
-    assert normalize_results([[([3, 4], -1.0)]]) == [[([3, 4], -1.0)]]
-    assert normalize_results([[{"tokens": torch.tensor([5]), "score": -2.0}]]) == [[([5], -2.0)]]
-    assert normalize_results([([7], -0.5)]) == [[([7], -0.5)]]
+@TOPK_STEPS
+def test_beam_with_every_token_banned_leaves_the_beam(topk):
+    """min_len bans EOS and no_repeat_ngram_size=1 bans every token used: at step 3 of a 4-token vocabulary
+    (bos 0, eos 1, two more) no beam has a token left. Such a beam must drop out, not score NaN (the top-k rule's
+    answer for an all -inf row) and rank above every real hypothesis."""
+    lm = ToyLM(4, seed=2)
+    init = {"last": torch.zeros(2, dtype=torch.long)}
+    for max_len, min_len in ((6, 4), (6, 3)):
+        for hyps in beam_search(lm.step, init, 0, 1, 3, max_len, min_len=min_len, no_repeat_ngram_size=1,
+                                n_best=3, topk=topk):
+            assert all(math.isfinite(h.score) for h in hyps), [(h.tokens, h.score) for h in hyps]
+            for h in hyps:
+                assert len(h.tokens) == len(set(h.tokens)) and len(h.tokens) >= min_len - 1
+            if min_len == 3:  # every beam can end with EOS after its three distinct tokens
+                assert len(hyps) == 3 and all(h.finished for h in hyps)
 
 
-def _has_fused_decode():
-    try:
-        import s2s_fused.seq2seq.decode  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
+def test_topk_step_arguments():
+    lm = ToyLM(5)
+    init = {"last": torch.zeros(2, dtype=torch.long)}
+    with pytest.raises(ValueError, match="backend: .*cannot go with topk="):
+        beam_search(lm.step, init, 0, 1, 2, 4, topk=eager_beam_topk, backend="cpu")
+    with pytest.raises(TypeError, match="topk: expected a callable"):
+        greedy_decode(lm.step, init, 0, 1, 4, topk="eager")
 
 
-@pytest.mark.skipif(not _has_fused_decode(), reason="s2s_fused.seq2seq.decode not built yet")
+def test_eager_topk_step_is_the_op():
+    """The eager top-k step selects what the fused op does (random logits: no ties), finished beams included."""
+    torch.manual_seed(0)
+    for B, K, V, k in ((1, 1, 7, 1), (3, 4, 17, 4), (2, 5, 130, 10)):
+        logits = torch.randn(B, K, V, dtype=torch.float64)
+        scores = -torch.rand(B, K)
+        finished = torch.rand(B, K) < 0.3
+        for fin in (None, finished):
+            eos = None if fin is None else 2
+            got = eager_beam_topk(logits, scores, k, finished=fin, eos_id=eos)
+            want = s2s_fused.beam_search_topk(logits, scores, k, finished=fin, eos_id=eos, backend="reference")
+            assert_close(got[0], want[0], 1e-6, "scores")
+            assert torch.equal(got[1], want[1]) and torch.equal(got[2], want[2])
+
+
 def test_fused_decoders_agree_with_eager(corpus):
     torch.manual_seed(0)
     m = model_for(corpus, "fused", attention="bahdanau")

@@ -4,7 +4,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "beam_checks.h"
@@ -16,13 +15,6 @@ S2S_CPU_KERNEL_TABLE(BeamKernels, beam_kernels)
 
 namespace s2s_fused::cpu {
 namespace {
-
-// (score desc, flat index asc); NaN ranks last.
-inline bool better(double sa, int64_t ia, double sb, int64_t ib) {
-  const bool na = std::isnan(sa), nb = std::isnan(sb);
-  if (na || nb) return !na && nb ? true : (na && nb ? ia < ib : false);
-  return sa > sb || (sa == sb && ia < ib);
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_topk_cpu(const at::Tensor& logits_in,
                                                                     const at::Tensor& beam_scores, int64_t k,
@@ -79,7 +71,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> beam_search_topk_cpu(const at::Te
         for (int64_t i = 0; i < K; ++i) {
           if (head[i] >= kk) continue;
           const int64_t c = i * kk + head[i];
-          if (best < 0 || better(rs[c], ri[c], rs[best * kk + head[best]], ri[best * kk + head[best]])) best = i;
+          if (best < 0 || beam_rank_before(rs[c], ri[c], rs[best * kk + head[best]], ri[best * kk + head[best]])) {
+            best = i;
+          }
         }
         const int64_t c = best * kk + head[best]++;
         out_s[b * k + j] = static_cast<float>(rs[c]);

@@ -9,6 +9,11 @@
 //    entry becomes a score s + ((x - max) - log sum) and the block keeps the top k by (score desc, flat asc).
 //    Each chunk kept one entry more than it offers; if that one rounds to the same score as the last offered,
 //    a dropped logit could win a tie on index, and the block recomputes the whole batch row exactly instead.
+//
+// Non-finite values follow torch (csrc/beam_topk.h): a chunk that meets a NaN or +inf logit stores a NaN max, and
+// a beam with such a chunk or only -inf logits gets log-sum-exp NaN, so every score computed for it is NaN. Such a
+// beam, and one whose score is NaN or +inf, does not rank by logit, so its batch row takes the exact recompute;
+// everything ranks with beam_rank_before (NaN above +inf, equal scores to the lower index).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -18,6 +23,7 @@
 #include <cstdint>
 
 #include "beam.cuh"
+#include "beam_topk.h"
 
 namespace s2s_fused::cuda {
 namespace {
@@ -35,12 +41,13 @@ __device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162flo
 template <typename A>
 __device__ __forceinline__ A neg_inf() { return -INFINITY; }
 
-// (value desc, index asc); index < 0 marks an empty slot, which loses to everything.
+// The op's order (beam_rank_before: value desc with NaN first, index asc); index < 0 marks an empty slot, which
+// loses to everything.
 template <typename A>
 __device__ __forceinline__ bool better(A xa, int64_t ia, A xb, int64_t ib) {
   if (ia < 0) return false;
   if (ib < 0) return true;
-  return xa > xb || (xa == xb && ia < ib);
+  return beam_rank_before(xa, ia, xb, ib);
 }
 
 template <typename A, int CAP>
@@ -125,9 +132,12 @@ __global__ void __launch_bounds__(BLOCK) beam_chunk_kernel(
   int64_t is[CAP];
   list_init(xs, is);
   A m = neg_inf<A>(), d = 0;
+  int poisoned = 0;  // this thread met a NaN or +inf logit
   for (int64_t v = v0 + threadIdx.x; v < v1; v += BLOCK) {
     const A x = to_acc(row[v * sv]);
-    if (x > m) {
+    if (x != x || x == A(INFINITY)) {
+      poisoned = 1;  // kept out of (m, d), which stay well defined
+    } else if (x > m) {
       d = (m == neg_inf<A>() ? A(0) : d * exp(m - x)) + A(1);
       m = x;
     } else if (x != neg_inf<A>()) {
@@ -141,14 +151,14 @@ __global__ void __launch_bounds__(BLOCK) beam_chunk_kernel(
   __shared__ A sd[BLOCK];
   sm[threadIdx.x] = m;
   sd[threadIdx.x] = d;
-  __syncthreads();
+  const bool chunk_poisoned = __syncthreads_or(poisoned) != 0;  // also the barrier before the reduction
   for (int w = BLOCK / 2; w > 0; w /= 2) {
     if (threadIdx.x < w) md_combine(sm[threadIdx.x], sd[threadIdx.x], sm[threadIdx.x + w], sd[threadIdx.x + w]);
     __syncthreads();
   }
   const int64_t base = r * P + c;
   if (threadIdx.x == 0) {
-    part_m[base] = sm[0];
+    part_m[base] = chunk_poisoned ? A(NAN) : sm[0];
     part_d[base] = sd[0];
   }
   block_merge<A, CAP, BLOCK>(xs, is, CAP, part_x + base * CAP, part_v + base * CAP);
@@ -162,6 +172,11 @@ struct RowScorer {
   int64_t eos_id;
   __device__ __forceinline__ bool normal(int64_t r) const {
     return beam_scores[r] != -INFINITY && !(finished != nullptr && finished[r]);
+  }
+  // A NaN lse[2r + 1] marks a poisoned beam; with a NaN or +inf score the candidates rank by index, not logit.
+  __device__ __forceinline__ bool ranks_by_logit(int64_t r) const {
+    const float s = beam_scores[r];
+    return !normal(r) || (s == s && s != INFINITY && lse[2 * r + 1] == lse[2 * r + 1]);
   }
   __device__ __forceinline__ A operator()(int64_t r, A x, int64_t v) const {
     const A s = beam_scores[r];
@@ -180,17 +195,30 @@ __global__ void __launch_bounds__(BLOCK) beam_merge_kernel(
     int64_t* out_t) {
   using A = typename Acc<T>::type;
   const int64_t b = blockIdx.x;
+  const RowScorer<A> score{beam_scores, finished, lse, eos_id};
+  __shared__ int collide;
+  if (threadIdx.x == 0) collide = 0;
+  int unordered = 0;  // a beam of this thread does not rank by logit
   for (int64_t i = threadIdx.x; i < K; i += BLOCK) {
     const int64_t r = b * K + i;
     A m = neg_inf<A>(), d = 0;
-    for (int64_t c = 0; c < P; ++c) md_combine(m, d, part_m[r * P + c], part_d[r * P + c]);
+    bool poisoned = false;
+    for (int64_t c = 0; c < P; ++c) {
+      const A pm = part_m[r * P + c];
+      if (pm != pm) {
+        poisoned = true;
+      } else {
+        md_combine(m, d, pm, part_d[r * P + c]);
+      }
+    }
+    poisoned |= m == neg_inf<A>();  // only -inf logits: x - max is NaN
     lse[2 * r] = m;
-    lse[2 * r + 1] = log(d);
+    lse[2 * r + 1] = poisoned ? A(NAN) : log(d);  // every score of a poisoned beam is NaN
+    unordered |= !score.ranks_by_logit(r);
   }
-  __shared__ int collide;
-  if (threadIdx.x == 0) collide = 0;
-  __syncthreads();  // lse (global) and collide visible to the block
-  const RowScorer<A> score{beam_scores, finished, lse, eos_id};
+  // The barrier makes lse (global) and collide's reset visible to the block; rows that do not rank by logit take
+  // the exact recompute below.
+  const bool row_unordered = __syncthreads_or(unordered) != 0;
   A xs[CAP];
   int64_t is[CAP];
   list_init(xs, is);
@@ -211,7 +239,7 @@ __global__ void __launch_bounds__(BLOCK) beam_merge_kernel(
     }
   }
   __syncthreads();
-  if (collide) {  // rare: every score of the batch row, exactly
+  if (collide || row_unordered) {  // rare: every score of the batch row, exactly
     list_init(xs, is);
     for (int64_t j = threadIdx.x; j < K * V; j += BLOCK) {
       const int64_t i = j / V, v = j % V;

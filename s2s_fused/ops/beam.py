@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks, reference
+from .. import _checks, _op_checks, reference
 from ..backend import resolve
 from . import _library
 
@@ -20,12 +20,8 @@ FAST_MAX_K = 64
 
 
 def _fake_impl(logits, beam_scores, k, finished=None, eos_id=None):
-    torch._check(logits.dim() == 3, lambda: "logits must be (B, K, V)")
+    _op_checks.beam_search_topk(logits, beam_scores, k, finished, eos_id)  # the kernels' own checks and messages
     B, K, V = logits.shape
-    torch._check(beam_scores.dim() == 2 and beam_scores.shape[0] == B and beam_scores.shape[1] == K,
-                 lambda: "beam_scores must be (B, K)")
-    torch._check(1 <= k, lambda: "k must be >= 1")
-    torch._check(k <= K * V, lambda: "k must be <= K*V")
     return (beam_scores.new_empty(B, k), beam_scores.new_empty(B, k, dtype=torch.int64),
             beam_scores.new_empty(B, k, dtype=torch.int64))
 
@@ -41,6 +37,8 @@ def check_args(logits, beam_scores, k, finished, eos_id) -> None:
         raise TypeError(f"beam_scores: expected a float32 tensor, got {beam_scores.dtype}")
     B, K, V = logits.shape
     _checks.shape(beam_scores, "beam_scores", (B, K))
+    if finished is not None:
+        _checks.tensor(finished, "finished", dims=2)  # a tensor before its device is read
     _checks.same_device(logits, "logits", beam_scores=beam_scores, finished=finished)
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k: expected an int, got {type(k).__name__}")
@@ -49,7 +47,6 @@ def check_args(logits, beam_scores, k, finished, eos_id) -> None:
     if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int)):
         raise TypeError(f"eos_id: expected an int or None, got {type(eos_id).__name__}")
     if finished is not None:
-        _checks.tensor(finished, "finished", dims=2)
         if finished.dtype != torch.bool:
             raise TypeError(f"finished: expected a bool tensor, got {finished.dtype}")
         _checks.shape(finished, "finished", (B, K))
@@ -71,6 +68,12 @@ def beam_search_topk(logits, beam_scores, k, *, finished=None, eos_id=None, back
     (``finished`` (B, K) bool, with ``eos_id``) offers exactly one candidate, (its score unchanged, ``eos_id``);
     an empty (-inf) beam offers only -inf candidates, which rank after every finite one (by index). ``1 <= k <=
     K*V``; k <= 64 runs the single-pass kernels, larger k an exact slower path. No host synchronisation.
+
+    NaN and inf follow torch (``log_softmax`` then a stable descending ``sort``/``topk``), on every backend: a
+    beam whose logits hold a NaN or +inf, or are all -inf, scores NaN for every token (log_softmax is NaN there);
+    a NaN beam score gives NaN candidates, a +inf one +inf (NaN where the logit is -inf); NaN ranks above +inf, and
+    equal scores (NaN with NaN) go to the lower flat index. So a NaN anywhere in a beam's logits surfaces as NaN
+    scores in the top of its row instead of being dropped silently.
     """
     check_args(logits, beam_scores, k, finished, eos_id)
     be = resolve("beam_search_topk", backend, logits.device)

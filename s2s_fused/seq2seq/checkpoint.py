@@ -19,14 +19,11 @@ FORMAT_VERSION = 1
 FILENAME = "checkpoint.pt"
 
 
-def _unwrap(model):
-    return model.module if hasattr(model, "module") else model
-
-
 def save_checkpoint(out_dir, model, src_vocab: Vocab, tgt_vocab: Vocab, info: dict | None = None) -> Path:
     from .. import __version__
 
-    model = _unwrap(model)
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     obj = {

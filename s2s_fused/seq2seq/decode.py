@@ -1,4 +1,9 @@
-"""Greedy and beam-search decoding over a one-step decoder, built on :func:`s2s_fused.beam_search_topk`.
+"""Greedy and beam-search decoding over a one-step decoder, parametrised by its top-k step.
+
+The top-k step (``topk=``) does one step's selection: ``topk(logits (B, K, V), beam_scores (B, K), k, *,
+finished (B, K), eos_id) -> (scores, beam_index, token)``, each (B, k). The default is the fused op
+:func:`s2s_fused.beam_search_topk` (on ``backend=``); :func:`eager_beam_topk` is the same selection in eager torch,
+the ``"torch"`` backend's decoder and the baseline of the side-by-side comparisons.
 
 The model is seen only through ``step_fn(tokens, state) -> (logits, state)``: tokens (N,) int64 of the previous
 step, logits (N, V) of the next token, N = batch * beams. ``state`` is any pytree of tensors (a tensor, or nested
@@ -11,23 +16,25 @@ Hypothesis]]`` of length B. Token lists hold neither BOS nor EOS.
 
 How the search works (FasterTransformer's scheme, the one the op is built for): each of the B rows keeps
 ``beam_size`` beams; a beam that emitted EOS stays in the beam, finished, offering exactly one candidate (itself,
-score unchanged), so the whole step is one ``beam_search_topk`` call with k = beam_size, fixed shapes and no host
-round-trip. Beams are ranked by their log-probability during the search; the length penalty ranks the final beams.
-A row stops (its beams are frozen) as soon as its ``n_best`` best hypotheses are finished beams that no live beam
-can overtake in the beam nor beat after the length penalty (a bound at ``max_len``): from then on its result is
-exactly what running to ``max_len`` would give, so stopping never changes a result and a row's result does not
-depend on the other rows of the batch. The host looks at the "all rows done" flag without waiting for the device
+score unchanged), so the whole step is one top-k call with k = beam_size, fixed shapes and no host round-trip.
+Beams are ranked by their log-probability during the search; the length penalty ranks the final beams. A row
+stops (its beams are frozen) as soon as its ``n_best`` best hypotheses are finished beams that no live beam can
+overtake in the beam nor beat after the length penalty (a bound at ``max_len``): from then on its result is exactly
+what running to ``max_len`` would give, so stopping never changes a result and a row's result does not depend on
+the other rows of the batch. The host looks at the "all rows done" flag without waiting for the device
 (an asynchronous copy read when it has landed), so early stopping costs no synchronisation per step.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import torch
 
 from ..ops.beam import beam_search_topk
 
-__all__ = ["Hypothesis", "greedy_decode", "beam_search", "default_reorder_state", "length_penalty_factor"]
+__all__ = ["Hypothesis", "greedy_decode", "beam_search", "default_reorder_state", "eager_beam_topk",
+           "length_penalty_factor"]
 
 NEG_INF = float("-inf")
 LENGTH_PENALTIES = (None, "avg", "gnmt")
@@ -76,6 +83,33 @@ def length_penalty_factor(lengths: torch.Tensor, length_penalty, alpha: float) -
     if length_penalty == "avg":
         return L.pow(alpha)
     return ((5 + L) / 6).pow(alpha)
+
+
+def eager_beam_topk(logits: torch.Tensor, beam_scores: torch.Tensor, k: int, *, finished=None, eos_id=None):
+    """:func:`s2s_fused.beam_search_topk`'s selection in eager torch: ``log_softmax`` + running score + ``topk``
+    over the K*V candidates, then ``//`` and ``%``; a finished beam offers only (its score, ``eos_id``). Ties go
+    wherever ``torch.topk`` puts them (the op sends them to the lower index)."""
+    B, K, V = logits.shape
+    cand = torch.log_softmax(logits.float(), dim=-1) + beam_scores[..., None]
+    if finished is not None:
+        only_eos = torch.full_like(cand, NEG_INF)
+        only_eos[..., eos_id] = beam_scores
+        cand = torch.where(finished[..., None], only_eos, cand)
+    scores, idx = cand.view(B, K * V).topk(k, dim=-1)
+    return scores, idx // V, idx % V
+
+
+def _topk_step(topk, backend):
+    """The top-k step a decoder runs: ``topk``, or the fused op on ``backend``."""
+    if topk is None:
+        return functools.partial(beam_search_topk, backend=backend)
+    if not callable(topk):
+        raise TypeError(f"topk: expected a callable (logits, beam_scores, k, *, finished, eos_id) -> (scores, "
+                        f"beam_index, token), got {type(topk).__name__}")
+    if backend is not None:
+        raise ValueError(f"backend: picks the backend of the default top-k op, so it cannot go with topk=; got "
+                         f"backend={backend!r}")
+    return topk
 
 
 def _int(value, name, lo, hi=None):
@@ -155,15 +189,17 @@ def _results(scores, lengths, finished, hist, n_best, length_penalty, alpha):
 
 def greedy_decode(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, max_len: int, *,
                   batch_size: int | None = None, reorder_state: Callable | None = None,
-                  backend: str | None = None) -> list[list[Hypothesis]]:
+                  backend: str | None = None, topk: Callable | None = None) -> list[list[Hypothesis]]:
     """Greedy decoding: at each step the most likely next token (ties to the lower id), until EOS or max_len.
 
     ``step_fn(tokens (B,), state) -> (logits (B, V), state)``; ``init_state`` the decoder's initial state (batch
     first; ``batch_size=`` when it holds no tensor). Returns ``list[list[Hypothesis]]``: per input one
     hypothesis. ``reorder_state`` is accepted for symmetry with :func:`beam_search` (greedy never reorders rows).
-    The same selection as ``beam_search(..., beam_size=1)`` without penalties, which gives the same result exactly.
+    ``topk`` / ``backend``: the top-k step (see the module's docstring). The same selection as
+    ``beam_search(..., beam_size=1)`` without penalties, which gives the same result exactly.
     """
     B, device = _setup(step_fn, init_state, bos_id, eos_id, max_len, batch_size)
+    select = _topk_step(topk, backend)
     del reorder_state
     tokens = torch.full((B,), bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(B, 1, device=device)
@@ -175,8 +211,7 @@ def greedy_decode(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, 
     for t in range(max_len):
         logits, state = step_fn(tokens, state)
         _check_logits(logits, B, eos_id)
-        scores, _, tok = beam_search_topk(logits.unsqueeze(1), scores, 1, finished=finished, eos_id=eos_id,
-                                          backend=backend)
+        scores, _, tok = select(logits.unsqueeze(1), scores, 1, finished=finished, eos_id=eos_id)
         hist[:, :, t] = torch.where(finished, hist[:, :, t], tok)
         lengths = lengths + (~finished).long()
         finished = finished | (tok == eos_id)
@@ -203,7 +238,7 @@ def _ban_repeated_ngrams(logits, hist, t, n):
 def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, beam_size: int, max_len: int, *,
                 min_len: int = 0, length_penalty: str | None = None, alpha: float = 0.75, n_best: int = 1,
                 no_repeat_ngram_size: int = 0, reorder_state: Callable | None = None, batch_size: int | None = None,
-                backend: str | None = None) -> list[list[Hypothesis]]:
+                backend: str | None = None, topk: Callable | None = None) -> list[list[Hypothesis]]:
     """Batched beam search.
 
     ``step_fn(tokens (B*beam,), state) -> (logits (B*beam, V), state)``; rows are batch-major (row b*beam + i
@@ -211,7 +246,8 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
     :func:`default_reorder_state`), which then reorders it after every step. ``min_len``: EOS is banned until that
     many tokens were generated. ``length_penalty``: None, ``"avg"`` (log P / L^alpha) or ``"gnmt"`` (log P /
     ((5 + L) / 6)^alpha), L counting EOS; it ranks the final hypotheses. ``no_repeat_ngram_size`` n > 0 bans any
-    token that would repeat an n-gram already in the beam. ``backend`` picks the top-k op's backend.
+    token that would repeat an n-gram already in the beam. ``topk`` / ``backend``: the top-k step (see the module's
+    docstring).
 
     Returns ``list[list[Hypothesis]]``: per input up to ``n_best`` (<= beam_size) hypotheses, best first; beams
     cut at ``max_len`` count, with ``finished=False``. ``beam_size=1`` without penalties gives
@@ -226,6 +262,7 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
         raise ValueError(f"length_penalty: expected one of {LENGTH_PENALTIES}, got {length_penalty!r}")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
+    select = _topk_step(topk, backend)
     reorder = reorder_state or default_reorder_state
     N = B * W
     state = reorder(init_state, torch.arange(B, device=device).repeat_interleave(W))
@@ -246,10 +283,17 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
         logits = logits.view(B, W, -1)
         if t < min_len:
             logits = logits.index_fill(2, torch.tensor([eos_id], device=device), NEG_INF)
+        live_scores = scores
         if ngram:
             logits = _ban_repeated_ngrams(logits, hist, t, ngram)
-        new_scores, parent, tok = beam_search_topk(logits, scores, W, finished=finished, eos_id=eos_id,
-                                                   backend=backend)
+        if ngram or t < min_len:
+            # A live beam whose every token is banned has no continuation: it leaves the beam (score -inf over
+            # finite logits: only -inf candidates, whatever the top-k step). Left as it is, its all -inf row would
+            # score NaN by the top-k rule (torch's log_softmax of it), and NaN ranks above every real candidate.
+            dead = (logits == NEG_INF).all(dim=-1) & ~finished
+            live_scores = scores.masked_fill(dead, NEG_INF)
+            logits = logits.masked_fill(dead[..., None], 0.0)
+        new_scores, parent, tok = select(logits, live_scores, W, finished=finished, eos_id=eos_id)
         parent_fin = finished.gather(1, parent)
         new_hist = hist.gather(1, parent[..., None].expand(B, W, max_len))
         new_hist[:, :, t] = torch.where(parent_fin, new_hist[:, :, t], tok)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import nn as fnn
+
 BACKENDS = ("fused", "torch", "auto", "cpu", "cuda", "triton", "reference")
 CELLS = ("gru", "lstm")
 ATTENTIONS = ("none", "bahdanau", "luong")
@@ -40,18 +42,6 @@ DEFAULT_CONFIG = dict(cell="gru", attention="bahdanau", score="general", bidirec
 def op_backend(backend: str):
     """The ``backend=`` given to s2s_fused modules (None: the process default)."""
     return None if backend in ("fused", "auto") else backend
-
-
-def fused_layers_available() -> bool:
-    import s2s_fused.nn as fnn
-
-    return hasattr(fnn, "GRU") and hasattr(fnn, "LSTM")
-
-
-def fused_loss_available() -> bool:
-    import s2s_fused.nn as fnn
-
-    return hasattr(fnn, "MaskedSoftmaxCELoss")
 
 
 def check_config(config: dict) -> dict:
@@ -71,23 +61,17 @@ def check_config(config: dict) -> dict:
 
 
 def make_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, backend):
-    """A batch-first multi-layer GRU/LSTM: torch.nn's, or s2s_fused.nn's (torch.nn's until those are built)."""
+    """A batch-first multi-layer GRU/LSTM: torch.nn's for the ``"torch"`` backend, else s2s_fused.nn's."""
     kwargs = dict(num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0,
                   bidirectional=bidirectional)
-    if backend != "torch" and fused_layers_available():
-        import s2s_fused.nn as fnn
-
-        cls = fnn.GRU if cell == "gru" else fnn.LSTM
-        return cls(input_size, hidden_size, backend=op_backend(backend), **kwargs)
-    cls = nn.GRU if cell == "gru" else nn.LSTM
-    return cls(input_size, hidden_size, **kwargs)
+    if backend == "torch":
+        return (nn.GRU if cell == "gru" else nn.LSTM)(input_size, hidden_size, **kwargs)
+    return (fnn.GRU if cell == "gru" else fnn.LSTM)(input_size, hidden_size, backend=op_backend(backend), **kwargs)
 
 
 def make_cell(cell, input_size, hidden_size, backend):
     if backend == "torch":
         return (nn.GRUCell if cell == "gru" else nn.LSTMCell)(input_size, hidden_size)
-    import s2s_fused.nn as fnn
-
     return (fnn.GRUCell if cell == "gru" else fnn.LSTMCell)(input_size, hidden_size, backend=op_backend(backend))
 
 
@@ -328,12 +312,7 @@ class EagerMaskedSoftmaxCELoss(nn.Module):
 
 
 def make_loss(backend: str) -> nn.Module:
-    if backend != "torch" and fused_loss_available():
-        import inspect
-
-        import s2s_fused.nn as fnn
-
-        cls = fnn.MaskedSoftmaxCELoss
-        takes_backend = "backend" in inspect.signature(cls).parameters
-        return cls(backend=op_backend(backend)) if takes_backend else cls()
-    return EagerMaskedSoftmaxCELoss()
+    """d2l's masked cross-entropy: eager for the ``"torch"`` backend, else s2s_fused.nn's fused one."""
+    if backend == "torch":
+        return EagerMaskedSoftmaxCELoss()
+    return fnn.MaskedSoftmaxCELoss(backend=op_backend(backend))

@@ -9,12 +9,17 @@
 // different logits can round to the same score (neighbouring floats, or x - max for tiny x next to a huge max),
 // so a dropped logit could tie the last kept one and win on index. The list therefore keeps one extra entry, the
 // best dropped logit: if its score equals the last kept one's, the row is redone exactly (rare on real data).
+//
+// Non-finite values (the rule in beam_topk.h): NaN never passes the "beats the k-th best" compare, so the
+// selection itself ignores it, but the pass still tells a poisoned row (NaN or +inf logit, or only -inf) from
+// its (max, sum-exp): the max is then +-inf or NaN, or the sum NaN (exp(NaN - max) reaches it), except for a NaN
+// in a chunk that is -inf so far, which the chunk loop checks for. A poisoned row offers NaN candidates in index
+// order. A NaN or +inf beam score does not rank by logit at all, so those rows take the exact path.
 #include <ATen/cpu/vec/functional.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -32,45 +37,69 @@ inline A row_score(A s, A x, A m, A log_d) {
   return s + ((x - m) - log_d);
 }
 
-// (score desc, index asc): the op's candidate order. NaN scores rank last (keeps the order strict-weak).
-inline bool better(double sa, int64_t ia, double sb, int64_t ib) {
-  const bool na = std::isnan(sa), nb = std::isnan(sb);
-  if (na || nb) return !na && nb ? true : (na && nb ? ia < ib : false);
-  return sa > sb || (sa == sb && ia < ib);
-}
+inline bool better(double sa, int64_t ia, double sb, int64_t ib) { return beam_rank_before(sa, ia, sb, ib); }
 
-// Rows that offer only -inf candidates (an empty beam) list the first kk indices, in index order.
-inline void fill_neg_inf(double* os, int64_t* oi, int64_t from, int64_t kk, int64_t base, int64_t V, int64_t skip) {
-  const double ninf = -std::numeric_limits<double>::infinity();
+// Rows whose candidates all score `value` (-inf: an empty beam; NaN: a poisoned row) list the first kk indices
+// but `skip`, in index order.
+inline void fill_index_order(double* os, int64_t* oi, int64_t from, int64_t kk, int64_t base, int64_t V,
+                             int64_t skip, double value) {
   int64_t v = 0;
   for (int64_t j = from; j < kk; ++j, ++v) {
     if (v == skip) ++v;
     if (v >= V) break;
-    os[j] = ninf;
+    os[j] = value;
     oi[j] = base + v;
   }
 }
 
-// The exact path: every score of the row, then a partial sort. Used for k > kBeamFastMaxK and as the fallback.
+struct Candidate {
+  double score;
+  int64_t index;
+};
+
+// The exact path: every score of the row, selected in a buffer of O(kk) candidates (the caller's `buf`, reused
+// across rows): a candidate that does not beat the kk-th best seen so far is dropped at once, the others are
+// appended, and a full buffer is cut back to its best kk with nth_element, so each candidate costs O(1) amortised
+// and the memory stays O(kk) whatever V is. Used for k > kBeamFastMaxK, for NaN / +inf beam scores, and as the
+// fast path's fallback.
 template <typename T>
-void exact_row(const T* x, int64_t V, int64_t kk, double s, int64_t base, double* os, int64_t* oi) {
+void exact_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi,
+               std::vector<Candidate>& buf) {
   using A = acc_t<T>;
   A m = -std::numeric_limits<A>::infinity();
-  for (int64_t v = 0; v < V; ++v) m = std::max<A>(m, static_cast<A>(x[v]));
-  double d = 0;  // a long scalar sum: accumulate in double, then round like the fast path's log
-  if (m != -std::numeric_limits<A>::infinity()) {
-    for (int64_t v = 0; v < V; ++v) d += std::exp(static_cast<double>(static_cast<A>(x[v]) - m));
+  bool nan = false;
+  for (int64_t v = 0; v < V; ++v) {
+    const A xv = static_cast<A>(x[v]);
+    nan |= xv != xv;
+    m = xv > m ? xv : m;
   }
-  const A log_d = static_cast<A>(std::log(d));
-  std::vector<double> sc(V);
-  for (int64_t v = 0; v < V; ++v) sc[v] = row_score<A>(static_cast<A>(s), static_cast<A>(x[v]), m, log_d);
-  std::vector<int64_t> order(V);
-  std::iota(order.begin(), order.end(), 0);
-  std::partial_sort(order.begin(), order.begin() + kk, order.end(),
-                    [&](int64_t a, int64_t b) { return better(sc[a], a, sc[b], b); });
+  // A poisoned row (beam_topk.h) scores NaN everywhere, as torch's log_softmax does.
+  A log_d = std::numeric_limits<A>::quiet_NaN();
+  if (!nan && std::isfinite(m)) {
+    double d = 0;  // a long scalar sum: accumulate in double, then round like the fast path's log
+    for (int64_t v = 0; v < V; ++v) d += std::exp(static_cast<double>(static_cast<A>(x[v]) - m));
+    log_d = static_cast<A>(std::log(d));
+  }
+  const A s = static_cast<A>(s_in);
+  const auto cmp = [](const Candidate& a, const Candidate& b) { return better(a.score, a.index, b.score, b.index); };
+  const int64_t cap = std::max<int64_t>(2 * kk, kk + 1024);
+  if (static_cast<int64_t>(buf.size()) < cap) buf.resize(cap);
+  int64_t n = 0;
+  Candidate cut{0, -1};  // the kk-th best so far, once the buffer has been cut
+  for (int64_t v = 0; v < V; ++v) {
+    const double sc = row_score<A>(s, static_cast<A>(x[v]), m, log_d);
+    if (cut.index >= 0 && !better(sc, v, cut.score, cut.index)) continue;
+    buf[n++] = {sc, v};
+    if (n == cap) {
+      std::nth_element(buf.begin(), buf.begin() + (kk - 1), buf.begin() + n, cmp);
+      n = kk;
+      cut = buf[kk - 1];
+    }
+  }
+  std::partial_sort(buf.begin(), buf.begin() + kk, buf.begin() + n, cmp);  // n >= kk: V >= kk
   for (int64_t j = 0; j < kk; ++j) {
-    os[j] = sc[order[j]];
-    oi[j] = base + order[j];
+    os[j] = buf[j].score;
+    oi[j] = base + buf[j].index;
   }
 }
 
@@ -105,7 +134,8 @@ inline bool collides(const A* xs, int64_t kk, A s, A m, A log_d) {
 }
 
 template <typename T>
-void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi) {
+void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi,
+              std::vector<Candidate>& exact_buf) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
@@ -127,6 +157,7 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
     vs[pos] = v;
   };
   A m = ninf, d = 0;
+  bool nan_unsummed = false;  // a NaN in a chunk skipped below as all -inf
   int64_t v0 = 0;
   // The first cap elements always enter (also -inf ones, which then rank by index).
   for (; v0 < cap; ++v0) insert(static_cast<A>(x[v0]), v0);
@@ -163,7 +194,10 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
     }
     // Online (max, sum-exp) over the chunk, whose max is now the list's head.
     const A m_new = xs[0];
-    if (m_new == ninf) continue;  // everything so far is -inf: contributes nothing
+    if (m_new == ninf) {  // everything so far is -inf or NaN: nothing to sum, but a NaN poisons the row
+      for (int64_t j = c0; j < c1; ++j) nan_unsummed |= xc[j - c0] != xc[j - c0];
+      continue;
+    }
     const A scale = m == ninf ? A(0) : std::exp(m - m_new);
     const Vec mv(m_new);
     Vec acc(A(0));
@@ -174,11 +208,16 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
     d = d * scale + part;
     m = m_new;
   }
+  // Poisoned (see the file comment): m is +inf, -inf (only -inf logits) or NaN, or d is NaN.
+  if (!std::isfinite(m) || !std::isfinite(d) || nan_unsummed) {
+    fill_index_order(os, oi, 0, kk, base, V, -1, std::numeric_limits<double>::quiet_NaN());
+    return;
+  }
   const A log_d = std::log(d);
   const A s = static_cast<A>(s_in);
   // Collision check (see the file comment): only when some logits were dropped.
   if (V > kk && collides<T>(xs, kk, s, m, log_d)) {
-    exact_row<T>(x, V, kk, s_in, base, os, oi);
+    exact_row<T>(x, V, kk, s_in, base, os, oi, exact_buf);
     return;
   }
   for (int64_t j = 0; j < kk; ++j) {
@@ -204,6 +243,7 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
 template <typename T>
 void beam_rows_impl(const BeamRowParams& p, int64_t r0, int64_t r1) {
   const double ninf = -std::numeric_limits<double>::infinity();
+  std::vector<Candidate> exact_buf;  // the exact path's, sized on first use
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / p.K, i = r % p.K;
     const int64_t base = i * p.V;
@@ -213,23 +253,24 @@ void beam_rows_impl(const BeamRowParams& p, int64_t r0, int64_t r1) {
     if (p.finished && p.finished[r]) {
       // A finished beam offers one candidate, (s, eos); the rest of its row ranks as -inf, by index.
       if (s == ninf) {
-        fill_neg_inf(os, oi, 0, p.kk, base, p.V, -1);
+        fill_index_order(os, oi, 0, p.kk, base, p.V, -1, ninf);
       } else {
         os[0] = s;
         oi[0] = base + p.eos_id;
-        fill_neg_inf(os, oi, 1, p.kk, base, p.V, p.eos_id);
+        fill_index_order(os, oi, 1, p.kk, base, p.V, p.eos_id, ninf);
       }
       continue;
     }
     if (s == ninf) {
-      fill_neg_inf(os, oi, 0, p.kk, base, p.V, -1);
+      fill_index_order(os, oi, 0, p.kk, base, p.V, -1, ninf);
       continue;
     }
     const T* x = static_cast<const T*>(p.logits) + b * p.stride_b + i * p.stride_k;
-    if (p.exact) {
-      exact_row<T>(x, p.V, p.kk, s, base, os, oi);
+    // A NaN or +inf score makes every candidate NaN or +inf: they rank by index, not by logit.
+    if (p.exact || !std::isfinite(s)) {
+      exact_row<T>(x, p.V, p.kk, s, base, os, oi, exact_buf);
     } else {
-      fast_row<T>(x, p.V, p.kk, s, base, os, oi);
+      fast_row<T>(x, p.V, p.kk, s, base, os, oi, exact_buf);
     }
   }
 }
