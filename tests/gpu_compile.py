@@ -307,7 +307,7 @@ def launches(family):
 def covering(all_launches):
     """A subset of the launches that still shows every kernel with each value of each of its constexprs (flags,
     dtypes, blocks), each pointer type, each (floating pointer types, arguments specialised to 1) pair, and each of
-    its modes (MODE / STAGE) with each of those: greedily the launch with the most features not yet covered.
+    its modes (KIND / STAGE) with each of those: greedily the launch with the most features not yet covered.
     Compiling every distinct launch (``--all``) takes minutes."""
     def features(launch):
         name = launch.fn.__name__
@@ -318,7 +318,7 @@ def covering(all_launches):
         floats = tuple(sorted(t for t in ptrs if t[1:] in ("fp16", "bf16", "fp32", "fp64")))
         single = {(n, v) for n, v in consts.items()} | {("args", floats, ones), ("warps", launch.num_warps)}
         # and each mode (the constexpr that selects most of the code) with each of the other values
-        modes = [(n, consts[n]) for n in ("MODE", "STAGE") if n in consts]
+        modes = [(n, consts[n]) for n in ("KIND", "STAGE") if n in consts]
         return ({(name,) + f for f in single} | {(name,) + m + f for m in modes for f in single}
                 | {(name, "ptr", t) for t in ptrs})
     todo = [(launch, features(launch)) for launch in all_launches]

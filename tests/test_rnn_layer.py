@@ -660,7 +660,8 @@ def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypa
     if lstm:
         cs = poison_(torch.empty_like(step[4]))
         cs[first] = args[2]
-    mode = {"lstm": tri.LSTM, "gru": tri.GRU_AFTER, "gru_rb": tri.GRU_BEFORE_1}[kind]
+    mode = {"lstm": tri.CellKind.LSTM, "gru": tri.CellKind.GRU_RESET_AFTER,
+            "gru_rb": tri.CellKind.GRU_RESET_BEFORE}[kind]
     act = tri._active(lengths, T, B, x.device)
     tri._forward_sequence(mode, gx, hs, cs, w_hh, b1, b2, act, out, ws, reverse)
     assert len(calls) == 1

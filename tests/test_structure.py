@@ -199,3 +199,19 @@ def test_override():
         with config.override(NO_BIDIR_FUSED="1"):
             pass
     assert config.switches() == before
+
+
+def test_info_shows_the_switches_of_both_sides(monkeypatch):
+    """``python -m s2s_fused info`` lists the Python side's switches and the C++ side's as build_info reports them
+    (name -> bool), or says that this build of the extension does not report them."""
+    from s2s_fused import backend, cli
+    python = ", ".join(f"{n}={int(v)}" for n, v in sorted(config.switches().items()))
+    monkeypatch.setattr(backend, "_BUILD_INFO", {**backend._BUILD_INFO,
+                                                 "switches": {"S2S_FUSED_NO_PACKED": True, "S2S_FUSED_X": False}})
+    out = cli.info()
+    assert out["switches (Python)"] == python
+    assert out["switches (C++)"] == "S2S_FUSED_NO_PACKED=1, S2S_FUSED_X=0"
+    monkeypatch.setattr(backend, "_BUILD_INFO", {k: v for k, v in backend._BUILD_INFO.items() if k != "switches"})
+    assert cli.info()["switches (C++)"] == "not reported by this build of the extension"
+    monkeypatch.setattr(backend, "_BUILD_INFO", {})  # no extension
+    assert cli.info()["switches (C++)"] == "not reported by this build of the extension"

@@ -107,19 +107,7 @@ _library.register_autograd("gru_cell_forward", "gru_cell_backward", _gru_backwar
 
 
 def _check_cell(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, *, c=None):
-    _checks.tensor(input, "input", dims=(1, 2), floating=True)
-    hname = "hx[0]" if kind == "lstm" else "hx"
-    _checks.tensor(h, hname, dims=input.dim(), floating=True)
-    _checks.tensor(w_ih, "w_ih", dims=2, floating=True)
-    _checks.tensor(w_hh, "w_hh", dims=2, floating=True)
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            _checks.tensor(b, name, dims=1, floating=True)
-    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
-    if c is not None:
-        _checks.tensor(c, "hx[1]", dims=input.dim(), floating=True)
-        others["hx[1]"] = c
-    _checks.same_dtype_device(input, "input", **others)
+    hname = _checks.rnn_tensors(kind, input, h, c, w_ih, w_hh, b_ih, b_hh, dims=(1, 2))
     H = h.shape[-1]
     I = input.shape[-1]
     if input.dim() == 2 and h.shape[0] != input.shape[0]:

@@ -156,19 +156,7 @@ def check_lengths(lengths, T: int, B: int, device: torch.device, name: str = "le
 
 
 def _check_layer(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, lengths, *, c=None):
-    _checks.tensor(input, "input", dims=3, floating=True)
-    hname = "hx[0]" if kind == "lstm" else "hx"
-    _checks.tensor(h, hname, dims=2, floating=True)
-    _checks.tensor(w_ih, "w_ih", dims=2, floating=True)
-    _checks.tensor(w_hh, "w_hh", dims=2, floating=True)
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            _checks.tensor(b, name, dims=1, floating=True)
-    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
-    if c is not None:
-        _checks.tensor(c, "hx[1]", dims=2, floating=True)
-        others["hx[1]"] = c
-    _checks.same_dtype_device(input, "input", **others)
+    hname = _checks.rnn_tensors(kind, input, h, c, w_ih, w_hh, b_ih, b_hh, dims=3, state_dims=2)
     T, B, I = input.shape
     H = h.shape[-1]
     if h.shape[0] != B:
