@@ -215,3 +215,18 @@ def test_info_shows_the_switches_of_both_sides(monkeypatch):
     assert cli.info()["switches (C++)"] == "not reported by this build of the extension"
     monkeypatch.setattr(backend, "_BUILD_INFO", {})  # no extension
     assert cli.info()["switches (C++)"] == "not reported by this build of the extension"
+
+
+def test_triton_cell_kinds_are_csrc_s():
+    """The Triton kernels' CellKind has the names and values of csrc's ``enum class CellKind``, and the constants
+    the kernels compare against are those values."""
+    pytest.importorskip("triton")
+    from s2s_fused.triton import rnn_common
+    assert {k.name: int(k) for k in rnn_common.CellKind} == {"LSTM": 0, "GRU_RESET_AFTER": 1, "GRU_RESET_BEFORE": 2}
+    for kind in rnn_common.CellKind:
+        assert getattr(rnn_common, kind.name).value == int(kind)
+    assert [rnn_common.gru_kind(ra) for ra in (True, False)] == [rnn_common.CellKind.GRU_RESET_AFTER,
+                                                                 rnn_common.CellKind.GRU_RESET_BEFORE]
+    # the time layout: step s of T = 3 runs time t, reading and writing these slots of the (T+1, B, H) history
+    assert [rnn_common.step_slots(s, 3, False) for s in range(3)] == [(0, 0, 1), (1, 1, 2), (2, 2, 3)]
+    assert [rnn_common.step_slots(s, 3, True) for s in range(3)] == [(2, 3, 2), (1, 2, 1), (0, 1, 0)]
