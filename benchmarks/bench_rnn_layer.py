@@ -24,7 +24,7 @@ and A/B variants, each timed only on the shapes where it runs other code than it
 "fwd" runs under torch.no_grad() (inference); "fwd+bwd" runs forward then backward of output.sum() + h_n.sum().
 The ratio column is torch's time / ours, measured in the same run (> 1: faster than torch); providers are timed
 in alternation, one call each per round, so load from other processes on a shared machine hits them alike. The
-A/B switches are environment variables the library reads at every call, set around each call of a variant.
+A/B switches are set around each call of a variant (common.switches).
 """
 from __future__ import annotations
 

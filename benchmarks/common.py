@@ -309,12 +309,17 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def switches(**env: str):
-    """The environment variables ``env`` set while the block runs, as they were afterwards: the library's A/B
-    switches (read at every call) around one provider's calls."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
+    """The library's A/B switches ``env`` (variable name -> "0" / "1") in effect while the block runs, as they were
+    afterwards, around one provider's calls. The Python side's (s2s_fused.config, read once at import) through
+    config.override; the others as environment variables."""
+    from s2s_fused import config
+    python = {name[len(config.PREFIX):]: config.parse_switch(name, env) for name in env if name in config.SWITCHES}
+    others = {name: value for name, value in env.items() if name not in config.SWITCHES}
+    saved = {name: os.environ.get(name) for name in others}
+    os.environ.update(others)
     try:
-        yield
+        with config.override(**python):
+            yield
     finally:
         for name, value in saved.items():
             if value is None:

@@ -8,12 +8,12 @@
 //   T  time steps, B batch rows, I input features, H hidden units
 //   G  gates: 4 for LSTM (i, f, g, o), 3 for GRU (r, z, n), in torch's order; a gate matrix (.., G·H) holds the G
 //      gates of a row side by side, each H wide
-//   W  workspace width per row: 4·H for LSTM (the activated i, f, g, o) and GRU reset_after (r, z, n and
-//      W_hn h + b_hn), 3·H for GRU reset_before (r, z, n)
+//   A  activations per hidden unit a forward keeps for backward (the workspace, A·H wide): 4 for LSTM (the
+//      activated i, f, g, o) and GRU reset_after (r, z, n and W_hn h + b_hn), 3 for GRU reset_before (r, z, n)
 // Tensors of a layer: input (T, B, I); h0, c0, h_n, c_n (D, B, H) (one direction: (B, H)); output (T, B, D·H),
 // direction d in columns [d·H, (d+1)·H); w_ih (G·H, I), w_hh (G·H, H), b_ih, b_hh (G·H,) per direction; lengths
 // (B,): step t of row b is active when t < lengths[b] (an inactive step keeps the state and outputs zeros).
-// Saved for backward: hs, cs (D, T+1, B, H) (TimeLayout), workspace (D, T, B, W); one direction drops the D.
+// Saved for backward: hs, cs (D, T+1, B, H) (TimeLayout), workspace (D, T, B, A·H); one direction drops the D.
 #pragma once
 
 #include <cstdint>
@@ -101,13 +101,13 @@ struct BackwardStep : PointwiseStep {
 // ws (optional) receives the activated gates (i, f, g, o), the only thing backward needs besides cx and c1;
 // it may alias g1 (in-place activation). A finished row also keeps c1 = cx.
 struct LstmForwardParams : ForwardStep {
-  CMat g1, g2;               // (B, 4H) pre-activations; g2 optional
+  CMat g1, g2;               // (B, 4·H) pre-activations; g2 optional
   CMat cx;                   // (B, H)
   Mat c1;                    // (B, H)
-  Mat ws;                    // (B, 4H) optional
+  Mat ws;                    // (B, 4·H) optional
 };
 
-// LSTM backward: dc = dc1 (+ dh * o * (1 - tanh(c1)^2)); writes the pre-activation gate gradients dgates (B, 4H)
+// LSTM backward: dc = dc1 (+ dh * o * (1 - tanh(c1)^2)); writes the pre-activation gate gradients dgates (B, 4·H)
 // and dcx (B, H); dc1 optional. dhx is written for finished rows only (dcx = dc there too): the others' dhx is
 // the caller's dgates @ W_hh.
 struct LstmBackwardParams : BackwardStep {
@@ -118,14 +118,14 @@ struct LstmBackwardParams : BackwardStep {
 
 // GRU forward.
 // reset_after: r = s(gi_r + gh_r + b), z = s(gi_z + gh_z + b), hn = gh_n + b_hn, n = tanh(gi_n + b_in + r * hn),
-//   h1 = (1 - z) * n + z * hx.   ws = (r, z, n, hn): (B, 4H).
+//   h1 = (1 - z) * n + z * hx.   ws = (r, z, n, hn): (B, 4·H).
 // reset_before: stage 1 computes r, z from gi, gh (gh holds only the r, z columns) and writes rh = r * hx; the
 //   caller multiplies rh by W_hn^T into ghn; stage 2 computes n = tanh(gi_n + b_in + ghn + b_hn) and h1 (and
-//   handles finished rows). ws = (r, z, n): (B, 3H).
+//   handles finished rows). ws = (r, z, n): (B, 3·H).
 struct GruForwardParams : ForwardStep {
   CellKind kind = CellKind::GRU_RESET_AFTER;
-  CMat gi, gh;                 // (B, 3H) input / hidden projections (reset_before: gh is (B, 2H))
-  Mat ws;                      // (B, W); optional with reset_after
+  CMat gi, gh;                 // (B, 3·H) input / hidden projections (reset_before: gh is (B, 2·H))
+  Mat ws;                      // (B, A·H); optional with reset_after
   Mat rh;                      // reset_before stage 1 output (B, H)
   CMat ghn;                    // reset_before stage 2 input (B, H): rh @ W_hn^T
 };
@@ -139,7 +139,7 @@ struct GruForwardParams : ForwardStep {
 struct GruBackwardParams : BackwardStep {
   CellKind kind = CellKind::GRU_RESET_AFTER;
   CMat ws, hx;
-  Mat dgi, dgh;  // (B, 3H)
+  Mat dgi, dgh;  // (B, 3·H)
   CMat drh;      // reset_before stage 2 input (B, H)
   Mat rh;        // reset_before stage 2 output (B, H), optional
 };
@@ -174,10 +174,10 @@ struct Sequence {
   const void* x = nullptr;   // (T, B, I), with fuse_input
   DirectionWeights w[2];
   const uint8_t* active = nullptr;  // (T, B) or null
-  Blocks gates;  // LSTM (D, T|1, B, 4H): the input projections (unless fuse_input), the step's recurrent product
+  Blocks gates;  // LSTM (D, T|1, B, 4·H): the input projections (unless fuse_input), the step's recurrent product
                  // is added in place and the activated gates overwrite them: the workspace
-  Blocks gi;     // GRU (D, T|1, B, 3H): the input projections, or (fuse_input) the device's one-step buffer
-  Blocks ws;     // GRU (D, T|1, B, W): the workspace; none without history for reset_after
+  Blocks gi;     // GRU (D, T|1, B, 3·H): the input projections, or (fuse_input) the device's one-step buffer
+  Blocks ws;     // GRU (D, T|1, B, A·H): the workspace; none without history for reset_after
   Blocks hs, cs; // (D, slots, B, H); cs LSTM only
   Blocks gh;     // GRU step scratch (D, 1, B, hidden_gates·H): h W_hh^T (the columns acting on h)
   Blocks rh, ghn;  // GRU reset_before step scratch (D, 1, B, H): r * h and (r * h) W_hn^T
@@ -207,8 +207,8 @@ struct SequenceGrads {
   Blocks dh;      // (D, 2, B, H): the state gradient, step k of the backward loop reading block k % 2 and writing the
                   // other; grad_h_n in block 0 on entry, so grad_h0 ends in block T % 2
   Blocks dc;      // LSTM (D, 1, B, H), in place: grad_c_n on entry, grad_c0 on return
-  Blocks dgates;  // LSTM (D, T, B, 4H)
-  Blocks dgi, dgh;  // GRU (D, T, B, 3H); reset_before: dgh is dgi
+  Blocks dgates;  // LSTM (D, T, B, 4·H)
+  Blocks dgi, dgh;  // GRU (D, T, B, 3·H); reset_before: dgh is dgi
   Blocks rh;      // GRU reset_before (D, T, B, H): r * h, for the W_hn gradient
   Blocks drh;     // GRU reset_before step scratch (D, 1, B, H)
 };

@@ -128,8 +128,8 @@ inline Blocks blocks_of(const at::Tensor& t) {  // t: a contiguous (D, n, B, wid
   return {t.data_ptr(), t.size(1), t.size(2), t.size(3)};
 }
 
-// The step operand of a (D, n, B, W) buffer: block i0 of direction 0 as a (B, W) matrix when D = 1, else a
-// (2, B, W) view of direction 0's block i0 and direction 1's block i1, whose direction stride is the blocks'
+// The step operand of a (D, n, B, C) buffer: block i0 of direction 0 as a (B, C) matrix when D = 1, else a
+// (2, B, C) view of direction 0's block i0 and direction 1's block i1, whose direction stride is the blocks'
 // distance, so one batched GEMM covers both directions.
 inline at::Tensor step_blocks(const at::Tensor& buf, int64_t i0, int64_t i1) {
   const int64_t n = buf.size(1);
@@ -337,7 +337,7 @@ inline at::Tensor grad_state(const std::optional<at::Tensor>& g, const Layer& L,
   return g->reshape({L.D, a.B, a.H});
 }
 
-// hs (D, T+1, B, H), cs (LSTM) and workspace (D, T, B, W) as the forward returned them (one direction: without
+// hs (D, T+1, B, H), cs (LSTM) and workspace (D, T, B, A·H) as the forward returned them (one direction: without
 // the D). Checks what it reads (the saved tensors against the sizes hs carries, then the incoming gradients).
 template <class PW>
 BackwardResult backward(const PW& pw, const Layer& L, const at::Tensor& hs, const at::Tensor& cs,

@@ -3,6 +3,7 @@
 Every op takes a keyword-only ``backend=`` ("reference", "cpu", "cuda", "triton"; None = the process default,
 "auto" unless changed with :func:`set_backend` / :func:`use_backend`).
 """
+from . import config
 from .backend import available_backends, get_backend, set_backend, use_backend
 
 # ---- rnn_cell
@@ -12,7 +13,8 @@ from .ops.rnn_cell import gru_cell, lstm_cell
 from .ops.rnn_layer import gru_layer, lstm_layer
 
 # ---- cross_entropy
-from .ops.cross_entropy import linear_masked_cross_entropy, masked_softmax_cross_entropy
+from .ops.cross_entropy import masked_softmax_cross_entropy
+from .ops.linear_cross_entropy import linear_masked_cross_entropy
 
 # ---- beam
 from .ops.beam import beam_search_topk

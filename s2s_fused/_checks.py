@@ -50,6 +50,28 @@ def choice(value, name: str, options) -> None:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, options))}, got {value!r}")
 
 
+def rnn_tensors(kind: str, input, h, c, w_ih, w_hh, b_ih, b_hh, dims, state_dims=None) -> str:
+    """Kinds, dtypes and devices of an LSTM/GRU cell's or layer's tensors: input with ``dims`` dims (an int or a
+    tuple), the state h (and c, for an LSTM; None for a GRU) with ``state_dims`` (None: as many as input), 2-D
+    weights, 1-D biases or None, all one floating dtype on input's device. Returns the state's argument name
+    ("hx" or "hx[0]")."""
+    tensor(input, "input", dims=dims, floating=True)
+    hname = "hx[0]" if kind == "lstm" else "hx"
+    state_dims = input.dim() if state_dims is None else state_dims
+    tensor(h, hname, dims=state_dims, floating=True)
+    tensor(w_ih, "w_ih", dims=2, floating=True)
+    tensor(w_hh, "w_hh", dims=2, floating=True)
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            tensor(b, name, dims=1, floating=True)
+    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
+    if c is not None:
+        tensor(c, "hx[1]", dims=state_dims, floating=True)
+        others["hx[1]"] = c
+    same_dtype_device(input, "input", **others)
+    return hname
+
+
 def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int) -> None:
     """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), b (G*H,)."""
     shape(w_ih, "w_ih", (gates * hidden_size, input_size))

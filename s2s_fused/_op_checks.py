@@ -353,9 +353,9 @@ def masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, 
              lse.device)
 
 
-# The chunked linear + cross-entropy ops (s2s_fused/ops/cross_entropy.py; Python only, so their messages follow the
-# C++ ones' style): hidden (N, H), weight (V, H), bias (V,), target (N,) int64, per-row tensors (N,) of the loss
-# dtype.
+# The chunked linear + cross-entropy ops (s2s_fused/ops/linear_cross_entropy.py; Python only, so their messages
+# follow the C++ ones' style): hidden (N, H), weight (V, H), bias (V,), target (N,) int64, per-row tensors (N,) of
+# the loss dtype.
 
 
 def _linear_ce(hidden, weight, bias, target, label_smoothing, chunk_size, backend) -> None:

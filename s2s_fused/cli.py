@@ -13,7 +13,7 @@ def info() -> dict:
     import torch
     from packaging.version import Version
 
-    from . import __version__
+    from . import __version__, config
     from .backend import BACKENDS, build_info, extension_error, is_available, triton_installed
 
     out = {
@@ -41,7 +41,15 @@ def info() -> dict:
     else:
         out["extension"] = f"not importable: {extension_error()}"
     out["backends"] = ", ".join(f"{n} ({'available' if is_available(n) else 'unavailable'})" for n in BACKENDS)
+    out["switches (Python)"] = _switches_line(config.switches())
+    cpp = b.get("switches")
+    out["switches (C++)"] = _switches_line(cpp) if cpp is not None else "not reported by this build of the extension"
     return out
+
+
+def _switches_line(switches: dict) -> str:
+    """name=value, ..., a bool as 1 / 0 (the values the variables take)."""
+    return ", ".join(f"{name}={int(v) if isinstance(v, bool) else v}" for name, v in sorted(switches.items())) or "-"
 
 
 def _cmd_info(args) -> int:
@@ -132,7 +140,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m s2s_fused", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("info", help="versions, compiled and available backends, CUDA arch list").set_defaults(
+    sub.add_parser("info", help="versions, compiled and available backends, CUDA arch list, switches").set_defaults(
         func=_cmd_info)
 
     from .seq2seq.args import add_arguments

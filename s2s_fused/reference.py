@@ -150,7 +150,6 @@ def linear_masked_cross_entropy(hidden, weight, target, valid_len=None, bias=Non
 
 
 # --------------------------------------------------------------------------------------------------- beam
-# (the beam-search top-k reference goes here)
 
 
 def beam_candidate_scores(logits, beam_scores, finished=None, eos_id=None):

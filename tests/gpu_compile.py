@@ -195,13 +195,12 @@ def _rnn_cell():
 
 def _rnn_layer():
     import torch
+    from s2s_fused import config
     from s2s_fused.triton import rnn_layer as tri
     ops = torch.ops.s2s_fused
-    saved = os.environ.get("S2S_FUSED_TRITON_NO_PERSISTENT")
     with record_launches(tri) as log:
-        try:
-            for persistent in (True, False):
-                os.environ["S2S_FUSED_TRITON_NO_PERSISTENT"] = "0" if persistent else "1"
+        for persistent in (True, False):
+            with config.override(TRITON_NO_PERSISTENT=not persistent):
                 for dtype in map(_dt, FLOATS):
                     for T, B, I, H in ((3, 5, 4, 70), (1, 1, 1, 1)):
                         if B == 1 and dtype != torch.float32:
@@ -228,11 +227,6 @@ def _rnn_layer():
                                         if persistent:
                                             ops.gru_layer_backward_triton(go if bias else None, h0, x, w_ih, w_hh,
                                                                           hs, ws, lens, reverse, ra)
-        finally:
-            if saved is None:
-                os.environ.pop("S2S_FUSED_TRITON_NO_PERSISTENT", None)
-            else:
-                os.environ["S2S_FUSED_TRITON_NO_PERSISTENT"] = saved
     return log
 
 
@@ -313,7 +307,7 @@ def launches(family):
 def covering(all_launches):
     """A subset of the launches that still shows every kernel with each value of each of its constexprs (flags,
     dtypes, blocks), each pointer type, each (floating pointer types, arguments specialised to 1) pair, and each of
-    its modes (MODE / STAGE) with each of those: greedily the launch with the most features not yet covered.
+    its modes (KIND / STAGE) with each of those: greedily the launch with the most features not yet covered.
     Compiling every distinct launch (``--all``) takes minutes."""
     def features(launch):
         name = launch.fn.__name__
@@ -324,7 +318,7 @@ def covering(all_launches):
         floats = tuple(sorted(t for t in ptrs if t[1:] in ("fp16", "bf16", "fp32", "fp64")))
         single = {(n, v) for n, v in consts.items()} | {("args", floats, ones), ("warps", launch.num_warps)}
         # and each mode (the constexpr that selects most of the code) with each of the other values
-        modes = [(n, consts[n]) for n in ("MODE", "STAGE") if n in consts]
+        modes = [(n, consts[n]) for n in ("KIND", "STAGE") if n in consts]
         return ({(name,) + f for f in single} | {(name,) + m + f for m in modes for f in single}
                 | {(name, "ptr", t) for t in ptrs})
     todo = [(launch, features(launch)) for launch in all_launches]

@@ -1,7 +1,7 @@
 """Every registered RNN and cross-entropy op checks what it is given: direct callers of torch.ops.s2s_fused.* are
 users too.
 
-Table-driven: for every op (csrc/ops.cpp; the Triton twins of s2s_fused/triton/*.py; the Python linear + CE ops)
+Table-driven: for every op (csrc/ops.cpp; their Triton twins; the Python linear + CE ops)
 a valid argument set is mutated one argument at a time: one dim more or fewer, each dim one longer and one
 shorter, another dtype, the meta device (a second device on a CPU-only machine: a call with a meta argument
 dispatches to the fake kernel, so it tests the Python twin of the checks), and per op its non-tensor arguments.
@@ -13,6 +13,7 @@ V = 1) run everywhere with the heap NaN-poisoned and must agree; the issue's rep
 """
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -32,14 +33,9 @@ ops = torch.ops.s2s_fused
 # The Triton twins are compared on CPU tensors, so under the interpreter only: on a GPU machine (no interpreter)
 # their checks are the same device-agnostic Python functions, covered by the CPU runs.
 HAS_TRITON = is_available("triton") and triton_interpret()
-if HAS_TRITON:
-    import s2s_fused.triton.cross_entropy as tri_ce
-    import s2s_fused.triton.rnn_cell as tri_cell
-    import s2s_fused.triton.rnn_layer as tri_layer
-
-    TRITON_MODULES = (tri_cell, tri_layer, tri_ce)
-else:
-    TRITON_MODULES = ()
+# The modules whose kernels the Triton twins of these ops launch (the launch log below spies on them).
+TRITON_MODULES = tuple(importlib.import_module(f"s2s_fused.triton.{name}")
+                       for name in ("rnn_cell", "rnn_layer", "cross_entropy")) if HAS_TRITON else ()
 
 pytestmark = pytest.mark.skipif(not is_available("cpu"), reason="extension not built")
 
@@ -614,7 +610,6 @@ def test_triton_cell_forward_with_short_hx_raises_instead_of_corrupting_the_heap
     child process, so that on a build without the check this test fails instead of taking pytest down."""
     code = textwrap.dedent("""
         import torch, s2s_fused
-        import s2s_fused.triton.rnn_cell
         B, I, H = 67, 3, 70
         x, h, c = torch.randn(B, I), torch.randn(B - 1, H), torch.randn(B, H)
         w_ih, w_hh = torch.randn(4 * H, I), torch.randn(4 * H, H)

@@ -1,7 +1,6 @@
 """Fused LSTM/GRU cells: every backend against the float64 reference and torch.nn's cells."""
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -282,7 +281,6 @@ def test_opcheck(suffix, requires_grad):
     if suffix == "_triton":
         if not s2s_fused.backend.is_available("triton"):
             pytest.skip("triton not available")
-        importlib.import_module("s2s_fused.triton.rnn_cell")  # registers the _triton ops
     ops = torch.ops.s2s_fused
     dev = device_for("triton") if suffix else torch.device("cpu")
     for x, h, c, w_ih, w_hh, b_ih, b_hh in _opcheck_samples("lstm", requires_grad, dev):

@@ -78,7 +78,7 @@ def _hx(kind, L, D, B, H, dtype, seed=3):
 
 # --------------------------------------------------------------------------- against torch.nn.LSTM / GRU
 # (kind, num_layers, bidirectional, batch_first, bias, packed, T, B, I, H, dtype): 28 configurations crossing
-# every axis of the issue; packed ones have uneven lengths including 1 (and a batch of 1).
+# every axis the modules take; packed ones have uneven lengths including 1 (and a batch of 1).
 CONFIGS = []
 for kind in ("LSTM", "GRU"):
     CONFIGS += [
@@ -539,7 +539,6 @@ def test_cuda_matches_torch(kind, backend):
 @pytest.mark.skipif(not is_available("triton"), reason="triton not available")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_triton_opcheck_and_compile(kind):
-    from s2s_fused.triton import rnn_layer as tri  # noqa: F401  (registers the *_triton ops)
     op = getattr(torch.ops.s2s_fused, f"{kind}_layer_forward_triton")
     dev = device_for("triton")
     args = _op_args(kind, T=2, B=2, I=2, H=3, lengths=True, requires_grad=True, dtype=torch.float32)
@@ -576,12 +575,13 @@ def test_cuda_persistent_small_batch(kind, dtype, B, monkeypatch):
         assert rel_err(step, exact) <= tol, f"per-step {kind} {dtype} B={B}"
 
 
-# ------------------------------------------------------------- triton: persistent program over time (issue 3)
+# ---------------------------------------------------------------------- triton: persistent program over time
 # s2s_fused/triton/rnn_layer.py runs a layer-direction's whole time loop in one launch where use_persistent(B, H)
-# allows, the per-step kernels otherwise (or with S2S_FUSED_TRITON_NO_PERSISTENT=1). Both paths are selected
-# explicitly here, and a spy on the persistent launcher checks which one ran.
+# allows, the per-step kernels otherwise (or with S2S_FUSED_TRITON_NO_PERSISTENT=1: s2s_fused.config's
+# TRITON_NO_PERSISTENT). Both paths are selected explicitly here, and a spy on the persistent launcher checks which
+# one ran.
 
-_NO_PERSISTENT = "S2S_FUSED_TRITON_NO_PERSISTENT"
+_NO_PERSISTENT = "TRITON_NO_PERSISTENT"
 # (T, B, I, H, lengths, reverse, bias, dtype): H = 1, 7 (one unit tile), 70 and 130 (2 and 3 tiles: a step reads
 # h of units other threads wrote), B = 1, 3, 17 (17: two row blocks), lengths with 1 and T present.
 PERSISTENT_CONFIGS = [
@@ -642,10 +642,10 @@ def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypa
     calls = _persistent_spy(monkeypatch, tri)
 
     # the per-step path, forced by the switch
-    monkeypatch.setenv(_NO_PERSISTENT, "1")
+    monkeypatch.setattr(s2s_fused.config, _NO_PERSISTENT, True)
     step = _triton_op_call(tri, kind, args, lengths, reverse)
     assert not calls and not tri.use_persistent(B, H)
-    monkeypatch.delenv(_NO_PERSISTENT)
+    monkeypatch.setattr(s2s_fused.config, _NO_PERSISTENT, False)
 
     # the persistent launcher on its own, every buffer it writes poisoned (NaN) except h0 / c0 in place
     G, lstm = (4 if base == "lstm" else 3), base == "lstm"
@@ -660,7 +660,8 @@ def test_triton_persistent_matches_per_step_and_reference(kind, config, monkeypa
     if lstm:
         cs = poison_(torch.empty_like(step[4]))
         cs[first] = args[2]
-    mode = {"lstm": tri.LSTM, "gru": tri.GRU_AFTER, "gru_rb": tri.GRU_BEFORE_1}[kind]
+    mode = {"lstm": tri.CellKind.LSTM, "gru": tri.CellKind.GRU_RESET_AFTER,
+            "gru_rb": tri.CellKind.GRU_RESET_BEFORE}[kind]
     act = tri._active(lengths, T, B, x.device)
     tri._forward_sequence(mode, gx, hs, cs, w_hh, b1, b2, act, out, ws, reverse)
     assert len(calls) == 1
@@ -711,14 +712,14 @@ def test_triton_persistent_gradcheck(kind, monkeypatch):
 
 def test_triton_persistent_rule(monkeypatch):
     from s2s_fused.triton import rnn_layer as tri
-    monkeypatch.delenv(_NO_PERSISTENT, raising=False)
+    monkeypatch.setattr(s2s_fused.config, _NO_PERSISTENT, False)
     assert tri.use_persistent(1, 512) is False  # H above PERSISTENT_MAX_H: per-step grid spreads W_hh
     assert tri.use_persistent(8, tri.PERSISTENT_MAX_H) is True
     assert tri.use_persistent(4096, 64) is False  # the per-step grid alone fills a GPU
     assert tri.use_persistent(64, 256) is True
-    monkeypatch.setenv(_NO_PERSISTENT, "1")
+    monkeypatch.setattr(s2s_fused.config, _NO_PERSISTENT, True)
     assert tri.use_persistent(8, 64) is False
-    monkeypatch.setenv(_NO_PERSISTENT, "0")
+    monkeypatch.setattr(s2s_fused.config, _NO_PERSISTENT, False)
     assert tri.use_persistent(8, 64) is True
 
 
@@ -749,7 +750,7 @@ def test_cuda_triton_persistent(kind, dtype, B, monkeypatch):
     o_ref, g_ref = _run(ref, x.to(dtype), None, packed_lengths=lens)
     o_new, g_new = _run(ours, x.to(dtype), None, packed_lengths=lens)
     assert len(calls) == 4  # 2 layers x 2 directions
-    monkeypatch.setenv(_NO_PERSISTENT, "1")
+    monkeypatch.setattr(s2s_fused.config, _NO_PERSISTENT, True)
     o_step, g_step = _run(ours, x.to(dtype), None, packed_lengths=lens)
     assert len(calls) == 4
     floor = 1e-5 if dtype == torch.float32 else 1e-2
@@ -764,6 +765,9 @@ def test_cuda_triton_persistent(kind, dtype, B, monkeypatch):
 # path), gradcheck and opcheck.
 import s2s_fused.nn.rnn as _snn_rnn  # noqa: E402
 from s2s_fused.ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir  # noqa: E402
+
+# The modules' two-direction path driven on CPU too (the library takes it on CUDA only).
+_BIDIR_FUSED_ON_CPU = frozenset({"cuda", "cpu"})
 
 
 def _bidir_args(kind, T, B, I, H, *, bias=True, lengths=True, dtype=torch.float64, requires_grad=False, seed=0):
@@ -913,7 +917,7 @@ BIDIR_MODULE_CONFIGS = [
     f"-B{c[6]}" for c in BIDIR_MODULE_CONFIGS])
 def test_bidir_module_path_matches_torch(cfg, monkeypatch):
     kind, L, bf, bias, packed, T, B, I, H = cfg
-    monkeypatch.setattr(_snn_rnn, "_BIDIR_FUSED_ON_CPU", True)
+    monkeypatch.setattr(_snn_rnn, "BIDIR_FUSED_BACKENDS", _BIDIR_FUSED_ON_CPU)
     calls = []
     real = getattr(_snn_rnn, f"{kind.lower()}_layer_bidir")
     monkeypatch.setattr(_snn_rnn, f"{kind.lower()}_layer_bidir", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -928,7 +932,7 @@ def test_bidir_module_path_matches_torch(cfg, monkeypatch):
         assert_close(a, b, 1e-9, f"{kind} bidir module #{i}")
     # S2S_FUSED_NO_BIDIR_FUSED=1: back to one op per direction, same numbers
     calls.clear()
-    monkeypatch.setenv("S2S_FUSED_NO_BIDIR_FUSED", "1")
+    monkeypatch.setattr(s2s_fused.config, "NO_BIDIR_FUSED", True)
     o2, g2 = _run(ours, x, hx, packed_lengths=lens, batch_first=bf)
     assert not calls
     for a, b in zip(o + g, o2 + g2):
@@ -942,7 +946,7 @@ def test_bidir_module_gru_reset_before_and_compile(monkeypatch):
     x = _make_input(6, 3, 3, False, torch.float64)
     lens = _lengths(6, 3)
     o_per, g_per = _run(m, x, None, packed_lengths=lens)
-    monkeypatch.setattr(_snn_rnn, "_BIDIR_FUSED_ON_CPU", True)
+    monkeypatch.setattr(_snn_rnn, "BIDIR_FUSED_BACKENDS", _BIDIR_FUSED_ON_CPU)
     o, g = _run(m, x, None, packed_lengths=lens)
     for a, b in zip(o + g, o_per + g_per):
         assert_close(a, b, 1e-12, "reset_before bidir")

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
-from ..backend import _validate_name
+from torch.nn.utils.rnn import PackedSequence
+
+from .. import _checks, config
+from ..backend import _validate_name, resolve
 from ..ops.rnn_cell import gru_cell, lstm_cell
+from ..ops.rnn_layer import gru_layer, gru_layer_bidir, lstm_layer, lstm_layer_bidir
 
 
 def _check_backend_arg(backend):
@@ -79,15 +82,12 @@ class GRUCell(_GRUOptions, torch.nn.GRUCell):
                         reset_after=self.reset_after, backend=self.backend)
 
 
-# ---------------------------------------------------------------------------- sequence layers (rnn_layer)
+# ---------------------------------------------------------------------------------------- sequence layers
 # The layers subclass torch.nn.RNNBase with mode "LSTM" / "GRU", exactly what torch.nn.LSTM / GRU's constructors
 # do, so the constructor, parameter names, initialisation (same random stream), state_dict and flatten_parameters
 # are torch's own. Not torch.nn.LSTM / GRU themselves: Dynamo refuses any isinstance(m, nn.LSTM / GRU / RNN)
 # module (torch._dynamo.config.allow_rnn), which would rule out torch.compile(fullgraph=True). forward runs one
-# fused op per layer and direction, so the time loop never runs in Python.
-from torch.nn.utils.rnn import PackedSequence  # noqa: E402
-
-from ..ops.rnn_layer import gru_layer, lstm_layer  # noqa: E402
+# fused op per layer and direction (or per layer, both directions in one op), so the time loop never runs in Python.
 
 
 def _packed_layout(batch_sizes: torch.Tensor):
@@ -101,26 +101,17 @@ def _packed_layout(batch_sizes: torch.Tensor):
     return T, B, lengths, positions
 
 
-# ---- rnn_layer_bidir: bidirectional layers on CUDA run both directions in one op per layer (one batched recurrent
-# GEMM and one pointwise launch per step; csrc/rnn_bidir_impl.h) when the layer backend resolves to "cuda".
-# S2S_FUSED_NO_BIDIR_FUSED=1 goes back to one op per direction. CPU keeps the per-direction ops (the two-direction
-# op on CPU only runs the same kernels twice per step); tests set _BIDIR_FUSED_ON_CPU to drive this path on CPU.
-import os  # noqa: E402
-
-from ..backend import resolve as _resolve_backend  # noqa: E402
-from ..ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir  # noqa: E402
-
-_BIDIR_FUSED_ON_CPU = False
+# The backends whose bidirectional layers run both directions in one op (s2s_fused.lstm_layer_bidir /
+# gru_layer_bidir): on CUDA one batched recurrent GEMM and one pointwise launch per step instead of two of each.
+# Not CPU, whose two-direction op runs the same kernels twice per step and saves nothing. S2S_FUSED_NO_BIDIR_FUSED=1
+# (s2s_fused.config) goes back to one op per direction everywhere.
+BIDIR_FUSED_BACKENDS = frozenset({"cuda"})
 
 
 def _use_bidir_fused(module, x):
-    if os.environ.get("S2S_FUSED_NO_BIDIR_FUSED") == "1":
+    if config.NO_BIDIR_FUSED:
         return False
-    want = "cuda" if x.is_cuda else ("cpu" if _BIDIR_FUSED_ON_CPU and x.device.type == "cpu" else None)
-    if want is None:
-        return False
-    return _resolve_backend(f"{module._kind.lower()}_layer", module.backend, x.device) == want
-# ---- end of rnn_layer_bidir
+    return resolve(f"{module._kind.lower()}_layer", module.backend, x.device) in BIDIR_FUSED_BACKENDS
 
 
 class _FusedRNNBase:
@@ -202,7 +193,7 @@ class _FusedRNNBase:
         layer_in = x
         bidir_fused = D == 2 and _use_bidir_fused(self, x)
         for layer in range(L):
-            if bidir_fused:  # both directions in one op (rnn_layer_bidir)
+            if bidir_fused:  # both directions in one op
                 k = 2 * layer
                 layer_in, h, c = self._bidir_call(layer_in, h0[k:k + 2], c0[k:k + 2] if lstm else None,
                                                   weights[k * per_dir:(k + 2) * per_dir], per_dir, lengths)

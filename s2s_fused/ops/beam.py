@@ -1,19 +1,19 @@
 """Batched beam-search top-k: the selection of one beam-search step in one pass over the logits.
 
-Public: :func:`beam_search_topk`. The compiled op ``torch.ops.s2s_fused.beam_search_topk`` (CPU and CUDA
-kernels) and its Triton twin ``beam_search_topk_triton`` get their fake kernels here; the ``reference`` backend
-is plain torch (s2s_fused.reference.beam_search_topk). The outputs are indices and scores of a discrete choice:
-no autograd.
+Public: :func:`beam_search_topk`. The op ``torch.ops.s2s_fused.beam_search_topk`` (schema and CPU / CUDA kernels in
+csrc/) and its Triton twin ``beam_search_topk_triton`` (kernels in s2s_fused/triton/beam.py) get their fake kernel
+here; the ``reference`` backend is plain torch (s2s_fused.reference.beam_search_topk). The outputs are indices and
+scores of a discrete choice: no autograd.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _checks, _op_checks, reference
-from ..backend import _extension, resolve
+from ..backend import resolve
+from . import _library
 
-_extension()  # the schema lives in the extension; register the fake only once it is loaded
-_ops = torch.ops.s2s_fused
+_library.define_triton_twin("beam", "beam_search_topk")
 
 # Largest k of the single-pass kernels (csrc/beam_topk.h kBeamFastMaxK); larger k takes an exact, slower path.
 FAST_MAX_K = 64
@@ -26,7 +26,7 @@ def _fake_impl(logits, beam_scores, k, finished=None, eos_id=None):
             beam_scores.new_empty(B, k, dtype=torch.int64))
 
 
-torch.library.register_fake("s2s_fused::beam_search_topk")(_fake_impl)
+_library.register_fake("beam_search_topk")(_fake_impl)
 
 
 def check_args(logits, beam_scores, k, finished, eos_id) -> None:
@@ -79,7 +79,4 @@ def beam_search_topk(logits, beam_scores, k, *, finished=None, eos_id=None, back
     be = resolve("beam_search_topk", backend, logits.device)
     if be == "reference":
         return reference.beam_search_topk(logits, beam_scores, k, finished, eos_id)
-    if be == "triton":
-        from ..triton import beam as tri
-        return tri.beam_search_topk(logits, beam_scores, k, finished, eos_id)
-    return _ops.beam_search_topk(logits, beam_scores, k, finished, eos_id)
+    return _library.op("beam_search_topk", be)(logits, beam_scores, k, finished, eos_id)

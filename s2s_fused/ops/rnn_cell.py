@@ -1,29 +1,29 @@
 """Fused LSTM / GRU cells: one recurrent step, forward and backward.
 
-Public: :func:`lstm_cell`, :func:`gru_cell`. The compiled ops ``torch.ops.s2s_fused.{lstm,gru}_cell_forward`` /
-``_backward`` (CPU and CUDA kernels) and their Triton twins ``..._triton`` get their fake kernels and autograd
-here; the ``reference`` backend is plain torch (s2s_fused.reference).
-
-Shapes: input (B, I) or unbatched (I,); h, c (B, H) or (H,); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,),
-with G = 4 (LSTM: i, f, g, o) or 3 (GRU: r, z, n).
+Public: :func:`lstm_cell`, :func:`gru_cell`. The ops ``torch.ops.s2s_fused.{lstm,gru}_cell_{forward,backward}``
+(schemas and CPU / CUDA kernels in csrc/) and their Triton twins ``..._triton`` (kernels in
+s2s_fused/triton/rnn_cell.py) get their fake kernels and autograd here; the ``reference`` backend is plain torch
+(s2s_fused.reference). Shapes in the notation of s2s_fused.ops: input (B, I), h, c (B, H) (or unbatched (I,),
+(H,)), workspace (B, A*H).
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _checks, _op_checks, reference
-from ..backend import _extension, resolve
+from ..backend import resolve
+from . import _library
 from ._autograd import recording_backward, reference_vjp
 
-_extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
-_ops = torch.ops.s2s_fused
+for _name in ("lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward"):
+    _library.define_triton_twin("rnn_cell", _name)
 
 # --------------------------------------------------------------------------------------------- fake kernels
 # Each runs its op's argument checks (s2s_fused/_op_checks.py: the C++ ops' messages), so torch.compile reports a
 # bad call at trace time as the op would.
 
 
-@torch.library.register_fake("s2s_fused::lstm_cell_forward")
+@_library.register_fake("lstm_cell_forward")
 def _lstm_fwd_fake(input, hx, cx, w_ih, w_hh, b_ih, b_hh):
     B, _, H = _op_checks.lstm_cell_forward(input, hx, cx, w_ih, w_hh, b_ih, b_hh)
     return hx.new_empty(B, H), hx.new_empty(B, H), hx.new_empty(B, 4 * H)
@@ -34,19 +34,19 @@ def _masked(mask, shapes, like):
     return tuple(like.new_empty(shape if want else (0,)) for want, shape in zip(mask, shapes))
 
 
-@torch.library.register_fake("s2s_fused::lstm_cell_backward")
+@_library.register_fake("lstm_cell_backward")
 def _lstm_bwd_fake(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, grad_mask):
     _op_checks.lstm_cell_backward(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, grad_mask)
     return _masked(grad_mask, (input.shape, hx.shape, hx.shape, w_ih.shape, w_hh.shape, (w_ih.shape[0],)), hx)
 
 
-@torch.library.register_fake("s2s_fused::gru_cell_forward")
+@_library.register_fake("gru_cell_forward")
 def _gru_fwd_fake(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after):
     B, _, H = _op_checks.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
     return hx.new_empty(B, H), hx.new_empty(B, (4 if reset_after else 3) * H)
 
 
-@torch.library.register_fake("s2s_fused::gru_cell_backward")
+@_library.register_fake("gru_cell_backward")
 def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask):
     _op_checks.gru_cell_backward(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_mask)
     G = (w_ih.shape[0],)
@@ -54,82 +54,60 @@ def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_m
 
 
 # ------------------------------------------------------------------------------------------------ autograd
-# The same glue serves the compiled ops and their Triton twins: `suffix` picks the backward op.
 
 
-def _register_lstm_autograd(suffix: str):
-    backward_op = getattr(_ops, "lstm_cell_backward" + suffix)
-
-    def setup_context(ctx, inputs, output):
-        input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
-        _, c1, workspace = output
-        ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh)
-        ctx.mark_non_differentiable(workspace)
-
-    def backward(ctx, grad_h1, grad_c1, _grad_ws):
-        input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        if grad_h1 is None and grad_c1 is None or not any(need):
-            return (None,) * 7
-        if recording_backward():
-            return reference_vjp(lambda x, h, c, *w: reference.lstm_cell(x, (h, c), *w),
-                                 (input, hx, cx, w_ih, w_hh, b_ih, b_hh), (grad_h1, grad_c1), need)
-        mask = list(need[:5]) + [need[5] or need[6]]
-        g = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, mask)
-        g_in, g_hx, g_cx, g_wih, g_whh, g_b = (t if m else None for t, m in zip(g, mask))
-        # One bias gradient serves both biases; the second gets its own copy so the two .grad fields never alias.
-        return (g_in, g_hx, g_cx, g_wih, g_whh, g_b if need[5] else None,
-                (g_b.clone() if need[5] else g_b) if need[6] else None)
-
-    torch.library.register_autograd("s2s_fused::lstm_cell_forward" + suffix, backward,
-                                    setup_context=setup_context)
+def _lstm_setup(ctx, inputs, output):
+    input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
+    _, c1, workspace = output
+    ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh)
+    ctx.mark_non_differentiable(workspace)
 
 
-def _register_gru_autograd(suffix: str):
-    backward_op = getattr(_ops, "gru_cell_backward" + suffix)
-
-    def setup_context(ctx, inputs, output):
-        input, hx, w_ih, w_hh, b_ih, b_hh, reset_after = inputs
-        _, workspace = output
-        ctx.save_for_backward(input, hx, w_ih, w_hh, workspace, b_ih, b_hh)
-        ctx.reset_after = reset_after
-        ctx.mark_non_differentiable(workspace)
-
-    def backward(ctx, grad_h1, _grad_ws):
-        input, hx, w_ih, w_hh, workspace, b_ih, b_hh = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        if grad_h1 is None or not any(need[:6]):
-            return (None,) * 7
-        if recording_backward():
-            return reference_vjp(lambda *a: reference.gru_cell(*a, reset_after=ctx.reset_after),
-                                 (input, hx, w_ih, w_hh, b_ih, b_hh), (grad_h1,), need[:6]) + (None,)
-        mask = list(need[:6])
-        g = backward_op(grad_h1, input, hx, w_ih, w_hh, workspace, ctx.reset_after, mask)
-        return tuple(t if m else None for t, m in zip(g, mask)) + (None,)
-
-    torch.library.register_autograd("s2s_fused::gru_cell_forward" + suffix, backward, setup_context=setup_context)
+def _lstm_backward(backward_op, ctx, grad_h1, grad_c1, _grad_ws):
+    input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if grad_h1 is None and grad_c1 is None or not any(need):
+        return (None,) * 7
+    if recording_backward():
+        return reference_vjp(lambda x, h, c, *w: reference.lstm_cell(x, (h, c), *w),
+                             (input, hx, cx, w_ih, w_hh, b_ih, b_hh), (grad_h1, grad_c1), need)
+    mask = list(need[:5]) + [need[5] or need[6]]
+    g = backward_op(grad_h1, grad_c1, input, hx, cx, w_ih, w_hh, workspace, c1, mask)
+    g_in, g_hx, g_cx, g_wih, g_whh, g_b = (t if m else None for t, m in zip(g, mask))
+    # One bias gradient serves both biases; the second gets its own copy so the two .grad fields never alias.
+    return (g_in, g_hx, g_cx, g_wih, g_whh, g_b if need[5] else None,
+            (g_b.clone() if need[5] else g_b) if need[6] else None)
 
 
-_register_lstm_autograd("")
-_register_gru_autograd("")
+def _gru_setup(ctx, inputs, output):
+    input, hx, w_ih, w_hh, b_ih, b_hh, reset_after = inputs
+    _, workspace = output
+    ctx.save_for_backward(input, hx, w_ih, w_hh, workspace, b_ih, b_hh)
+    ctx.reset_after = reset_after
+    ctx.mark_non_differentiable(workspace)
+
+
+def _gru_backward(backward_op, ctx, grad_h1, _grad_ws):
+    input, hx, w_ih, w_hh, workspace, b_ih, b_hh = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    if grad_h1 is None or not any(need[:6]):
+        return (None,) * 7
+    if recording_backward():
+        return reference_vjp(lambda *a: reference.gru_cell(*a, reset_after=ctx.reset_after),
+                             (input, hx, w_ih, w_hh, b_ih, b_hh), (grad_h1,), need[:6]) + (None,)
+    mask = list(need[:6])
+    g = backward_op(grad_h1, input, hx, w_ih, w_hh, workspace, ctx.reset_after, mask)
+    return tuple(t if m else None for t, m in zip(g, mask)) + (None,)
+
+
+_library.register_autograd("lstm_cell_forward", "lstm_cell_backward", _lstm_backward, _lstm_setup)
+_library.register_autograd("gru_cell_forward", "gru_cell_backward", _gru_backward, _gru_setup)
 
 # ---------------------------------------------------------------------------------------- public functions
 
 
 def _check_cell(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, *, c=None):
-    _checks.tensor(input, "input", dims=(1, 2), floating=True)
-    hname = "hx[0]" if kind == "lstm" else "hx"
-    _checks.tensor(h, hname, dims=input.dim(), floating=True)
-    _checks.tensor(w_ih, "w_ih", dims=2, floating=True)
-    _checks.tensor(w_hh, "w_hh", dims=2, floating=True)
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            _checks.tensor(b, name, dims=1, floating=True)
-    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
-    if c is not None:
-        _checks.tensor(c, "hx[1]", dims=input.dim(), floating=True)
-        others["hx[1]"] = c
-    _checks.same_dtype_device(input, "input", **others)
+    hname = _checks.rnn_tensors(kind, input, h, c, w_ih, w_hh, b_ih, b_hh, dims=(1, 2))
     H = h.shape[-1]
     I = input.shape[-1]
     if input.dim() == 2 and h.shape[0] != input.shape[0]:
@@ -142,8 +120,8 @@ def _check_cell(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, *, c=None):
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     """One fused LSTM step, the math and gate order (i, f, g, o) of ``torch.lstm_cell``.
 
-    input (B, I) or (I,); hx = (h, c), each (B, H) or (H,); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or
-    None. Returns (h1, c1), shaped as h. fp32/fp64/fp16/bf16; low-precision math runs in fp32.
+    input (B, I) or (I,); hx = (h, c), each (B, H) or (H,); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,) or
+    None; G = 4. Returns (h1, c1), shaped as h. fp32/fp64/fp16/bf16; low-precision math runs in fp32.
     """
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"hx: expected a tuple (h, c) of two tensors, got {type(hx).__name__}")
@@ -155,11 +133,7 @@ def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):
     unbatched = input.dim() == 1
     if unbatched:
         input, h, c = input.unsqueeze(0), h.unsqueeze(0), c.unsqueeze(0)
-    if be == "triton":
-        from ..triton import rnn_cell as tri
-        h1, c1, _ = tri.lstm_cell_forward(input, h, c, w_ih, w_hh, b_ih, b_hh)
-    else:
-        h1, c1, _ = _ops.lstm_cell_forward(input, h, c, w_ih, w_hh, b_ih, b_hh)
+    h1, c1, _ = _library.op("lstm_cell_forward", be)(input, h, c, w_ih, w_hh, b_ih, b_hh)
     if unbatched:
         h1, c1 = h1.squeeze(0), c1.squeeze(0)
     return h1, c1
@@ -170,7 +144,8 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, b
 
     ``reset_after=True`` is ``torch.gru_cell`` (cuDNN's form: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)));
     ``reset_after=False`` is Cho et al. 2014 / d2l's form: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
-    input (B, I) or (I,); hx (B, H) or (H,); w_ih (3H, I); w_hh (3H, H); b_ih, b_hh (3H,) or None. Returns h1.
+    input (B, I) or (I,); hx (B, H) or (H,); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,) or None; G = 3.
+    Returns h1.
     """
     _check_cell("gru", input, hx, w_ih, w_hh, b_ih, b_hh, 3)
     if not isinstance(reset_after, bool):
@@ -181,9 +156,5 @@ def gru_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, reset_after=True, b
     unbatched = input.dim() == 1
     if unbatched:
         input, hx = input.unsqueeze(0), hx.unsqueeze(0)
-    if be == "triton":
-        from ..triton import rnn_cell as tri
-        h1, _ = tri.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
-    else:
-        h1, _ = _ops.gru_cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
+    h1, _ = _library.op("gru_cell_forward", be)(input, hx, w_ih, w_hh, b_ih, b_hh, reset_after)
     return h1.squeeze(0) if unbatched else h1

@@ -1,39 +1,42 @@
 """Fused LSTM / GRU layers: one layer in one direction over a whole sequence, forward and backward.
 
-Public: :func:`lstm_layer`, :func:`gru_layer` (the modules ``s2s_fused.nn.LSTM`` / ``GRU`` stack them over layers and
-directions). The compiled ops ``torch.ops.s2s_fused.{lstm,gru}_layer_forward`` / ``_backward`` (CPU and CUDA: the
-time loop in C++) and their Triton twins ``..._triton`` get their fake kernels and autograd here; the
-``reference`` backend is plain torch (s2s_fused.reference).
+Public: :func:`lstm_layer`, :func:`gru_layer`, and both directions of a layer in one op, :func:`lstm_layer_bidir`,
+:func:`gru_layer_bidir` (the modules ``s2s_fused.nn.LSTM`` / ``GRU`` stack them over layers and directions). The ops
+``torch.ops.s2s_fused.{lstm,gru}_layer_{forward,backward,inference}`` and ``..._layer_bidir_{forward,backward}``
+(schemas and CPU / CUDA kernels in csrc/: the time loop in C++) and the Triton twins
+``{lstm,gru}_layer_{forward,backward}_triton`` (kernels in s2s_fused/triton/rnn_layer.py) get their fake kernels
+and autograd here; the ``reference`` backend is plain torch (s2s_fused.reference).
 
-Shapes: input (T, B, I); h0, c0, h_n, c_n (B, H); output (T, B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,);
-lengths (B,) integer or None; G = 4 (LSTM: i, f, g, o) or 3 (GRU: r, z, n). Step t of row b runs when
-t < lengths[b] (a finished row keeps its state and outputs zeros); ``reverse`` runs t = T-1 .. 0, so the reverse
-direction of a packed batch starts at each row's own last step.
+Shapes in the notation of s2s_fused.ops: input (T, B, I); h0, c0, h_n, c_n (B, H); output (T, B, H); lengths (B,)
+integer or None; saved hs, cs (T+1, B, H) and workspace (T, B, A*H). Step t of row b runs when t < lengths[b] (a
+finished row keeps its state and outputs zeros); ``reverse`` runs t = T-1 .. 0, so the reverse direction of a
+packed batch starts at each row's own last step.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _checks, _op_checks, reference
-from ..backend import _extension, resolve
+from ..backend import resolve
+from . import _library
 from ._autograd import recording_backward, reference_vjp
 
-_extension()  # the schemas live in the extension; register fakes/autograd only once it is loaded
-_ops = torch.ops.s2s_fused
+for _name in ("lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward", "gru_layer_backward"):
+    _library.define_triton_twin("rnn_layer", _name)
 
 # --------------------------------------------------------------------------------------------- fake kernels
 # Each runs its op's argument checks (s2s_fused/_op_checks.py: the C++ ops' messages), so torch.compile reports a
 # bad call at trace time as the op would.
 
 
-@torch.library.register_fake("s2s_fused::lstm_layer_forward")
+@_library.register_fake("lstm_layer_forward")
 def _lstm_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
     T, B, _, H = _op_checks.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     new = input.new_empty
     return (new(T, B, H), new(B, H), new(B, H), new(T + 1, B, H), new(T + 1, B, H), new(T, B, 4 * H))
 
 
-@torch.library.register_fake("s2s_fused::lstm_layer_backward")
+@_library.register_fake("lstm_layer_backward")
 def _lstm_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse):
     _, B, _, H = _op_checks.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs,
                                                 workspace, lengths, reverse)
@@ -41,14 +44,14 @@ def _lstm_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, w
             w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]))
 
 
-@torch.library.register_fake("s2s_fused::gru_layer_forward")
+@_library.register_fake("gru_layer_forward")
 def _gru_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
     T, B, _, H = _op_checks.gru_layer_forward(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     new = input.new_empty
     return new(T, B, H), new(B, H), new(T + 1, B, H), new(T, B, (4 if reset_after else 3) * H)
 
 
-@torch.library.register_fake("s2s_fused::gru_layer_backward")
+@_library.register_fake("gru_layer_backward")
 def _gru_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths, reverse, reset_after):
     _, B, _, H = _op_checks.gru_layer_backward(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengths,
                                                reverse, reset_after)
@@ -56,88 +59,80 @@ def _gru_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengt
             w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]), w_ih.new_empty(w_ih.shape[0]))
 
 
-@torch.library.register_fake("s2s_fused::lstm_layer_inference")
+@_library.register_fake("lstm_layer_inference")
 def _lstm_inf_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
     T, B, _, H = _op_checks.lstm_layer_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     new = input.new_empty
     return new(T, B, H), new(B, H), new(B, H)
 
 
-@torch.library.register_fake("s2s_fused::gru_layer_inference")
+@_library.register_fake("gru_layer_inference")
 def _gru_inf_fake(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after):
     T, B, _, H = _op_checks.gru_layer_inference(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     return input.new_empty(T, B, H), input.new_empty(B, H)
 
 
-def _inference(*tensors) -> bool:
-    """No gradient can flow back through this call: the forward need not keep anything for backward."""
-    return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+def _forward_op(kind: str, backend: str, *tensors) -> str:
+    """The forward op of a call: the inference op, which keeps nothing for backward, when no gradient can flow back
+    through the call and the backend has one (cpu, cuda); the training forward otherwise."""
+    inference = not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
+    return f"{kind}_layer_{'inference' if inference and backend != 'triton' else 'forward'}"
 
 
 # ------------------------------------------------------------------------------------------------ autograd
-# The same glue serves the compiled ops and their Triton twins: `suffix` picks the backward op.
 
 
-def _register_lstm_autograd(suffix: str):
-    backward_op = getattr(_ops, "lstm_layer_backward" + suffix)
-
-    def setup_context(ctx, inputs, output):
-        input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse = inputs
-        _, _, _, hs, cs, workspace = output
-        ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        ctx.reverse = reverse
-        ctx.mark_non_differentiable(hs, cs, workspace)
-
-    def backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
-        input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh = ctx.saved_tensors
-        if grad_output is None and grad_h_n is None and grad_c_n is None:
-            return (None,) * 9
-        if recording_backward():
-            return reference_vjp(
-                lambda x, h, c, *w: reference.lstm_layer(x, (h, c), *w, lengths=lengths, reverse=ctx.reverse),
-                (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n, grad_c_n),
-                ctx.needs_input_grad[:7]) + (None, None)
-        g_in, g_h0, g_c0, g_wih, g_whh, g_b = backward_op(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs,
-                                                          cs, workspace, lengths, ctx.reverse)
-        return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if ctx.has_bias[0] else None,
-                g_b if ctx.has_bias[1] else None, None, None)
-
-    torch.library.register_autograd("s2s_fused::lstm_layer_forward" + suffix, backward,
-                                    setup_context=setup_context)
+def _lstm_setup(ctx, inputs, output):
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse = inputs
+    _, _, _, hs, cs, workspace = output
+    ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh)
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.reverse = reverse
+    ctx.mark_non_differentiable(hs, cs, workspace)
 
 
-def _register_gru_autograd(suffix: str):
-    backward_op = getattr(_ops, "gru_layer_backward" + suffix)
-
-    def setup_context(ctx, inputs, output):
-        input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after = inputs
-        _, _, hs, workspace = output
-        ctx.save_for_backward(input, w_ih, w_hh, hs, workspace, lengths, h0, b_ih, b_hh)
-        ctx.has_bias = (b_ih is not None, b_hh is not None)
-        ctx.reverse = reverse
-        ctx.reset_after = reset_after
-        ctx.mark_non_differentiable(hs, workspace)
-
-    def backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
-        input, w_ih, w_hh, hs, workspace, lengths, h0, b_ih, b_hh = ctx.saved_tensors
-        if grad_output is None and grad_h_n is None:
-            return (None,) * 9
-        if recording_backward():
-            return reference_vjp(
-                lambda *a: reference.gru_layer(*a, lengths=lengths, reverse=ctx.reverse, reset_after=ctx.reset_after),
-                (input, h0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n), ctx.needs_input_grad[:6]
-            ) + (None, None, None)
-        g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = backward_op(grad_output, grad_h_n, input, w_ih, w_hh, hs,
-                                                            workspace, lengths, ctx.reverse, ctx.reset_after)
-        return (g_in, g_h0, g_wih, g_whh, g_bih if ctx.has_bias[0] else None,
-                g_bhh if ctx.has_bias[1] else None, None, None, None)
-
-    torch.library.register_autograd("s2s_fused::gru_layer_forward" + suffix, backward, setup_context=setup_context)
+def _lstm_backward(backward_op, ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
+    input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh = ctx.saved_tensors
+    if grad_output is None and grad_h_n is None and grad_c_n is None:
+        return (None,) * 9
+    if recording_backward():
+        return reference_vjp(
+            lambda x, h, c, *w: reference.lstm_layer(x, (h, c), *w, lengths=lengths, reverse=ctx.reverse),
+            (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n, grad_c_n),
+            ctx.needs_input_grad[:7]) + (None, None)
+    g_in, g_h0, g_c0, g_wih, g_whh, g_b = backward_op(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs,
+                                                      workspace, lengths, ctx.reverse)
+    return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if ctx.has_bias[0] else None, g_b if ctx.has_bias[1] else None,
+            None, None)
 
 
-_register_lstm_autograd("")
-_register_gru_autograd("")
+def _gru_setup(ctx, inputs, output):
+    input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after = inputs
+    _, _, hs, workspace = output
+    ctx.save_for_backward(input, w_ih, w_hh, hs, workspace, lengths, h0, b_ih, b_hh)
+    ctx.has_bias = (b_ih is not None, b_hh is not None)
+    ctx.reverse = reverse
+    ctx.reset_after = reset_after
+    ctx.mark_non_differentiable(hs, workspace)
+
+
+def _gru_backward(backward_op, ctx, grad_output, grad_h_n, _g_hs, _g_ws):
+    input, w_ih, w_hh, hs, workspace, lengths, h0, b_ih, b_hh = ctx.saved_tensors
+    if grad_output is None and grad_h_n is None:
+        return (None,) * 9
+    if recording_backward():
+        return reference_vjp(
+            lambda *a: reference.gru_layer(*a, lengths=lengths, reverse=ctx.reverse, reset_after=ctx.reset_after),
+            (input, h0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n), ctx.needs_input_grad[:6]
+        ) + (None, None, None)
+    g_in, g_h0, g_wih, g_whh, g_bih, g_bhh = backward_op(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace,
+                                                        lengths, ctx.reverse, ctx.reset_after)
+    return (g_in, g_h0, g_wih, g_whh, g_bih if ctx.has_bias[0] else None, g_bhh if ctx.has_bias[1] else None,
+            None, None, None)
+
+
+_library.register_autograd("lstm_layer_forward", "lstm_layer_backward", _lstm_backward, _lstm_setup)
+_library.register_autograd("gru_layer_forward", "gru_layer_backward", _gru_backward, _gru_setup)
 
 # ---------------------------------------------------------------------------------------- public functions
 
@@ -161,19 +156,7 @@ def check_lengths(lengths, T: int, B: int, device: torch.device, name: str = "le
 
 
 def _check_layer(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, lengths, *, c=None):
-    _checks.tensor(input, "input", dims=3, floating=True)
-    hname = "hx[0]" if kind == "lstm" else "hx"
-    _checks.tensor(h, hname, dims=2, floating=True)
-    _checks.tensor(w_ih, "w_ih", dims=2, floating=True)
-    _checks.tensor(w_hh, "w_hh", dims=2, floating=True)
-    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
-        if b is not None:
-            _checks.tensor(b, name, dims=1, floating=True)
-    others = {hname: h, "w_ih": w_ih, "w_hh": w_hh, "b_ih": b_ih, "b_hh": b_hh}
-    if c is not None:
-        _checks.tensor(c, "hx[1]", dims=2, floating=True)
-        others["hx[1]"] = c
-    _checks.same_dtype_device(input, "input", **others)
+    hname = _checks.rnn_tensors(kind, input, h, c, w_ih, w_hh, b_ih, b_hh, dims=3, state_dims=2)
     T, B, I = input.shape
     H = h.shape[-1]
     if h.shape[0] != B:
@@ -192,8 +175,8 @@ def _check_flag(value, name):
 def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
     """One fused LSTM layer in one direction over a whole sequence (gate order i, f, g, o as torch).
 
-    input (T, B, I); hx = (h0, c0), each (B, H); w_ih (4H, I); w_hh (4H, H); b_ih, b_hh (4H,) or None; lengths
-    (B,) integer or None; reverse: run t = T-1 .. 0. Returns (output (T, B, H), (h_n, c_n)); output is zero at
+    input (T, B, I); hx = (h0, c0), each (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,) or None; G = 4;
+    lengths (B,) integer or None; reverse: run t = T-1 .. 0. Returns (output (T, B, H), (h_n, c_n)); output is zero at
     steps t >= lengths[b], and h_n, c_n are each row's state after its own last step.
     """
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -204,13 +187,7 @@ def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, rev
     be = resolve("lstm_layer", backend, input.device)
     if be == "reference":
         return reference.lstm_layer(input, (h, c), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse)
-    if be == "triton":
-        from ..triton import rnn_layer as tri
-        op = tri.lstm_layer_forward
-    elif _inference(input, h, c, w_ih, w_hh, b_ih, b_hh):
-        op = _ops.lstm_layer_inference
-    else:
-        op = _ops.lstm_layer_forward
+    op = _library.op(_forward_op("lstm", be, input, h, c, w_ih, w_hh, b_ih, b_hh), be)
     out, h_n, c_n, *_ = op(input, h, c, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     return out, (h_n, c_n)
 
@@ -220,7 +197,7 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reve
     """One fused GRU layer in one direction over a whole sequence (gate order r, z, n).
 
     ``reset_after=True`` is torch/cuDNN's GRU, ``False`` Cho et al. / d2l's (see :func:`s2s_fused.gru_cell`).
-    input (T, B, I); hx (B, H); w_ih (3H, I); w_hh (3H, H); b_ih, b_hh (3H,) or None; lengths, reverse as
+    input (T, B, I); hx (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,) or None; G = 3; lengths, reverse as
     :func:`lstm_layer`. Returns (output (T, B, H), h_n (B, H)).
     """
     _check_layer("gru", input, hx, w_ih, w_hh, b_ih, b_hh, 3, lengths)
@@ -230,27 +207,21 @@ def gru_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reve
     if be == "reference":
         return reference.gru_layer(input, hx, w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
                                    reset_after=reset_after)
-    if be == "triton":
-        from ..triton import rnn_layer as tri
-        op = tri.gru_layer_forward
-    elif _inference(input, hx, w_ih, w_hh, b_ih, b_hh):
-        op = _ops.gru_layer_inference
-    else:
-        op = _ops.gru_layer_forward
+    op = _library.op(_forward_op("gru", be, input, hx, w_ih, w_hh, b_ih, b_hh), be)
     out, h_n, *_ = op(input, hx, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after)
     return out, h_n
 
 
 # ================================================================ rnn_layer_bidir (both directions in one op)
-# torch.ops.s2s_fused.{lstm,gru}_layer_bidir_forward / _backward (csrc/rnn_bidir_impl.h; CPU and CUDA): both
-# directions of one bidirectional layer, step s running the forward direction at time s and the reverse one at
-# time T-1-s together (on CUDA one batched recurrent GEMM and one pointwise launch per step). h0, c0, h_n, c_n are
-# (2, B, H) direction-major (as a bidirectional module's hx slice); output (T, B, 2H) is the two directions'
-# outputs concatenated; the saved hs, cs (2, T+1, B, H) and workspace (2, T, B, G'H) hold, per direction, what
-# the single-direction op saves. The modules use these ops for CUDA input (s2s_fused.nn.rnn).
+# torch.ops.s2s_fused.{lstm,gru}_layer_bidir_{forward,backward} (CPU and CUDA): both directions of one
+# bidirectional layer, step s running the forward direction at time s and the reverse one at time T-1-s together
+# (on CUDA one batched recurrent GEMM and one pointwise launch per step). h0, c0, h_n, c_n are (D, B, H), D = 2,
+# direction-major (as a bidirectional module's hx slice); output (T, B, D*H) is the two directions' outputs
+# concatenated; the saved hs, cs (D, T+1, B, H) and workspace (D, T, B, A*H) hold, per direction, what the
+# single-direction op saves. The modules use these ops where s2s_fused.nn.rnn.BIDIR_FUSED_BACKENDS says.
 
 
-@torch.library.register_fake("s2s_fused::lstm_layer_bidir_forward")
+@_library.register_fake("lstm_layer_bidir_forward")
 def _lstm_bidir_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths):
     T, B, _, H = _op_checks.lstm_layer_bidir_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r,
                                                      b_hh_r, lengths)
@@ -259,7 +230,7 @@ def _lstm_bidir_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, 
             new(2, T, B, 4 * H))
 
 
-@torch.library.register_fake("s2s_fused::lstm_layer_bidir_backward")
+@_library.register_fake("lstm_layer_bidir_backward")
 def _lstm_bidir_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace,
                          lengths):
     _, B, _, H = _op_checks.lstm_layer_bidir_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r,
@@ -269,7 +240,7 @@ def _lstm_bidir_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_i
             w_ih_r.new_empty(w_ih_r.shape), w_hh_r.new_empty(w_hh_r.shape), w_ih_r.new_empty(w_ih_r.shape[0]))
 
 
-@torch.library.register_fake("s2s_fused::gru_layer_bidir_forward")
+@_library.register_fake("gru_layer_bidir_forward")
 def _gru_bidir_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r, lengths, reset_after):
     T, B, _, H = _op_checks.gru_layer_bidir_forward(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r,
                                                     b_hh_r, lengths, reset_after)
@@ -277,7 +248,7 @@ def _gru_bidir_fwd_fake(input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_
     return new(T, B, 2 * H), new(2, B, H), new(2, T + 1, B, H), new(2, T, B, (4 if reset_after else 3) * H)
 
 
-@torch.library.register_fake("s2s_fused::gru_layer_bidir_backward")
+@_library.register_fake("gru_layer_bidir_backward")
 def _gru_bidir_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths,
                         reset_after):
     _, B, _, H = _op_checks.gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs,
@@ -297,7 +268,7 @@ def _lstm_bidir_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(hs, cs, workspace)
 
 
-def _lstm_bidir_backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
+def _lstm_bidir_backward(backward_op, ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
     (input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh, b_ih_r,
      b_hh_r) = ctx.saved_tensors
     if grad_output is None and grad_h_n is None and grad_c_n is None:
@@ -306,7 +277,7 @@ def _lstm_bidir_backward(ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_
         return reference_vjp(lambda x, h, c, *w: reference.lstm_layer_bidir(x, (h, c), w[:4], w[4:], lengths=lengths),
                              (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r),
                              (grad_output, grad_h_n, grad_c_n), ctx.needs_input_grad[:11]) + (None,)
-    g_in, g_h0, g_c0, g_wih, g_whh, g_b, g_wih_r, g_whh_r, g_b_r = _ops.lstm_layer_bidir_backward(
+    g_in, g_h0, g_c0, g_wih, g_whh, g_b, g_wih_r, g_whh_r, g_b_r = backward_op(
         grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, cs, workspace, lengths)
     hb = ctx.has_bias
     return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if hb[0] else None, g_b if hb[1] else None, g_wih_r, g_whh_r,
@@ -322,7 +293,7 @@ def _gru_bidir_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(hs, workspace)
 
 
-def _gru_bidir_backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
+def _gru_bidir_backward(backward_op, ctx, grad_output, grad_h_n, _g_hs, _g_ws):
     input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths, h0, b_ih, b_hh, b_ih_r, b_hh_r = ctx.saved_tensors
     if grad_output is None and grad_h_n is None:
         return (None,) * 12
@@ -332,17 +303,17 @@ def _gru_bidir_backward(ctx, grad_output, grad_h_n, _g_hs, _g_ws):
                              (input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r, b_hh_r),
                              (grad_output, grad_h_n), ctx.needs_input_grad[:10]) + (None, None)
     (g_in, g_h0, g_wih, g_whh, g_bih, g_bhh, g_wih_r, g_whh_r, g_bih_r,
-     g_bhh_r) = _ops.gru_layer_bidir_backward(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs,
-                                              workspace, lengths, ctx.reset_after)
+     g_bhh_r) = backward_op(grad_output, grad_h_n, input, w_ih, w_hh, w_ih_r, w_hh_r, hs, workspace, lengths,
+                            ctx.reset_after)
     hb = ctx.has_bias
     return (g_in, g_h0, g_wih, g_whh, g_bih if hb[0] else None, g_bhh if hb[1] else None, g_wih_r, g_whh_r,
             g_bih_r if hb[2] else None, g_bhh_r if hb[3] else None, None, None)
 
 
-torch.library.register_autograd("s2s_fused::lstm_layer_bidir_forward", _lstm_bidir_backward,
-                                setup_context=_lstm_bidir_setup)
-torch.library.register_autograd("s2s_fused::gru_layer_bidir_forward", _gru_bidir_backward,
-                                setup_context=_gru_bidir_setup)
+_library.register_autograd("lstm_layer_bidir_forward", "lstm_layer_bidir_backward", _lstm_bidir_backward,
+                           _lstm_bidir_setup)
+_library.register_autograd("gru_layer_bidir_forward", "gru_layer_bidir_backward", _gru_bidir_backward,
+                           _gru_bidir_setup)
 
 
 def _bidir_weights(weights, name):
@@ -363,8 +334,8 @@ def lstm_layer_bidir(input, hx, weights, weights_reverse, *, lengths=None, backe
     """Both directions of one bidirectional LSTM layer in one fused op.
 
     input (T, B, I); hx = (h0, c0), each (2, B, H) (direction 0 forward, 1 reverse); weights and
-    weights_reverse = (w_ih (4H, I), w_hh (4H, H), b_ih, b_hh) of each direction (biases (4H,) or None); lengths
-    as :func:`lstm_layer`. Returns (output (T, B, 2H), (h_n, c_n) each (2, B, H)): the same as
+    weights_reverse = (w_ih, w_hh, b_ih, b_hh) of each direction, shaped as :func:`lstm_layer`'s; lengths as
+    :func:`lstm_layer`. Returns (output (T, B, 2*H), (h_n, c_n) each (2, B, H)): the same as
     :func:`lstm_layer` with reverse=False and reverse=True, outputs concatenated and states stacked. Backends
     ``cpu`` and ``cuda`` run the two-direction op; ``reference`` and ``triton`` run their per-direction layers.
     """
@@ -385,15 +356,16 @@ def lstm_layer_bidir(input, hx, weights, weights_reverse, *, lengths=None, backe
             hs.append(hn)
             cs.append(cn)
         return torch.cat(outs, dim=-1), (torch.stack(hs), torch.stack(cs))
-    out, h_n, c_n, *_ = _ops.lstm_layer_bidir_forward(input, h, c, *wf, *wr, lengths)
+    out, h_n, c_n, *_ = _library.op("lstm_layer_bidir_forward", be)(input, h, c, *wf, *wr, lengths)
     return out, (h_n, c_n)
 
 
 def gru_layer_bidir(input, hx, weights, weights_reverse, *, lengths=None, reset_after=True, backend=None):
     """Both directions of one bidirectional GRU layer in one fused op.
 
-    input (T, B, I); hx (2, B, H); weights, weights_reverse = (w_ih (3H, I), w_hh (3H, H), b_ih, b_hh);
-    lengths, reset_after as :func:`gru_layer`. Returns (output (T, B, 2H), h_n (2, B, H)), the same as
+    input (T, B, I); hx (2, B, H); weights, weights_reverse = (w_ih, w_hh, b_ih, b_hh) of each direction, shaped
+    as :func:`gru_layer`'s; lengths, reset_after as :func:`gru_layer`. Returns (output (T, B, 2*H), h_n (2, B, H)),
+    the same as
     :func:`gru_layer` run per direction (outputs concatenated, states stacked).
     """
     wf, wr = _bidir_weights(weights, "weights"), _bidir_weights(weights_reverse, "weights_reverse")
@@ -409,6 +381,6 @@ def gru_layer_bidir(input, hx, weights, weights_reverse, *, lengths=None, reset_
             outs.append(o)
             hs.append(hn)
         return torch.cat(outs, dim=-1), torch.stack(hs)
-    out, h_n, *_ = _ops.gru_layer_bidir_forward(input, hx, *wf, *wr, lengths, reset_after)
+    out, h_n, *_ = _library.op("gru_layer_bidir_forward", be)(input, hx, *wf, *wr, lengths, reset_after)
     return out, h_n
 # ============================================================ end of rnn_layer_bidir

@@ -263,7 +263,6 @@ def _launch(logits, beam_scores, k, finished, eos_id):
     return scores, beam_index, token
 
 
-@torch.library.custom_op("s2s_fused::beam_search_topk_triton", mutates_args=())
 def beam_search_topk_triton(logits: torch.Tensor, beam_scores: torch.Tensor, k: int,
                             finished: Optional[torch.Tensor] = None,
                             eos_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -273,12 +272,6 @@ def beam_search_topk_triton(logits: torch.Tensor, beam_scores: torch.Tensor, k: 
         # The packed keys hold fp32 values and 31-bit flat indices; the rest is the exact torch path.
         return tuple(t.clone() for t in reference.beam_search_topk(logits, beam_scores, k, finished, eos_id))
     return _launch(logits, beam_scores, k, finished, eos_id)
-
-
-@beam_search_topk_triton.register_fake
-def _(logits, beam_scores, k, finished=None, eos_id=None):
-    from ..ops.beam import _fake_impl
-    return _fake_impl(logits, beam_scores, k, finished, eos_id)
 
 
 def beam_search_topk(logits, beam_scores, k, finished=None, eos_id=None):

@@ -1,8 +1,9 @@
 """Triton masked softmax cross-entropy: one program per row (see csrc/cross_entropy.h for the layout and masking).
 
-Ops (torch.library.custom_op, fake kernels in s2s_fused/ops/cross_entropy.py):
-  masked_ce_forward_triton(logits, target, valid_len, ignore_index, label_smoothing) -> (loss, lse)
-  masked_ce_backward_triton(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing) -> grad
+The kernels of the ops torch.ops.s2s_fused.masked_ce_{forward,backward}_triton (defined, with their fake kernels
+and autograd, in s2s_fused/ops/cross_entropy.py):
+  masked_ce_forward(logits, target, valid_len, ignore_index, label_smoothing) -> (loss, lse)
+  masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing) -> grad
 
 logits (N, V) or (B, T, V) with classes contiguous (else copied), any row strides; target int64 shaped as logits
 without V; valid_len int64 (B,) or None; loss, lse float32 (float64 for float64 logits) shaped as target;
@@ -23,7 +24,6 @@ import triton
 import triton.language as tl
 
 from .. import _op_checks as _check
-from ..ops.cross_entropy import ce_backward_fake, ce_forward_fake, register_ce_autograd
 
 
 @triton.jit
@@ -146,9 +146,8 @@ def _check_values_on_cpu(logits, target, valid_len, ignore_index):
         _check.ce_values(target, valid_len, T, logits.shape[-1], ignore_index)
 
 
-@torch.library.custom_op("s2s_fused::masked_ce_forward_triton", mutates_args=())
-def masked_ce_forward_triton(logits: torch.Tensor, target: torch.Tensor, valid_len: Optional[torch.Tensor],
-                             ignore_index: int, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_ce_forward(logits: torch.Tensor, target: torch.Tensor, valid_len: Optional[torch.Tensor],
+                      ignore_index: int, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
     _check.masked_ce_forward(logits, target, valid_len, ignore_index, label_smoothing)
     _check_values_on_cpu(logits, target, valid_len, ignore_index)
     logits, T, sb, st = _layout(logits)
@@ -169,13 +168,10 @@ def masked_ce_forward_triton(logits: torch.Tensor, target: torch.Tensor, valid_l
     return loss, lse
 
 
-masked_ce_forward_triton.register_fake(ce_forward_fake)
 
-
-@torch.library.custom_op("s2s_fused::masked_ce_backward_triton", mutates_args=())
-def masked_ce_backward_triton(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
-                              valid_len: Optional[torch.Tensor], lse: torch.Tensor, ignore_index: int,
-                              label_smoothing: float) -> torch.Tensor:
+def masked_ce_backward(grad_loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor,
+                       valid_len: Optional[torch.Tensor], lse: torch.Tensor, ignore_index: int,
+                       label_smoothing: float) -> torch.Tensor:
     _check.masked_ce_backward(grad_loss, logits, target, valid_len, lse, ignore_index, label_smoothing)
     _check_values_on_cpu(logits, target, valid_len, ignore_index)
     logits, T, sb, st = _layout(logits)
@@ -194,7 +190,3 @@ def masked_ce_backward_triton(grad_loss: torch.Tensor, logits: torch.Tensor, tar
             ACC=_acc(logits.dtype), BLOCK=_block(V))
     return grad
 
-
-masked_ce_backward_triton.register_fake(ce_backward_fake)
-
-register_ce_autograd("_triton")

@@ -1,0 +1,58 @@
+"""The switches of the Python side: every ``S2S_FUSED_*`` environment variable it reads, read once, at import.
+
+One parsing rule (the C++ side reads its own switches with the same rule): a switch is on when its variable is
+``1``, off when it is unset, empty or ``0``; any other value is an error (a ``ValueError`` naming the variable),
+so that a typo never leaves a switch silently off. ``python -m s2s_fused info`` shows the switches of both sides
+(the C++ ones as ``s2s_fused._C.build_info()["switches"]`` reports them).
+
+The values are module attributes, read by the code at each call (torch.compile guards on them). To change one for
+a block, e.g. an A/B benchmark: ``with s2s_fused.config.override(TRITON_NO_PERSISTENT=True): ...``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+
+# name -> what turning it on does. Each is also this module's attribute of the same name without the prefix.
+SWITCHES = {
+    "S2S_FUSED_TRITON_NO_PERSISTENT": "Triton layers run the per-step kernels, never the persistent program",
+    "S2S_FUSED_NO_BIDIR_FUSED": "bidirectional modules on CUDA run one op per direction instead of the "
+                                "two-direction op",
+}
+PREFIX = "S2S_FUSED_"
+
+
+def parse_switch(name: str, environ=os.environ) -> bool:
+    """The value of the switch ``name`` in ``environ`` (the rule above)."""
+    value = environ.get(name, "")
+    if value in ("", "0"):
+        return False
+    if value == "1":
+        return True
+    raise ValueError(f"{name}: expected 1 (on), 0 or unset (off), got {value!r}")
+
+
+TRITON_NO_PERSISTENT: bool = parse_switch("S2S_FUSED_TRITON_NO_PERSISTENT")
+NO_BIDIR_FUSED: bool = parse_switch("S2S_FUSED_NO_BIDIR_FUSED")
+
+
+def switches() -> dict[str, bool]:
+    """Every switch of the Python side with its value now."""
+    return {name: globals()[name[len(PREFIX):]] for name in SWITCHES}
+
+
+@contextlib.contextmanager
+def override(**values: bool):
+    """``with override(TRITON_NO_PERSISTENT=True):`` sets switches (by attribute name) for the block."""
+    known = {name[len(PREFIX):] for name in SWITCHES}
+    for attr, value in values.items():
+        if attr not in known:
+            raise ValueError(f"override: expected a switch among {', '.join(sorted(known))}, got {attr!r}")
+        if not isinstance(value, bool):
+            raise TypeError(f"override: {attr}: expected a bool, got {type(value).__name__}")
+    saved = {attr: globals()[attr] for attr in values}
+    globals().update(values)
+    try:
+        yield
+    finally:
+        globals().update(saved)
