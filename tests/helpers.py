@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -68,7 +71,7 @@ def device_for(backend: str) -> torch.device:
 
 
 __all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "poison_", "cpu_backends", "backend_params",
-           "device_for", "s2s_fused"]
+           "device_for", "s2s_fused", "run_python", "run_on_cpu_capability", "CPU_CAPABILITIES"]
 
 
 def poison_heap(numel: int, dtype=torch.float32, device="cpu", copies: int = 4) -> None:
@@ -97,3 +100,30 @@ def compiled_switch(name: str, on: bool = True):
         yield
     finally:
         ext._set_switch(name, previous)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CPU_CAPABILITIES = ("default", "avx2", "avx512")  # ATen's names; csrc/cpu/kernels is compiled once for each
+
+
+def run_python(code: str, *, timeout: float = 300, **env: str) -> str:
+    """Runs `code` in a fresh interpreter (this checkout first on its path, `env` added to the environment) and
+    returns what it printed; a non-zero exit fails the test with the end of its output."""
+    full = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    r = subprocess.run([sys.executable, "-c", code], env=full, cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def run_on_cpu_capability(cap: str, code: str, *, timeout: float = 300, **env: str) -> str:
+    """`code` run by run_python with ATen's CPU capability forced to `cap` (and so our kernels' copy for it: ours
+    follow ATen's choice, which is checked); skips when this CPU lacks `cap`."""
+    probe = ("\nimport torch as _t, s2s_fused.backend as _b\n"
+             "print('s2s-capability', _t.backends.cpu.get_cpu_capability(), _b.build_info()['cpu_capability'])\n")
+    out = run_python(code + probe, timeout=timeout, ATEN_CPU_CAPABILITY=cap, **env)
+    aten, ours = out.split("s2s-capability")[-1].split()
+    assert ours == aten, f"our kernels ran the {ours} copy under ATen's {aten}"
+    if aten.lower() != cap:
+        pytest.skip(f"this CPU lacks {cap} (ATen chose {aten})")
+    return out

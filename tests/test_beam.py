@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,7 +14,8 @@ from s2s_fused.backend import is_available
 from s2s_fused.seq2seq.decode import Hypothesis, beam_search, greedy_decode
 
 from s2s_fused.ops.beam import FAST_MAX_K
-from tests.helpers import ALL_DTYPES, backend_params, device_for, poison_heap
+from tests.helpers import (ALL_DTYPES, CPU_CAPABILITIES, backend_params, device_for, poison_heap,
+                           run_on_cpu_capability, run_python)
 
 NEG_INF = float("-inf")
 TRITON = pytest.mark.skipif(not is_available("triton"), reason="triton not available")
@@ -136,10 +134,7 @@ def test_cpu_exact_path_memory_is_bounded():
         "    assert b.tolist() == [[0] * k] and t.tolist() == [list(range(k))], (b, t)  # ties: index order\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)  # ru_maxrss: KiB\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="2")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    extra = int(r.stdout.split()[-1])
+    extra = int(run_python(code, OMP_NUM_THREADS="2").split()[-1])
     assert extra < 32 * 2**20, f"the exact path grew the peak RSS by {extra / 2**20:.0f} MiB"
 
 
@@ -205,23 +200,19 @@ def test_cpu_empty_batch():
     assert [tuple(o.shape) for o in out] == [(0, 4)] * 3
 
 
-@pytest.mark.parametrize("cap", ["default", "avx2"])
+@pytest.mark.parametrize("cap", CPU_CAPABILITIES)
 def test_cpu_capability_copies(cap):
     code = (
         "import torch, s2s_fused\n"
         "from s2s_fused import reference\n"
         "from tests.test_beam import make_case, assert_topk_equal\n"
-        f"assert torch.backends.cpu.get_cpu_capability().lower() == '{cap}', torch.backends.cpu.get_cpu_capability()\n"
         "for dt in (torch.float32, torch.float64, torch.bfloat16):\n"
         "    for K, V, k in ((5, 1000, 10), (2, 37, 64), (8, 3001, 16)):\n"
         "        x, s = make_case(3, K, V, dt, seed=V)\n"
         "        assert_topk_equal(s2s_fused.beam_search_topk(x, s, k, backend='cpu'),\n"
         "                          reference.beam_search_topk(x, s, k))\n"
-        "print('ok')\n"
     )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap, PYTHONPATH=os.getcwd())
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-2000:]
+    run_on_cpu_capability(cap, code)
 
 
 # ---------------------------------------------------------------------------- Triton (interpreter) and CUDA

@@ -2,9 +2,6 @@
 itself checked against torch.nn.functional.cross_entropy with the mask applied by hand."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,7 +10,8 @@ import torch.nn.functional as F
 import s2s_fused
 from s2s_fused import reference
 from s2s_fused.backend import is_available
-from tests.helpers import ALL_DTYPES, VALUE_TOL, assert_close, backend_params, device_for
+from tests.helpers import (ALL_DTYPES, CPU_CAPABILITIES, VALUE_TOL, assert_close, backend_params, device_for,
+                           run_on_cpu_capability)
 
 REDUCTIONS = ("none", "sum", "mean", "per_sequence")
 # Gradient tolerance (vs the float64 reference, relative to the largest gradient): fp32 and fp64 as the value
@@ -354,11 +352,10 @@ def test_torch_compile_fullgraph_linear(reduction):
 
 
 @pytest.mark.skipif(not is_available("cpu"), reason="extension not built")
-@pytest.mark.parametrize("cap", ["default", "avx2", "avx512"])
+@pytest.mark.parametrize("cap", CPU_CAPABILITIES)
 def test_each_cpu_capability(cap):
     code = (
         "import torch, s2s_fused\n"
-        "from s2s_fused.backend import build_info\n"
         "from s2s_fused import reference as R\n"
         "torch.manual_seed(0)\n"
         "for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-10)):\n"
@@ -373,16 +370,8 @@ def test_each_cpu_capability(cap):
         "    e1 = ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()\n"
         "    e2 = ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max().clamp_min(1e-6)).item()\n"
         "    assert e1 <= tol and e2 <= tol, (dt, V, e1, e2)\n"
-        "print(build_info()['cpu_capability'])\n"
     )
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=cap)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=root)
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = r.stdout.strip().splitlines()[-1]
-    if cap == "default":
-        assert got == "DEFAULT"
+    run_on_cpu_capability(cap, code)
 
 
 # --------------------------------------------------------------------------------------------- bad input

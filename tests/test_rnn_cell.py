@@ -12,8 +12,8 @@ import s2s_fused
 from s2s_fused import reference
 from s2s_fused.nn import GRUCell, LSTMCell
 
-from helpers import (ALL_DTYPES, VALUE_TOL, assert_close, backend_params, device_for, make_cell_params,
-                     poison_heap)
+from tests.helpers import (CPU_CAPABILITIES, VALUE_TOL, assert_close, backend_params, device_for, make_cell_params,
+                           poison_heap, run_on_cpu_capability)
 
 KINDS = ["lstm", "gru", "gru_rb"]  # gru_rb: reset_before (Cho et al. / d2l)
 BACKENDS = backend_params()
@@ -327,14 +327,13 @@ def test_torch_compile_modules(backend):
     assert_close(gc, ge, 1e-6, "compiled backward")
 
 
-def test_every_cpu_capability_is_exact():
+@pytest.mark.parametrize("cap", CPU_CAPABILITIES)
+def test_every_cpu_capability_is_exact(cap):
     """Each compiled copy of the CPU kernels (DEFAULT, AVX2, AVX512) against the reference, in a subprocess
     that forces ATen's (and so our) capability choice."""
-    info = s2s_fused.backend.build_info()
     code = (
         "import torch, s2s_fused\n"
         "from s2s_fused import reference\n"
-        "print(s2s_fused.backend.build_info()['cpu_capability'])\n"
         "torch.manual_seed(0)\n"
         "for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)):\n"
         "  x, h, c = (torch.randn(5, n, dtype=torch.float64) for n in (19, 23, 23))\n"
@@ -349,11 +348,7 @@ def test_every_cpu_capability_is_exact():
         "  gr = reference.gru_cell(*cast(x), *cast(h, w_ih[:69], w_hh[:69], b[:69], b[:69]), reset_after=False)\n"
         "  assert ((g.double() - gr.double()).abs().max() / gr.double().abs().max()).item() <= tol\n"
     )
-    for cap in info["cpu_capabilities_compiled"]:
-        env = dict(os.environ, ATEN_CPU_CAPABILITY=cap.lower())
-        res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert res.returncode == 0, res.stderr[-2000:]
-        assert res.stdout.split()[0] == cap
+    run_on_cpu_capability(cap, code)
 
 
 # ------------------------------------------------------------------------------------------------ bad input
