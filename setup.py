@@ -30,7 +30,11 @@ if Version(torch.__version__.split("+")[0]) < Version("2.4"):
 
 
 def _flag(name):
-    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+    """A build switch, with the rule of every S2S_FUSED_* switch (s2s_fused/config.py, csrc/config.h)."""
+    value = os.environ.get(name, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{name}: expected 1 (on), 0 or unset (off), got {value!r}")
+    return value == "1"
 
 
 def want_cuda():
