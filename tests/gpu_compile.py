@@ -269,11 +269,11 @@ def _beam():
                     logits = torch.randn(B, V, K, dtype=dtype).transpose(1, 2)
                 scores = torch.randn(B, K)
                 for fin in (torch.zeros(B, K, dtype=torch.bool), None):
-                    tri.beam_search_topk_triton(logits, scores, k, fin, eos if fin is not None else None)
+                    tri.beam_search_topk(logits, scores, k, fin, eos if fin is not None else None)
         for B, K, V, k in BEAM_LARGE:
             logits, scores = torch.randn(B, K, V, dtype=torch.float16), torch.randn(B, K)
             for fin in (torch.zeros(B, K, dtype=torch.bool), None):
-                tri.beam_search_topk_triton(logits, scores, k, fin, 3 if fin is not None else None)
+                tri.beam_search_topk(logits, scores, k, fin, 3 if fin is not None else None)
     return log
 
 

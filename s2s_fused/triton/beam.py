@@ -263,16 +263,12 @@ def _launch(logits, beam_scores, k, finished, eos_id):
     return scores, beam_index, token
 
 
-def beam_search_topk_triton(logits: torch.Tensor, beam_scores: torch.Tensor, k: int,
-                            finished: Optional[torch.Tensor] = None,
-                            eos_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def beam_search_topk(logits: torch.Tensor, beam_scores: torch.Tensor, k: int,
+                     finished: Optional[torch.Tensor] = None,
+                     eos_id: Optional[int] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _op_checks.beam_search_topk(logits, beam_scores, k, finished, eos_id)
     B, K, V = logits.shape
     if logits.dtype == torch.float64 or k > FAST_MAX_K or K * V >= 2**31:
         # The packed keys hold fp32 values and 31-bit flat indices; the rest is the exact torch path.
         return tuple(t.clone() for t in reference.beam_search_topk(logits, beam_scores, k, finished, eos_id))
     return _launch(logits, beam_scores, k, finished, eos_id)
-
-
-def beam_search_topk(logits, beam_scores, k, finished=None, eos_id=None):
-    return beam_search_topk_triton(logits, beam_scores, k, finished, eos_id)
