@@ -76,8 +76,8 @@ def is_available(name: str) -> bool:
         return _extension() is not None
     if name == "cuda":
         return _cuda_compiled() and torch.cuda.is_available()
-    if name == "triton":
-        return triton_installed() and (torch.cuda.is_available() or triton_interpret())
+    if name == "triton":  # its ops take their schemas from the extension's
+        return _extension() is not None and triton_installed() and (torch.cuda.is_available() or triton_interpret())
     return False
 
 
@@ -126,12 +126,13 @@ def resolve(op: str, backend: str | None, device: torch.device) -> str:
             return "cpu"
         return "reference"
     if not is_available(name):
+        no_ext = f"the C++ extension s2s_fused._C did not import ({extension_error()})"
         why = {
-            "cpu": f"the C++ extension s2s_fused._C did not import ({extension_error()}); "
-                   "build it with `pip install --no-build-isolation -e .`",
+            "cpu": f"{no_ext}; build it with `pip install --no-build-isolation -e .`",
             "cuda": "it needs a CUDA device and an extension built with CUDA"
                     if _cuda_compiled() else "this build of the extension has no CUDA kernels",
             "triton": "triton is not installed" if not triton_installed()
+                      else no_ext if _extension() is None
                       else "Triton needs a CUDA device, or TRITON_INTERPRET=1 to run on CPU tensors",
         }[name]
         raise RuntimeError(f"backend {name!r} is not available: {why}. Available: {available_backends()}")

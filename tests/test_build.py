@@ -15,6 +15,7 @@ from packaging.version import Version
 
 import s2s_fused
 from s2s_fused.backend import build_info
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -187,3 +188,28 @@ def test_cuda_build_records_the_archs_it_compiles(monkeypatch, tmp_path):
     ext = setup_py.make_extension()
     assert '-DS2S_CUDA_ARCH_LIST="9.0+PTX"' in ext.extra_compile_args["cxx"]
     assert os.environ["TORCH_CUDA_ARCH_LIST"] == "9.0+PTX", "torch must compile the list that is recorded"
+
+
+def test_without_the_extension_the_package_runs_the_reference_and_says_why():
+    """A broken build (s2s_fused._C does not import) leaves a package that imports, runs every op on the reference
+    backend, refuses the others naming the extension, and whose `info` reports what failed."""
+    out = run_python(
+        "import sys, runpy\n"
+        "sys.modules['s2s_fused._C'] = None  # as if the extension failed to import\n"
+        "import torch, s2s_fused, s2s_fused.nn as snn\n"
+        "assert s2s_fused.available_backends() == ['reference'], s2s_fused.available_backends()\n"
+        "x, h = torch.randn(2, 3), torch.randn(2, 4)\n"
+        "assert s2s_fused.gru_cell(x, h, torch.randn(12, 3), torch.randn(12, 4)).shape == (2, 4)\n"
+        "assert snn.LSTM(3, 4, bidirectional=True)(torch.randn(5, 2, 3))[0].shape == (5, 2, 8)\n"
+        "t, vl = torch.randint(0, 5, (2, 3)), torch.tensor([3, 1])\n"
+        "s2s_fused.masked_softmax_cross_entropy(torch.randn(2, 3, 5), t, vl)\n"
+        "s2s_fused.beam_search_topk(torch.randn(2, 3, 5), torch.zeros(2, 3), 2)\n"
+        "for b in ('cpu', 'triton'):\n"
+        "    try:\n"
+        "        s2s_fused.gru_cell(x, h, torch.randn(12, 3), torch.randn(12, 4), backend=b)\n"
+        "        raise SystemExit(b + ' ran without the extension')\n"
+        "    except RuntimeError as e:\n"
+        "        assert 's2s_fused._C did not import' in str(e), e\n"
+        "sys.argv = ['s2s_fused', 'info']\n"
+        "runpy.run_module('s2s_fused', run_name='__main__')\n")
+    assert "not importable" in out and "reference (available), cpu (unavailable)" in out, out

@@ -19,7 +19,9 @@ import torch
 
 from ..backend import _extension
 
-_extension()  # the compiled ops' schemas live in the extension: it must be loaded before anything registers
+# The compiled ops' schemas live in the extension, so it is loaded before anything registers. Without it (a broken
+# build) nothing is registered: the package still imports, runs the reference backend and `info` says what failed.
+AVAILABLE = _extension() is not None
 _ops = torch.ops.s2s_fused
 TWIN_SUFFIX = "_triton"
 _twins: set[str] = set()
@@ -28,6 +30,8 @@ _twins: set[str] = set()
 def define_triton_twin(family: str, name: str) -> None:
     """Define ``s2s_fused::<name>_triton`` with ``s2s_fused::<name>``'s schema, its kernel the function ``name`` of
     s2s_fused/triton/<family>.py."""
+    if not AVAILABLE:
+        return
     schema = str(getattr(_ops, name).default._schema)
 
     def kernel(*args):
@@ -46,6 +50,8 @@ def _names(name: str) -> tuple[str, ...]:
 def register_fake(name: str) -> Callable:
     """Decorator: the fake kernel of ``s2s_fused::<name>`` and of its Triton twin, if it has one."""
     def register(fake):
+        if not AVAILABLE:
+            return fake
         for n in _names(name):
             torch.library.register_fake(f"s2s_fused::{n}", fake)
         return fake
@@ -55,6 +61,8 @@ def register_fake(name: str) -> Callable:
 def register_autograd(name: str, backward_name: str, backward: Callable, setup_context: Callable) -> None:
     """The autograd formula of ``s2s_fused::<name>`` and of its Triton twin: ``backward(backward_op, ctx, *grads)``,
     where ``backward_op`` is ``<backward_name>`` (the twin's for the twin)."""
+    if not AVAILABLE:
+        return
     for n, suffix in zip(_names(name), ("", TWIN_SUFFIX)):
         torch.library.register_autograd(f"s2s_fused::{n}",
                                         functools.partial(backward, getattr(_ops, backward_name + suffix)),
