@@ -10,7 +10,7 @@
 #  2. builds in place (s2s_fused/_C.cpython-312-*.so sits beside the Python 3.11 build's _C.cpython-311-*.so: each
 #     Python loads only its own, and *.so is git-ignored), the CUDA sources forced in;
 #  3. imports it (loading needs no GPU), checks the archs in it, that every op of csrc/ops.cpp has a CUDA kernel
-#     and that every Triton launcher (custom_op in s2s_fused/triton/) registers with a fake kernel;
+#     and that every compiled op's Triton twin registers with a fake kernel and has its function in s2s_fused/triton/;
 #  4. writes .prebuilt/: the .so with its debug info stripped and build_info.json, for the GPU round to use
 #     instead of building there (benchmarks/gpu_check.sh; the device tool carries .prebuilt/);
 #  5. runs the test suite on this stack (Triton tests under Triton 3.6's interpreter), and compiles every Triton
@@ -158,20 +158,21 @@ if set(ops) != with_cpu:
                     f"ops with a CPU kernel {sorted(with_cpu - set(ops))} were not parsed")
 no_cuda = [n for n in ops if not has(f"s2s_fused::{n}", "CUDA")]
 problems += [f"no CUDA kernel registered for s2s_fused::{n}" for n in no_cuda]
-# Triton launchers: every custom_op of s2s_fused/triton/*.py, registered by importing its module.
+# Triton launchers: every compiled op's Triton twin (s2s_fused/ops/_library.py), registered by importing s2s_fused,
+# with its fake kernel, and the function that implements it in s2s_fused/triton/<family>.py.
+import importlib
+from s2s_fused.ops import _library
 from torch._library.simple_registry import singleton as registry
 launchers = 0
-for path in sorted(glob.glob("s2s_fused/triton/*.py")):
-    names = re.findall(r'custom_op\(\s*"s2s_fused::(\w+)"', open(path).read())
-    if not names:
-        continue
-    __import__("s2s_fused.triton." + path.split("/")[-1][:-3])
-    for n in names:
-        launchers += 1
-        if not has(f"s2s_fused::{n}", "CompositeExplicitAutograd"):
-            problems.append(f"Triton launcher s2s_fused::{n} ({path}) is not registered")
-        elif registry.find(f"s2s_fused::{n}").fake_impl.kernel is None:
-            problems.append(f"Triton launcher s2s_fused::{n} ({path}) has no fake kernel")
+for name, family in sorted(_library.TRITON_TWINS.items()):
+    twin = name + _library.TWIN_SUFFIX
+    launchers += 1
+    if not has(f"s2s_fused::{twin}", "CompositeExplicitAutograd"):
+        problems.append(f"Triton twin s2s_fused::{twin} is not registered")
+    elif registry.find(f"s2s_fused::{twin}").fake_impl.kernel is None:
+        problems.append(f"Triton twin s2s_fused::{twin} has no fake kernel")
+    if not callable(getattr(importlib.import_module(f"s2s_fused.triton.{family}"), name, None)):
+        problems.append(f"s2s_fused/triton/{family}.py has no function {name} for s2s_fused::{twin}")
 for p in problems:
     print("FAILED:", p, file=sys.stderr)
 print(f"triton launchers: {launchers} registered", file=sys.stderr)

@@ -24,7 +24,7 @@ from ..backend import _extension
 AVAILABLE = _extension() is not None
 _ops = torch.ops.s2s_fused
 TWIN_SUFFIX = "_triton"
-_twins: set[str] = set()
+TRITON_TWINS: dict[str, str] = {}  # compiled op name -> the family whose triton module implements its twin
 
 
 def define_triton_twin(family: str, name: str) -> None:
@@ -40,11 +40,11 @@ def define_triton_twin(family: str, name: str) -> None:
     kernel.__name__ = name + TWIN_SUFFIX
     torch.library.custom_op(f"s2s_fused::{name}{TWIN_SUFFIX}", kernel, mutates_args=(),
                             schema=schema[schema.index("("):])
-    _twins.add(name)
+    TRITON_TWINS[name] = family
 
 
 def _names(name: str) -> tuple[str, ...]:
-    return (name, name + TWIN_SUFFIX) if name in _twins else (name,)
+    return (name, name + TWIN_SUFFIX) if name in TRITON_TWINS else (name,)
 
 
 def register_fake(name: str) -> Callable:
