@@ -23,20 +23,11 @@
 #include <cstdint>
 
 #include "beam.cuh"
+#include "cuda/acc.cuh"
 #include "beam_topk.h"
 
 namespace s2s_fused::cuda {
 namespace {
-
-template <typename T>
-struct Acc { using type = float; };
-template <>
-struct Acc<double> { using type = double; };
-
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <typename A>
 __device__ __forceinline__ A neg_inf() { return -INFINITY; }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cuda/acc.cuh"
 #include "cuda/cross_entropy_cuda.h"
 
 namespace s2s_fused::cuda {
@@ -24,22 +25,6 @@ using cpu::CeRows;
 using s2s_fused::Dtype;
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_acc(float v);
-template <>
-__device__ __forceinline__ float from_acc<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename T>
-__device__ __forceinline__ T from_acc(double v) { return v; }
 
 __device__ __forceinline__ float exp_acc(float v) { return __expf(v); }
 __device__ __forceinline__ double exp_acc(double v) { return exp(v); }
