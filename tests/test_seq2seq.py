@@ -533,6 +533,10 @@ def test_early_stopping_stops_after_patience(tmp_path, capsys):
                      "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["stopped_early"] and report["epochs_run"] == 3 and report["best_epoch"] == 1
+    # resumed with more patience, the run goes on until that runs out too
+    assert cli_main(["train", "--resume", str(out), "--patience", "3", "--no-progress", "--compare-steps", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_early"] and report["epochs_run"] == 4 and report["best_epoch"] == 1
 
 
 def test_resume_gives_bit_identical_weights(tmp_path, capsys):

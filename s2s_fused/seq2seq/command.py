@@ -180,6 +180,8 @@ def _run(args, dist: Dist, t_start: float, resumed, segmenters) -> int:
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         trainer.load_state_dict(resumed["train_state"])
+        # --patience may change on resume: a run that stopped early goes on when the new patience allows it
+        trainer.stopped_early = bool(args.patience) and trainer.bad_epochs >= args.patience
         say(f"resumed from {args.resume}: {trainer.epoch} epoch(s) and {trainer.batch} batch(es) done")
     log = trainer.fit()
     train_wall = time.perf_counter() - t_start

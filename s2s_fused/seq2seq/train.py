@@ -90,12 +90,17 @@ class TrainLog:
     stopped_early: bool
 
 
+PLATEAU_EPOCHS = 3
+
+
 def make_scheduler(optimizer, args):
     """``args.lr_schedule``: None (constant), ReduceLROnPlateau on dev BLEU (stepped per epoch) or a LambdaLR with
     linear warm-up then inverse square root decay (stepped per batch)."""
     if args.lr_schedule == "plateau":
-        # halve the lr after one epoch without a better dev BLEU; early stopping ends the run after --patience
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=0)
+        # Halve the lr after PLATEAU_EPOCHS epochs without a better dev BLEU: greedy BLEU on a small dev set swings
+        # by a few points from epoch to epoch, so one bad epoch is no sign of a plateau.
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5,
+                                                          patience=PLATEAU_EPOCHS - 1)
     if args.lr_schedule == "warmup-inverse-sqrt":
         w = args.warmup_steps
 
