@@ -78,8 +78,7 @@ def _input_lines(args):
     if args.input is None or args.input == "-":
         return (line.rstrip("\r\n") for line in sys.stdin)
     try:
-        f = open(args.input, encoding="utf-8")
-        first = f.read(0)  # noqa: F841 - opening errors surface here, decoding errors below
+        f = open(args.input, encoding="utf-8")  # noqa: SIM115 - closed by the generator below
     except OSError as e:
         raise UserError(f"--input {args.input}: cannot read it ({e.strerror})") from None
 

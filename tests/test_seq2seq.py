@@ -853,6 +853,12 @@ def test_translate_backend_triton_without_interpreter(trained, capsys, monkeypat
 
 
 def test_library_entry_points_check_values(tmp_path):
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
+        shard_batches(10, 0, epoch=0, seed=0)
+    with pytest.raises(ValueError, match="batch_tokens: expected an integer >= 1 with lengths, got 0"):
+        shard_batches(10, 4, epoch=0, seed=0, lengths=torch.ones(10, dtype=torch.long), batch_tokens=0)
+    with pytest.raises(ValueError, match="and no lengths"):
+        shard_batches(10, 4, epoch=0, seed=0, batch_tokens=8)
     with pytest.raises(UserError, match="max_pairs: expected a positive number of pairs, got 0"):
         load_corpus(max_pairs=0)
     with pytest.raises(UserError, match=r"heldout fraction: expected a number in \[0, 1\), got 1.5"):

@@ -340,11 +340,14 @@ def shard_batches(n: int, batch_size: int, *, epoch: int, seed: int, rank: int =
     With ``batch_tokens`` (needs ``lengths``: the tokens an example costs), a batch holds as many examples as fit in
     ``batch_tokens`` counted as rows x its longest example (the padded size; at least one example a batch); the
     pools are sorted by length the same way, then the batches are dealt out to the ranks."""
+    if batch_tokens is None and batch_size < 1:
+        raise ValueError(f"shard_batches: batch_size: expected an integer >= 1, got {batch_size!r}")
+    if batch_tokens is not None and (batch_tokens < 1 or lengths is None):
+        raise ValueError(f"shard_batches: batch_tokens: expected an integer >= 1 with lengths, got {batch_tokens!r}"
+                         f"{' and no lengths' if lengths is None else ''}")
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     perm = torch.randperm(n, generator=g)
     if batch_tokens is not None:
-        if lengths is None:
-            raise ValueError("shard_batches: batch_tokens needs lengths")
         batches = []
         pool = max(batch_tokens // max(int(lengths.float().mean()), 1), 1) * 16
         for i in range(0, n, pool):
