@@ -40,7 +40,7 @@ def check_backend(backend: str, device) -> None:
         raise UserError(f"--backend {backend}: {e}") from None
 
 
-def _plot_losses(path, step_losses, epochs):
+def _plot_losses(path, epochs, best_epoch):
     try:
         import matplotlib
 
@@ -55,6 +55,8 @@ def _plot_losses(path, step_losses, epochs):
         dev = [(e["epoch"], e["dev_loss"]) for e in epochs if e.get("dev_loss") is not None]
         if dev:
             ax.plot([x for x, _ in dev], [v for _, v in dev], "s-", color="tab:red", label="dev")
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color="gray", ls="--", label=f"best dev BLEU (epoch {best_epoch})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy per target token")
     ax.set_title("s2s_fused seq2seq: train and dev loss")
@@ -196,7 +198,7 @@ def _run(args, dist: Dist, t_start: float, resumed, segmenters) -> int:
     info["data"] = str(args.data or "tatoeba-eng-fra-5k")
     ckpt = save_checkpoint(args.out, model, corpus.src_vocab, corpus.tgt_vocab, info,
                            segmenters=(corpus.src_seg, corpus.tgt_seg))
-    plotted = _plot_losses(args.out / "loss.png", log.step_losses, log.epochs)
+    plotted = _plot_losses(args.out / "loss.png", log.epochs, log.best_epoch)
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {ckpt} (best epoch {log.best_epoch}), {args.out / LAST}, {args.out / 'report.json'}"
           + (f", {args.out / 'loss.png'}" if plotted else "")
