@@ -708,7 +708,7 @@ def test_sentencepiece_tiny_corpus(tmp_path, capsys):
     assert obj["segmenter"]["kind"] == "sentencepiece" and len(obj["tgt_vocab"]) <= 80
     from s2s_fused.seq2seq.checkpoint import segmenters_of
 
-    src_seg, tgt_seg = segmenters_of(obj)
+    src_seg, _ = segmenters_of(obj)
     assert src_seg.join(src_seg.split("Who are you?")) == "who are you ?"  # detokenised back to plain text
     assert cli_main(["translate", "--checkpoint", str(out), "go .", "hi ."]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -96,7 +96,7 @@ class Vocab:
         self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
 
     @classmethod
-    def build(cls, sentences: list[list[str]], min_freq: int = 2, max_size: int | None = None) -> "Vocab":
+    def build(cls, sentences: list[list[str]], min_freq: int = 2, max_size: int | None = None) -> Vocab:
         """``max_size``: at most this many entries, the four specials included (the most frequent tokens)."""
         counts = Counter(t for s in sentences for t in s)
         kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in SPECIALS),
@@ -197,7 +197,7 @@ class SentencePieceSegmenter:
         self.sp = _sentencepiece().SentencePieceProcessor(model_proto=self.proto)
 
     @classmethod
-    def train(cls, sentences: list[str], vocab_size: int) -> "SentencePieceSegmenter":
+    def train(cls, sentences: list[str], vocab_size: int) -> SentencePieceSegmenter:
         """A unigram model trained in memory on ``sentences`` (the training split only). ``vocab_size`` is an upper
         bound: a tiny corpus gets the pieces it has."""
         import io
@@ -251,7 +251,7 @@ class HeldOut:
         return len(self.items)
 
     @classmethod
-    def build(cls, items, src_seg, tgt_seg, src_vocab, tgt_vocab, num_steps) -> "HeldOut":
+    def build(cls, items, src_seg, tgt_seg, src_vocab, tgt_vocab, num_steps) -> HeldOut:
         src, src_len = to_tensors([src_seg.split(s) for s, _ in items], src_vocab, num_steps)
         flat = [(s, r) for s, refs in items for r in refs]
         p_src, p_src_len = to_tensors([src_seg.split(s) for s, _ in flat], src_vocab, num_steps)
@@ -309,14 +309,15 @@ def load_corpus(path=None, *, num_steps: int = 10, min_freq: int = 2, heldout_fr
         src_vocab, tgt_vocab = src_seg.vocab(), tgt_seg.vocab()
     src, src_len = to_tensors(src_tok, src_vocab, num_steps)
     tgt, tgt_len = to_tensors(tgt_tok, tgt_vocab, num_steps)
-    n_test = int(round(len(heldout) * test_share)) if len(heldout) > 1 else 0
+    n_test = round(len(heldout) * test_share) if len(heldout) > 1 else 0
     test_idx = set(random.Random(seed + 1).sample(range(len(heldout)), n_test)) if n_test else set()
     dev_items = [h for i, h in enumerate(heldout) if i not in test_idx]
     test_items = [h for i, h in enumerate(heldout) if i in test_idx] or dev_items
-    built = lambda items: HeldOut.build(items, src_seg, tgt_seg, src_vocab, tgt_vocab, num_steps)  # noqa: E731
-    dev = built(dev_items)
-    return Corpus(src_vocab, tgt_vocab, src, src_len, tgt, tgt_len, dev, dev if test_items is dev_items else
-                  built(test_items), bad, src_seg, tgt_seg, _fingerprint(pairs))
+    dev = HeldOut.build(dev_items, src_seg, tgt_seg, src_vocab, tgt_vocab, num_steps)
+    test = dev if test_items is dev_items else HeldOut.build(test_items, src_seg, tgt_seg, src_vocab, tgt_vocab,
+                                                             num_steps)
+    return Corpus(src_vocab, tgt_vocab, src, src_len, tgt, tgt_len, dev, test, bad, src_seg, tgt_seg,
+                  _fingerprint(pairs))
 
 
 def _even_shards(batches: list, rank: int, world_size: int) -> list:
