@@ -141,7 +141,8 @@ def make_extension():
                         extra_compile_args={"cxx": cxx + defines})
 
 
-TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy"]
+SUBWORD = ["sentencepiece"]  # train --subword sentencepiece
+TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy"] + SUBWORD
 TRAIN = ["tqdm", "sacrebleu", "matplotlib"]
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for its functions
@@ -157,7 +158,7 @@ if __name__ == "__main__":  # setuptools runs this file as __main__; tests impor
         # torch is deliberately not listed: the extension is built against the torch already installed, and a
         # requirement here would let pip replace it (several GB of CUDA wheels on a CPU machine).
         install_requires=["numpy", "packaging"],
-        extras_require={"test": TEST, "train": TRAIN, "all": TEST + TRAIN},
+        extras_require={"test": TEST, "train": TRAIN, "subword": SUBWORD, "all": TEST + TRAIN},
         ext_modules=[make_extension()],
         cmdclass={"build_ext": BuildWithCapabilities.with_options(use_ninja=True)},
         zip_safe=False,

@@ -1,4 +1,4 @@
-"""The ``python -m s2s_fused`` command line. Sub-commands: info, train, translate, bench.
+"""The ``python -m s2s_fused`` command line. Sub-commands: info, train, translate, evaluate, average, bench.
 
 Mistakes a user can make (a missing data file, an unknown option value, a checkpoint from another version,
 ``--device cuda`` without a GPU) end with one line on stderr and exit status 2, never a traceback."""
@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+from pathlib import Path
 
 
 def info() -> dict:
@@ -64,31 +65,91 @@ def _cmd_train(args) -> int:
     return run(args)
 
 
-def _read_sentences(args) -> list[str]:
+def _input_lines(args):
+    """The sentences to translate, one per line: the arguments, ``--input FILE`` or ``--input -`` / piped stdin."""
     from .seq2seq.errors import UserError
 
+    if args.sentences and args.input is not None:
+        raise UserError("translate: give sentences as arguments or --input, not both")
     if args.sentences:
-        return list(args.sentences)
-    if sys.stdin.isatty():
-        raise UserError("translate: give sentences as arguments or on stdin, one per line")
-    return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        return iter(args.sentences)
+    if args.input is None and sys.stdin.isatty():
+        raise UserError("translate: give sentences as arguments, --input FILE, or on stdin (--input -), one per line")
+    if args.input is None or args.input == "-":
+        return (line.rstrip("\r\n") for line in sys.stdin)
+    try:
+        f = open(args.input, encoding="utf-8")  # noqa: SIM115 - closed by the generator below
+    except OSError as e:
+        raise UserError(f"--input {args.input}: cannot read it ({e.strerror})") from None
+
+    def lines():
+        with f:
+            try:
+                for line in f:
+                    yield line.rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                raise UserError(f"--input {args.input}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return lines()
 
 
-def _cmd_translate(args) -> int:
+def _load_for_decoding(args):
+    """Checks the shared options of translate / evaluate and loads the checkpoint: (model, vocabs, segmenters)."""
     import torch
 
-    from .seq2seq.checkpoint import load_checkpoint
+    from .seq2seq.checkpoint import load_checkpoint, segmenters_of
+    from .seq2seq.command import check_backend
     from .seq2seq.errors import UserError
-    from .seq2seq.translate import translate
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
-    if args.beam < 1:
-        raise UserError(f"--beam: expected a beam size >= 1, got {args.beam}")
-    model, src_vocab, tgt_vocab, _ = load_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
-    sentences = _read_sentences(args)
-    for line in translate(model, src_vocab, tgt_vocab, sentences, beam=args.beam, backend=args.backend):
-        print(line)
+    check_backend(args.backend, args.device)
+    model, src_vocab, tgt_vocab, obj = load_checkpoint(args.checkpoint, backend=args.backend, device=args.device)
+    return model, src_vocab, tgt_vocab, segmenters_of(obj, args.checkpoint)
+
+
+def _cmd_translate(args) -> int:
+    import itertools
+
+    from .seq2seq.translate import translate
+
+    model, src_vocab, tgt_vocab, segs = _load_for_decoding(args)
+    lines = _input_lines(args)
+    while True:
+        chunk = list(itertools.islice(lines, args.batch_size))
+        if not chunk:
+            break
+        # A blank line translates to a blank line, so output line i always belongs to input line i.
+        todo = [s for s in chunk if s.strip()]
+        done = iter(translate(model, src_vocab, tgt_vocab, todo, beam=args.beam, backend=args.backend,
+                              batch_size=args.batch_size, segmenters=segs)) if todo else iter(())
+        print("\n".join(next(done) if s.strip() else "" for s in chunk), flush=True)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .seq2seq.data import HeldOut, group_references, read_pairs
+    from .seq2seq.evaluate import score
+    from .seq2seq.model import make_loss
+
+    model, src_vocab, tgt_vocab, (src_seg, tgt_seg) = _load_for_decoding(args)
+    pairs, bad = read_pairs(args.data, bad_lines=args.bad_lines)
+    for b in bad[:10]:
+        print(f"warning: skipped line {b.lineno}: {b.reason}: {b.text!r}", file=sys.stderr)
+    items = list(group_references(pairs).items())
+    data = HeldOut.build(items, src_seg, tgt_seg, src_vocab, tgt_vocab, model.config["num_steps"])
+    s = score(model, make_loss(args.backend), data, tgt_seg, tgt_vocab, args.device, args.beam)
+    how = "greedy" if args.beam == 1 else f"beam-{args.beam}"
+    print(f"{args.data}: {len(items)} sources, {len(pairs)} references, {how}; loss {s['loss']:.3f}/token")
+    print(f"BLEU {s['bleu']:.1f} [sacrebleu {s['bleu_signature']}]")
+    print(f"chrF {s['chrf']:.1f} [sacrebleu {s['chrf_signature']}]")
+    return 0
+
+
+def _cmd_average(args) -> int:
+    from .seq2seq.checkpoint import average_checkpoints
+
+    path = average_checkpoints(args.checkpoints, args.out)
+    print(f"wrote {path}: the mean of the weights of {len(args.checkpoints)} checkpoints")
     return 0
 
 
@@ -144,20 +205,42 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_info)
 
     from .seq2seq.args import add_arguments
+    from .seq2seq.model import BACKENDS
 
     t = sub.add_parser("train", help="train the seq2seq model on the shipped eng-fra corpus (or --data), report "
-                                     "BLEU, translations and the fused vs torch speed")
+                                     "BLEU, translations and the fused vs torch speed", allow_abbrev=False)
     add_arguments(t)
     t.set_defaults(func=_cmd_train)
 
-    tr = sub.add_parser("translate", help="translate sentences (arguments or stdin) with a trained checkpoint")
-    tr.add_argument("sentences", nargs="*", help="English sentences (default: read stdin, one per line)")
-    tr.add_argument("--checkpoint", required=True, help="checkpoint folder written by train (or its .pt file)")
-    tr.add_argument("--beam", type=int, default=1, help="beam size (1: greedy)")
-    tr.add_argument("--backend", default="fused", choices=("fused", "torch", "auto", "cpu", "cuda", "triton",
-                                                           "reference"))
-    tr.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    from .seq2seq.args import existing_file, positive_int
+
+    def decoding_options(q):
+        q.add_argument("--checkpoint", required=True,
+                       help="checkpoint folder written by train (its checkpoint.pt) or a .pt file")
+        q.add_argument("--beam", type=positive_int, default=1, help="beam size (1: greedy)")
+        q.add_argument("--backend", default="fused", choices=BACKENDS)
+        q.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+    tr = sub.add_parser("translate", help="translate sentences (arguments, a file or stdin) with a trained "
+                                          "checkpoint, one line out per line in")
+    tr.add_argument("sentences", nargs="*", help="English sentences (default: --input, or stdin, one per line)")
+    tr.add_argument("--input", type=existing_file, default=None, help="file to translate, or - for stdin")
+    tr.add_argument("--batch-size", type=positive_int, default=64, help="sentences decoded together")
+    decoding_options(tr)
     tr.set_defaults(func=_cmd_translate)
+
+    ev = sub.add_parser("evaluate", help="corpus BLEU and chrF (sacrebleu, with signatures) of a checkpoint on a "
+                                         "tab-separated source<TAB>reference file")
+    ev.add_argument("--data", type=existing_file, required=True,
+                    help="source<TAB>reference[<TAB>...] lines; lines with the same source are its references")
+    ev.add_argument("--bad-lines", choices=("error", "skip"), default="error")
+    decoding_options(ev)
+    ev.set_defaults(func=_cmd_evaluate)
+
+    av = sub.add_parser("average", help="average the weights of checkpoints of one model into a new checkpoint")
+    av.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint folders or .pt files")
+    av.add_argument("--out", type=Path, required=True, help="folder for the averaged checkpoint.pt")
+    av.set_defaults(func=_cmd_average)
 
     b = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run_all.py) for the current device "
                                      "and print the tables")
@@ -171,7 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "train":  # --resume refuses options that differ from the saved run's, if written out
+        from .seq2seq.args import explicit_options
+
+        sub = parser._subparsers._group_actions[0].choices["train"]
+        args._explicit = explicit_options(sub, argv[1:])
     from .seq2seq.errors import UserError
 
     try:

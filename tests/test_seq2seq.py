@@ -16,7 +16,7 @@ import torch
 
 import s2s_fused
 from s2s_fused.cli import main as cli_main
-from s2s_fused.seq2seq.checkpoint import FILENAME, load_checkpoint, save_checkpoint
+from s2s_fused.seq2seq.checkpoint import FILENAME, LAST, load_checkpoint, read_checkpoint, save_checkpoint
 from s2s_fused.seq2seq.data import (SPECIALS, Vocab, load_corpus, preprocess, read_pairs, shard_batches,
                                     split_by_source, to_tensors, tokenize)
 from s2s_fused.seq2seq.decode import beam_search, eager_beam_topk, greedy_decode
@@ -335,7 +335,7 @@ def test_eager_topk_step_is_the_op():
 def test_fused_decoders_agree_with_eager(corpus):
     torch.manual_seed(0)
     m = model_for(corpus, "fused", attention="bahdanau")
-    src, src_len = corpus.heldout_src[:12], corpus.heldout_src_len[:12]
+    src, src_len = corpus.dev.src[:12], corpus.dev.src_len[:12]
     for beam in (1, 3):
         fused = translate_ids(m, src, src_len, beam=beam, backend="fused")
         eager = translate_ids(m, src, src_len, beam=beam, backend="torch")
@@ -351,7 +351,7 @@ def test_checkpoint_round_trip_translates_identically(corpus, tmp_path):
         train_step(m, make_loss("fused"), opt, batch_of(corpus, 32, 32 * i), 1.0)
     save_checkpoint(tmp_path, m, corpus.src_vocab, corpus.tgt_vocab, info={"note": "test"})
     raw = torch.load(tmp_path / FILENAME, weights_only=True)
-    assert raw["format_version"] == 1 and raw["src_vocab"] == corpus.src_vocab.idx_to_token
+    assert raw["format_version"] == 2 and raw["src_vocab"] == corpus.src_vocab.idx_to_token
     sents = ["go .", "i am cold .", "who are you ?"]
     for backend in ("fused", "torch"):
         m2, sv, tv, _ = load_checkpoint(tmp_path, backend=backend)
@@ -391,14 +391,14 @@ def test_cli_train_then_translate(tmp_path, capsys, monkeypatch):
     import io
 
     monkeypatch.setattr(sys, "stdin", io.StringIO("go .\n\nhi .\n"))
-    assert cli_main(["translate", "--checkpoint", str(out)]) == 0
-    assert capsys.readouterr().out.splitlines() == translate(*load_checkpoint(out)[:3], ["go .", "hi ."])
+    assert cli_main(["translate", "--checkpoint", str(out)]) == 0  # one line out per line in, blank for blank
+    go, hi = translate(*load_checkpoint(out)[:3], ["go .", "hi ."])
+    assert capsys.readouterr().out.splitlines() == [go, "", hi]
 
 
 @pytest.mark.parametrize("argv,msg", [
     (["train", "--data", "/nonexistent/pairs.txt"], "data file not found"),
     (["translate", "--checkpoint", "/nonexistent/ckpt", "go ."], "checkpoint not found"),
-    (["translate", "--checkpoint", "x", "--beam", "0", "go ."], "--beam"),
     (["train", "--backend", "triton", "--max-pairs", "50"], None),  # fine under TRITON_INTERPRET, else an error
 ] + ([] if torch.cuda.is_available() else [(["train", "--device", "cuda"], "no CUDA device")]))
 def test_cli_user_errors_exit_2(argv, msg, capsys, monkeypatch):
@@ -464,3 +464,402 @@ def test_ddp_two_processes(tmp_path):
     assert report["world_size"] == 2
     m, _, _, _ = load_checkpoint(out)
     assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ NMT toolkit
+def _weights(path):
+    """The model and optimizer tensors of a checkpoint file, by name."""
+    obj = torch.load(path, weights_only=True)
+    out = dict(obj["model"])
+    if "train_state" in obj:
+        for i, st in obj["train_state"]["optimizer"]["state"].items():
+            out.update({f"adam.{i}.{k}": v for k, v in st.items()})
+    return out
+
+
+def _assert_bit_identical(a, b):
+    wa, wb = _weights(a), _weights(b)
+    assert list(wa) == list(wb)
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _flip_tensor_bytes(path, n=64):
+    """Flip ``n`` bytes in the middle of the largest tensor's storage inside the checkpoint's zip file."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        entry = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(Path(path).read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[entry.header_offset + 26:entry.header_offset + 30])
+    start = entry.header_offset + 30 + name_len + extra_len + entry.file_size // 2
+    for i in range(n):
+        raw[start + i] ^= 0xA5
+    Path(path).write_bytes(bytes(raw))
+
+
+# A tiny run without the speed comparison or early stopping (each test adds --epochs, and --embed-size to change it)
+RUN_BASE = ["--max-pairs", "300", "--hidden-size", "16", "--num-steps", "8", "--beam", "2", "--no-progress",
+            "--compare-steps", "0"]
+RUN_ARGS = RUN_BASE + ["--embed-size", "8", "--patience", "0"]
+
+
+def test_report_has_epochs_and_best_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "3", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "chrF" in text and "dev BLEU" in text
+    report = json.loads((out / "report.json").read_text())
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2, 3]
+    for e in report["epochs"]:
+        assert set(e) >= {"epoch", "train_loss", "dev_loss", "dev_bleu", "dev_chrf", "lr", "seconds"}
+        assert all(math.isfinite(e[k]) for k in ("train_loss", "dev_loss", "dev_bleu", "dev_chrf", "lr"))
+    assert "chrF2" in report["chrf_signature"] or "nc:6" in report["chrf_signature"]
+    best = max(report["epochs"], key=lambda e: (e["dev_bleu"], -e["epoch"]))  # the first of the best
+    assert report["best_epoch"] == best["epoch"] and report["dev_bleu"] == best["dev_bleu"]
+    assert (out / "loss.png").exists() and (out / LAST).exists()
+    assert cli_main(["evaluate", "--checkpoint", str(out), "--data", str(out / "test.tsv"), "--beam", "2"]) == 0
+    assert f"BLEU {report['bleu_beam']:.1f} " in capsys.readouterr().out  # the report's test score, recomputed
+    # checkpoint.pt holds the best epoch's weights, last.pt the last epoch's and the training state
+    assert read_checkpoint(out / LAST)[0]["train_state"]["epoch"] == 3
+    assert read_checkpoint(out)[0]["info"]["best_epoch"] == best["epoch"]
+
+
+def test_early_stopping_stops_after_patience(tmp_path, capsys):
+    """A learning rate this small cannot move greedy dev BLEU in a few epochs: patience 2 stops after 3 epochs."""
+    out = tmp_path / "run"
+    assert cli_main(["train", *RUN_BASE, "--embed-size", "8", "--patience", "2", "--epochs", "20", "--lr", "1e-7", "--lr-schedule", "constant",
+                     "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_early"] and report["epochs_run"] == 3 and report["best_epoch"] == 1
+    # resumed with more patience, the run goes on until that runs out too
+    assert cli_main(["train", "--resume", str(out), "--patience", "3", "--no-progress", "--compare-steps", "0"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped_early"] and report["epochs_run"] == 4 and report["best_epoch"] == 1
+
+
+def test_resume_gives_bit_identical_weights(tmp_path, capsys):
+    """2 epochs, then --resume to 4 == 4 epochs straight: weights and Adam moments bit for bit (dropout on, so the
+    RNG state matters; the plateau schedule, so its state does)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli_main(["train", *RUN_ARGS, "--dropout", "0.3", "--epochs", "2", "--out", str(a)]) == 0
+    assert cli_main(["train", "--resume", str(a), "--epochs", "4", "--no-progress", "--compare-steps", "0"]) == 0
+    assert cli_main(["train", *RUN_ARGS, "--dropout", "0.3", "--epochs", "4", "--out", str(b)]) == 0
+    capsys.readouterr()
+    _assert_bit_identical(a / LAST, b / LAST)
+    _assert_bit_identical(a / FILENAME, b / FILENAME)
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (a, b))
+    assert [e["train_loss"] for e in ra["epochs"]] == [e["train_loss"] for e in rb["epochs"]]
+
+
+def test_resume_refuses_changed_options_and_plain_checkpoints(tmp_path, capsys):
+    a = tmp_path / "a"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "1", "--out", str(a)]) == 0
+    capsys.readouterr()
+    assert cli_main(["train", "--resume", str(a), "--lr", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--lr 0.1: the resumed run used 0.005" in err, err
+    assert cli_main(["train", "--resume", str(a / FILENAME)]) == 2
+    assert "no training state to resume from" in capsys.readouterr().err
+
+
+def test_sigint_writes_last_then_resume_matches(tmp_path):
+    """SIGINT during training: the step finishes, last.pt is written (mid-epoch position included), exit 130; the
+    resumed run then ends with the weights of an uninterrupted one."""
+    import signal
+    import time
+
+    data = ["--max-pairs", "1500", "--batch-size", "16", "--embed-size", "8", "--hidden-size", "16",
+            "--num-steps", "8", "--beam", "2", "--no-progress", "--compare-steps", "0", "--patience", "0"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "s2s_fused", "train", *data, "--epochs", "50", "--out", str(a)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (a / LAST).exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (a / LAST).exists(), proc.communicate()[1][-2000:] if proc.poll() is not None else "timeout"
+        time.sleep(0.3)  # into epoch 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "interrupted at epoch" in err, err[-2000:]
+    st = read_checkpoint(a / LAST)[0]["train_state"]  # valid: checksum and format checked
+    done = st["epoch"] + (st["batch"] > 0)
+    assert 1 <= st["epoch"] < 50
+    epochs = str(done + 1)
+    r = _run_cli(["train", "--resume", str(a), "--epochs", epochs, "--no-progress", "--compare-steps", "0"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from" in r.stdout
+    r = _run_cli(["train", *data, "--epochs", epochs, "--out", str(b)])
+    assert r.returncode == 0, r.stderr[-2000:]
+    _assert_bit_identical(a / LAST, b / LAST)
+
+
+def test_corrupted_checkpoint_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    for name in (FILENAME, LAST):
+        _flip_tensor_bytes(out / name)
+        with pytest.raises(UserError, match=f"{name}: checksum mismatch"):
+            read_checkpoint(out / name)
+    assert cli_main(["translate", "--checkpoint", str(out), "go ."]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out / FILENAME) in err and "checksum mismatch" in err, err
+    assert cli_main(["train", "--resume", str(out)]) == 2
+    assert "last.pt: checksum mismatch" in capsys.readouterr().err
+
+
+def test_checkpoint_missing_parts_are_one_line_errors(corpus, tmp_path):
+    m = model_for(corpus)
+    path = save_checkpoint(tmp_path, m, corpus.src_vocab, corpus.tgt_vocab)
+    obj = torch.load(path, weights_only=True)
+    from s2s_fused.seq2seq.checkpoint import checksum
+
+    for key in ("config", "model", "checksum"):
+        broken = {k: v for k, v in obj.items() if k != key}
+        if key != "checksum":
+            broken["checksum"] = checksum(broken)
+        torch.save(broken, path)
+        with pytest.raises(UserError, match=f"missing '{key}'"):
+            load_checkpoint(tmp_path)
+    bad = dict(obj, config=dict(obj["config"], tgt_vocab_size=7))  # config and vocabulary disagree
+    bad["checksum"] = checksum(bad)
+    torch.save(bad, path)
+    with pytest.raises(UserError, match="tgt_vocab_size 7 does not match"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "2", "--keep-last", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_translate_file_and_stdin(trained, tmp_path, capsys, monkeypatch):
+    import io
+
+    lines = ["go .", "", "i am cold .", "who are you ?", "hi ."]
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    want = translate(*load_checkpoint(trained)[:3], [s for s in lines if s], beam=2)
+    want.insert(1, "")
+    capsys.readouterr()
+    assert cli_main(["translate", "--checkpoint", str(trained), "--input", str(f), "--beam", "2",
+                     "--batch-size", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == want
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f.read_text()))
+    assert cli_main(["translate", "--checkpoint", str(trained), "--input", "-", "--beam", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == want
+
+
+def test_evaluate_file(trained, tmp_path, capsys):
+    f = tmp_path / "test.tsv"
+    f.write_text("Go.\tVa !\nGo.\tBouge !\nI'm cold.\tJ'ai froid.\nWho are you?\tQui êtes-vous ?\n", encoding="utf-8")
+    capsys.readouterr()
+    assert cli_main(["evaluate", "--checkpoint", str(trained), "--data", str(f), "--beam", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3 sources, 4 references, beam-2" in out
+    assert "BLEU " in out and "nrefs:var" in out and "chrF " in out and "nc:6" in out
+    # the score is sacrebleu's on the same hypotheses
+    model, sv, tv, _ = load_checkpoint(trained)
+    hyps = translate(model, sv, tv, ["Go.", "I'm cold.", "Who are you?"], beam=2)
+    refs = [["va !", "bouge !"], ["j'ai froid ."], ["qui êtes-vous ?"]]
+    assert f"BLEU {corpus_bleu(hyps, refs)[0].score:.1f} " in out
+
+
+def test_average_checkpoints(trained, tmp_path, capsys):
+    e1, e2 = trained / "epoch-1.pt", trained / "epoch-2.pt"
+    assert e1.exists() and e2.exists()
+    out = tmp_path / "avg"
+    assert cli_main(["average", "--checkpoints", str(e1), str(e2), "--out", str(out)]) == 0
+    w1, w2, avg = (torch.load(p, weights_only=True)["model"] for p in (e1, e2, out / FILENAME))
+    for k in avg:
+        assert_close(avg[k], ((w1[k].double() + w2[k].double()) / 2).float(), 1e-7, k)
+    assert load_checkpoint(out)[0] is not None
+    other = tmp_path / "other"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "1", "--hidden-size", "12", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert cli_main(["average", "--checkpoints", str(e1), str(other), "--out", str(out)]) == 2
+    assert "config differs" in capsys.readouterr().err
+
+
+def test_keep_last_keeps_k_epoch_files(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "3", "--keep-last", "2", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("epoch-*.pt")) == ["epoch-2.pt", "epoch-3.pt"]
+
+
+def test_sentencepiece_tiny_corpus(tmp_path, capsys):
+    pytest.importorskip("sentencepiece")
+    out = tmp_path / "spm"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "2", "--subword", "sentencepiece", "--vocab-size", "80",
+                     "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "sentencepiece vocab src" in text
+    obj = read_checkpoint(out)[0]
+    assert obj["segmenter"]["kind"] == "sentencepiece" and len(obj["tgt_vocab"]) <= 80
+    from s2s_fused.seq2seq.checkpoint import segmenters_of
+
+    src_seg, _ = segmenters_of(obj)
+    assert src_seg.join(src_seg.split("Who are you?")) == "who are you ?"  # detokenised back to plain text
+    assert cli_main(["translate", "--checkpoint", str(out), "go .", "hi ."]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and not any("▁" in line for line in lines)
+    shared = tmp_path / "shared"
+    assert cli_main(["train", *RUN_ARGS, "--epochs", "1", "--subword", "sentencepiece", "--vocab-size", "80",
+                     "--shared-vocab", "--out", str(shared)]) == 0
+    obj = read_checkpoint(shared)[0]
+    assert obj["segmenter"]["shared"] and obj["src_vocab"] == obj["tgt_vocab"]
+
+
+def test_sentencepiece_missing_is_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sentencepiece", None)  # import fails as if not installed
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "sentencepiece" else real(n, *a))
+    assert cli_main(["train", "--subword", "sentencepiece", *RUN_ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "[subword] extra" in err, err
+
+
+def test_training_options(tmp_path, capsys):
+    """--tie-embeddings, --batch-tokens, --label-smoothing and --lr-schedule warmup-inverse-sqrt train together."""
+    out = tmp_path / "run"
+    assert cli_main(["train", *RUN_BASE, "--patience", "0", "--embed-size", "16",
+                     "--epochs", "2", "--tie-embeddings", "--batch-tokens", "300", "--label-smoothing", "0.1",
+                     "--lr-schedule", "warmup-inverse-sqrt", "--warmup-steps", "4", "--out", str(out)]) == 0
+    model = load_checkpoint(out)[0]
+    assert model.decoder.dense.weight is model.decoder.embedding.weight
+    report = json.loads((out / "report.json").read_text())
+    assert report["epochs"][1]["lr"] < report["epochs"][0]["lr"]  # decaying after 4 warm-up steps
+
+
+def test_tied_model_shares_one_matrix(corpus):
+    m = model_for(corpus, embed_size=16, hidden_size=16, tie_embeddings=True)
+    assert m.decoder.dense.weight is m.decoder.embedding.weight
+    n_untied = sum(p.numel() for p in model_for(corpus, embed_size=16, hidden_size=16).parameters())
+    assert sum(p.numel() for p in m.parameters()) == n_untied - m.decoder.embedding.weight.numel()
+    with pytest.raises(UserError, match="tie_embeddings: needs embed_size equal to hidden_size"):
+        model_for(corpus, tie_embeddings=True)
+
+
+def test_warmup_inverse_sqrt_factor():
+    from types import SimpleNamespace
+
+    from s2s_fused.seq2seq.train import make_scheduler
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = make_scheduler(opt, SimpleNamespace(lr_schedule="warmup-inverse-sqrt", warmup_steps=4))
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[15] == pytest.approx(math.sqrt(4 / 16))
+
+
+def test_label_smoothing_reaches_the_loss(corpus):
+    torch.manual_seed(0)
+    pred = torch.randn(3, 5, 11, dtype=torch.float64)
+    label, valid = torch.randint(0, 11, (3, 5)), torch.tensor([5, 2, 1])
+    fused, eager = make_loss("fused", 0.2)(pred, label, valid), make_loss("torch", 0.2)(pred, label, valid)
+    assert_close(fused, eager, 1e-12, "smoothed CE")
+    assert not torch.allclose(fused, make_loss("fused")(pred, label, valid))
+
+
+@pytest.mark.parametrize("n,lengths_seed,bt,world", [(1, 0, 5, 1), (17, 1, 40, 1), (130, 2, 64, 2), (257, 3, 33, 3)])
+def test_token_batches_cover_epoch_within_budget(n, lengths_seed, bt, world):
+    g = torch.Generator().manual_seed(lengths_seed)
+    lengths = torch.randint(1, 17, (n,), generator=g)
+    shards = [shard_batches(n, 0, epoch=1, seed=4, rank=r, world_size=world, lengths=lengths, batch_tokens=bt)
+              for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # equal step counts for DDP
+    seen = torch.cat([torch.cat(s) for s in shards]).tolist()
+    assert set(seen) == set(range(n))
+    for s in shards:
+        for b in s:
+            assert len(b) == 1 or len(b) * int(lengths[b].max()) <= bt
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--max-pairs", "-1"], "--max-pairs: expected an integer >= 1, got '-1'"),
+    (["train", "--max-pairs", "0"], "--max-pairs: expected an integer >= 1, got '0'"),
+    (["train", "--heldout", "1.5"], "--heldout: expected a number in (0.0, 1.0), got '1.5'"),
+    (["train", "--heldout", "0"], "--heldout: expected a number in (0.0, 1.0)"),
+    (["train", "--lr", "nan"], "--lr: expected a finite number > 0.0, got 'nan'"),
+    (["train", "--lr", "-0.1"], "--lr: expected a finite number > 0.0"),
+    (["train", "--lr", "inf"], "--lr: expected a finite number > 0.0"),
+    (["train", "--epochs", "0"], "--epochs: expected an integer >= 1"),
+    (["train", "--epochs", "two"], "--epochs: expected an integer >= 1, got 'two'"),
+    (["train", "--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    (["train", "--batch-tokens", "-5"], "--batch-tokens: expected an integer >= 1"),
+    (["train", "--dropout", "1"], "--dropout: expected a number in [0.0, 1.0)"),
+    (["train", "--label-smoothing", "nan"], "--label-smoothing: expected a number in [0.0, 1.0)"),
+    (["train", "--clip", "-1"], "--clip: expected a finite number >= 0.0"),
+    (["train", "--patience", "-1"], "--patience: expected an integer >= 0"),
+    (["train", "--keep-last", "-2"], "--keep-last: expected an integer >= 0"),
+    (["train", "--vocab-size", "3"], "--vocab-size: expected an integer >= 8"),
+    (["train", "--test-share", "1"], "--test-share: expected a number in [0.0, 1.0)"),
+    (["train", "--hidden-size", "0"], "--hidden-size: expected an integer >= 1"),
+    (["train", "--num-steps", "-3"], "--num-steps: expected an integer >= 1"),
+    (["train", "--seed", "-1"], "--seed: expected an integer >= 0"),
+    (["train", "--warmup-steps", "0"], "--warmup-steps: expected an integer >= 1"),
+    (["train", "--lr-schedule", "cosine"], "invalid choice: 'cosine'"),
+    (["train", "--subword", "bpe"], "invalid choice: 'bpe'"),
+    (["translate", "--checkpoint", "x", "--beam", "0", "go ."], "--beam: expected an integer >= 1, got '0'"),
+    (["translate", "--checkpoint", "x", "--input", "/nonexistent/in.txt"], "--input: expected a file"),
+    (["evaluate", "--checkpoint", "x", "--data", "/nonexistent/t.tsv"], "--data: expected a file"),
+    (["average", "--out", "x"], "the following arguments are required: --checkpoints"),
+])
+def test_bad_arguments_are_one_line_usage_errors(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err, err
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--tie-embeddings"], "--tie-embeddings: needs --embed-size equal to --hidden-size, got 64 and 128"),
+    (["translate", "--checkpoint", "/nonexistent/ckpt", "--input", "-"], "checkpoint not found"),
+    (["evaluate", "--checkpoint", "/nonexistent/ckpt", "--data", __file__], "checkpoint not found"),
+    (["average", "--checkpoints", "/nonexistent/a", "--out", "x"], "checkpoint not found"),
+    (["train", "--resume", "/nonexistent/run"], "checkpoint not found: /nonexistent/run"),
+])
+def test_bad_files_and_combinations_exit_2(argv, msg, capsys):
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and msg in err, err
+
+
+def test_translate_backend_triton_without_interpreter(trained, capsys, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("triton runs on the GPU here")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert cli_main(["translate", "--checkpoint", str(trained), "--backend", "triton", "go ."]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--backend triton: backend 'triton' is not available" in err, err
+
+
+def test_library_entry_points_check_values(tmp_path):
+    with pytest.raises(ValueError, match="batch_size: expected an integer >= 1, got 0"):
+        shard_batches(10, 0, epoch=0, seed=0)
+    with pytest.raises(ValueError, match="batch_tokens: expected an integer >= 1 with lengths, got 0"):
+        shard_batches(10, 4, epoch=0, seed=0, lengths=torch.ones(10, dtype=torch.long), batch_tokens=0)
+    with pytest.raises(ValueError, match="and no lengths"):
+        shard_batches(10, 4, epoch=0, seed=0, batch_tokens=8)
+    with pytest.raises(UserError, match="max_pairs: expected a positive number of pairs, got 0"):
+        load_corpus(max_pairs=0)
+    with pytest.raises(UserError, match=r"heldout fraction: expected a number in \[0, 1\), got 1.5"):
+        split_by_source([("a", "b")], heldout_fraction=1.5)

@@ -34,9 +34,9 @@ CELLS = ("gru", "lstm")
 ATTENTIONS = ("none", "bahdanau", "luong")
 SCORES = ("general", "dot")
 
-# The train command's defaults: on the shipped corpus, 20 epochs (~1 CPU-minute) reach held-out BLEU ~24 (greedy).
+# The train command's model (its training defaults: seq2seq/args.py).
 DEFAULT_CONFIG = dict(cell="gru", attention="bahdanau", score="general", bidirectional=True, embed_size=64,
-                      hidden_size=128, num_layers=1, dropout=0.3, num_steps=10)
+                      hidden_size=128, num_layers=1, dropout=0.3, num_steps=10, tie_embeddings=False)
 
 
 def op_backend(backend: str):
@@ -57,6 +57,10 @@ def check_config(config: dict) -> dict:
             raise UserError(f"{key}: expected a positive integer, got {cfg[key]!r}")
     if not 0.0 <= float(cfg["dropout"]) < 1.0:
         raise UserError(f"dropout: expected a value in [0, 1), got {cfg['dropout']!r}")
+    if cfg["tie_embeddings"] and cfg["embed_size"] != cfg["hidden_size"]:
+        # the output layer maps the hidden state (H) to the vocabulary, the embedding maps it to E: one matrix
+        raise UserError(f"tie_embeddings: needs embed_size equal to hidden_size, got {cfg['embed_size']} and "
+                        f"{cfg['hidden_size']}")
     return cfg
 
 
@@ -259,6 +263,8 @@ class Seq2Seq(nn.Module):
             self.decoder = PlainDecoder(cfg, backend)
         else:
             self.decoder = AttentionDecoder(cfg, backend, memory_size)
+        if cfg["tie_embeddings"]:  # one (V, E) matrix: input embedding and output projection
+            self.decoder.dense.weight = self.decoder.embedding.weight
         init_weights(self, seed=0)
 
     def _join(self, s):
@@ -305,14 +311,19 @@ class EagerMaskedSoftmaxCELoss(nn.Module):
     """d2l's MaskedSoftmaxCELoss in plain torch: ``forward(pred (B, T, V), label (B, T), valid_len (B,)) -> (B,)``,
     the cross-entropy of the first ``valid_len`` steps of each row, summed and divided by T."""
 
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.label_smoothing = label_smoothing
+
     def forward(self, pred, label, valid_len):
         mask = torch.arange(label.shape[1], device=label.device)[None, :] < valid_len[:, None]
-        ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), label.reshape(-1), reduction="none")
+        ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), label.reshape(-1), reduction="none",
+                             label_smoothing=self.label_smoothing)
         return (ce.view_as(label) * mask).mean(dim=1)
 
 
-def make_loss(backend: str) -> nn.Module:
+def make_loss(backend: str, label_smoothing: float = 0.0) -> nn.Module:
     """d2l's masked cross-entropy: eager for the ``"torch"`` backend, else s2s_fused.nn's fused one."""
     if backend == "torch":
-        return EagerMaskedSoftmaxCELoss()
-    return fnn.MaskedSoftmaxCELoss(backend=op_backend(backend))
+        return EagerMaskedSoftmaxCELoss(label_smoothing)
+    return fnn.MaskedSoftmaxCELoss(label_smoothing=label_smoothing, backend=op_backend(backend))

@@ -64,9 +64,9 @@ def compare_training_speed(trained, corpus, args, device, rounds=3):
 
 
 def compare_decoding_speed(trained, corpus, args, device, n_sent=128, rounds=2):
-    """Beam-search sentences/s on each backend over the first ``n_sent`` held-out sources."""
-    src = corpus.heldout_src[:n_sent].to(device)
-    src_len = corpus.heldout_src_len[:n_sent].to(device)
+    """Beam-search sentences/s on each backend over the first ``n_sent`` test sources."""
+    src = corpus.test.src[:n_sent].to(device)
+    src_len = corpus.test.src_len[:n_sent].to(device)
     if len(src) == 0:
         return {}
     models = {}
@@ -85,7 +85,7 @@ def compare_decoding_speed(trained, corpus, args, device, n_sent=128, rounds=2):
 
 
 def compare_speed(trained, corpus, args, device) -> dict:
-    """Both comparisons, printed; returns the report's entries ``compare_train_tokens_per_s`` and (with held-out
+    """Both comparisons, printed; returns the report's entries ``compare_train_tokens_per_s`` and (with test
     sources and a beam) ``compare_beam_sentences_per_s``."""
     print(f"speed, same weights and batches, measured now "
           f"({args.compare_steps} training steps per backend, interleaved):")
@@ -93,7 +93,7 @@ def compare_speed(trained, corpus, args, device) -> dict:
     out = {"compare_train_tokens_per_s": sp}
     print(f"  training: fused ({args.backend_fused}) {sp['fused']:,.0f} tok/s, torch {sp['torch']:,.0f} tok/s "
           f"-> {sp['fused'] / sp['torch']:.2f}x")
-    if corpus.heldout and args.beam > 1:
+    if len(corpus.test) and args.beam > 1:
         ds = compare_decoding_speed(trained, corpus, args, device)
         out["compare_beam_sentences_per_s"] = ds
         print(f"  beam-{args.beam} decoding: fused {ds['fused']:,.1f} sent/s, torch {ds['torch']:,.1f} sent/s "

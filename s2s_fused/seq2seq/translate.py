@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .data import Vocab, to_tensors, tokenize
+from .data import Vocab, WordSegmenter, to_tensors
 from .decode import beam_search, eager_beam_topk, greedy_decode
 from .model import op_backend
 
@@ -38,13 +38,16 @@ def translate_ids(model, src, src_len, *, beam: int = 1, max_len: int | None = N
 
 
 def translate(model, src_vocab: Vocab, tgt_vocab: Vocab, sentences: list[str], *, beam: int = 1,
-              batch_size: int = 256, device=None, **kw) -> list[str]:
-    """Translate raw sentences; returns the best hypothesis of each as space-separated tokens."""
+              batch_size: int = 256, device=None, segmenters=None, **kw) -> list[str]:
+    """Translate raw sentences in batches of ``batch_size``; returns the best hypothesis of each as preprocessed
+    text (lower case, a space before ``,.!?``). ``segmenters``: the checkpoint's ``(source, target)`` ones
+    (:func:`~.checkpoint.segmenters_of`; default: words)."""
+    src_seg, tgt_seg = segmenters or (WordSegmenter(), WordSegmenter())
     device = device or next(model.parameters()).device
     out = []
     for i in range(0, len(sentences), batch_size):
         chunk = sentences[i:i + batch_size]
-        src, src_len = to_tensors([tokenize(s) for s in chunk], src_vocab, model.config["num_steps"])
+        src, src_len = to_tensors([src_seg.split(s) for s in chunk], src_vocab, model.config["num_steps"])
         res = translate_ids(model, src.to(device), src_len.to(device), beam=beam, **kw)
-        out += [" ".join(tgt_vocab.decode(r[0][0])) if r else "" for r in res]
+        out += [tgt_seg.join(tgt_vocab.decode(r[0][0])) if r else "" for r in res]
     return out
