@@ -141,7 +141,7 @@ def make_extension():
                         extra_compile_args={"cxx": cxx + defines})
 
 
-TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy"]
+TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy", "onnx", "onnxscript", "onnxruntime"]
 TRAIN = ["tqdm", "sacrebleu", "matplotlib"]
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for its functions
