@@ -11,7 +11,7 @@ from torch.nn.utils import parametrizations
 
 from s2s_fused import nn as snn
 from s2s_fused._checks import RNNDtypeError, RNNInputDtypeError, RNNShapeError
-from tests.helpers import assert_close
+from tests.helpers import assert_close, torch_and_ours
 
 KINDS = ["LSTM", "GRU", "LSTMCell", "GRUCell"]
 
@@ -224,11 +224,7 @@ def test_jit_script_says_what_works(kind):
 
 
 def _pair(kind, dtype=torch.float32, **kw):
-    torch.manual_seed(0)
-    theirs = getattr(torch.nn, kind)(10, 20, dtype=dtype, **kw)
-    ours = getattr(snn, kind)(10, 20, dtype=dtype, **kw)
-    ours.load_state_dict(theirs.state_dict())
-    return theirs, ours
+    return torch_and_ours(kind, 10, 20, dtype=dtype, **kw)
 
 
 def _both_raise(theirs, ours, call, exc_ours, match):
