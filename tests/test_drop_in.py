@@ -124,6 +124,22 @@ def test_convert_seq2seq_matches_torch(backend):
     assert not hasattr(back.encoder.rnn, "backend") and not hasattr(back.decoder.rnn, "reset_after")
 
 
+def test_converted_model_compiles_fullgraph():
+    """The reason the layers are RNNBase and not nn.GRU: a converted model compiles with fullgraph=True (torch's
+    own nn.GRU would be refused by Dynamo)."""
+    ours = snn.convert(_seq2seq())
+    g = torch.Generator().manual_seed(1)
+    enc_X, dec_X = torch.randint(11, (3, 5), generator=g), torch.randint(13, (3, 4), generator=g)
+    compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
+    out_c, state_c = compiled(enc_X, dec_X)
+    out_e, state_e = ours(enc_X, dec_X)
+    assert_close(out_c, out_e, 1e-6, "compiled output")
+    assert_close(state_c, state_e, 1e-6, "compiled state")
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="LSTM"):  # Dynamo's refusal names "RNN, GRU, or LSTM"
+        torch.compile(_seq2seq(), fullgraph=True, backend="aot_eager")(enc_X, dec_X)
+
+
 def test_convert_lstm_model_and_cells():
     torch.manual_seed(0)
     theirs = LSTMLanguageModel(7, 5).double()
