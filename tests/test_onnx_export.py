@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import s2s_fused
+import s2s_fused.nn.rnn as snn_rnn
 from s2s_fused import nn as snn
 from tests.helpers import assert_close
 
@@ -15,14 +16,14 @@ ort = pytest.importorskip("onnxruntime")  # the test extra; s2s_fused.onnx itsel
 
 
 class Layers(torch.nn.Module):
-    """Every module and layer op the package exports: 2-layer bidirectional LSTM (batch_first), both GRUs, the two
-    cells (one unbatched), and a functional layer with lengths run in reverse."""
+    """Every module and layer op the package exports: 2-layer bidirectional LSTM (batch_first), a bidirectional
+    GRU and a d2l one, the two cells (one unbatched), and a functional layer with lengths run in reverse."""
 
     def __init__(self, backend):
         super().__init__()
         self.lstm = snn.LSTM(3, 4, num_layers=2, bidirectional=True, batch_first=True, backend=backend)
-        self.gru = snn.GRU(8, 5, backend=backend)
-        self.gru_d2l = snn.GRU(5, 5, bias=False, reset_after=False, backend=backend)
+        self.gru = snn.GRU(8, 5, bidirectional=True, backend=backend)
+        self.gru_d2l = snn.GRU(10, 5, bias=False, reset_after=False, backend=backend)
         self.gru_cell = snn.GRUCell(5, 4, backend=backend)
         self.gru_cell_d2l = snn.GRUCell(4, 4, reset_after=False, backend=backend)
         self.lstm_cell = snn.LSTMCell(4, 3, backend=backend)
@@ -32,7 +33,7 @@ class Layers(torch.nn.Module):
         y, (h, c) = self.lstm(x)  # (B, T, 8)
         y = y.transpose(0, 1)
         y2, h2 = self.gru(y)
-        y3, h3 = self.gru_d2l(y2, h2)
+        y3, h3 = self.gru_d2l(y2, h2[-1:])
         g = self.gru_cell_d2l(self.gru_cell(y3[-1]))
         hc, cc = self.lstm_cell(g)
         hu = self.lstm_cell(g[0], (hc[0], cc[0]))[0]  # unbatched
@@ -47,14 +48,21 @@ def _inputs():
     return torch.randn(3, 6, 3, generator=g), torch.tensor([6, 2, 4])
 
 
-@pytest.mark.parametrize("backend,training", [("cpu", False), ("cpu", True), ("reference", False),
-                                              ("triton", False)])
-def test_onnx_export_runs_in_onnxruntime(backend, training):
+@pytest.mark.parametrize("backend,training,bidir_op", [("cpu", False, False), ("cpu", True, False),
+                                                       ("cpu", False, True), ("reference", False, False),
+                                                       ("triton", False, False)])
+def test_onnx_export_runs_in_onnxruntime(backend, training, bidir_op, monkeypatch):
+    """bidir_op: the bidirectional LSTM runs both directions in one op (lstm_layer_bidir_forward), as on CUDA."""
+    if bidir_op:
+        monkeypatch.setattr(snn_rnn, "BIDIR_FUSED_BACKENDS", frozenset({backend}))
     torch.manual_seed(0)
     model = Layers(backend).train(training)  # no dropout: train mode only changes which ops run
     x, lengths = _inputs()
     program = s2s_onnx.export(model, (x, lengths))
     ops = {n.op_type for n in program.model_proto.graph.node}
+    if bidir_op:
+        graph = str(torch.export.export(model, (x, lengths)).graph)
+        assert "lstm_layer_bidir_forward" in graph and "gru_layer_bidir_forward" in graph
     assert not any(n.domain.startswith("s2s_fused") for n in program.model_proto.graph.node), ops
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), (x, lengths))}

@@ -124,7 +124,8 @@ class GRUCell(_GRUOptions, torch.nn.GRUCell):
 def _autocast_dtype(module, x):
     """The dtype torch.nn's layer would run in under autocast, or None: aten::lstm is on CPU autocast's
     lower-precision list (its output comes back in bfloat16), aten::gru is not (it stays in float32)."""
-    if module._kind == "LSTM" and x.device.type == "cpu" and x.is_floating_point() and torch.is_autocast_enabled("cpu"):
+    on_cpu = x.device.type == "cpu" and x.is_floating_point()
+    if module._kind == "LSTM" and on_cpu and torch.is_autocast_enabled("cpu"):
         return torch.get_autocast_dtype("cpu")
     return None
 
@@ -174,7 +175,8 @@ class _FusedRNNBase:
             raise _checks.RNNShapeError(f"{self._kind}: {name}: expected shape {tuple(expected)}, got "
                                         f"{tuple(h.shape)}")
         if h.dtype != input.dtype:
-            raise _checks.RNNDtypeError(f"{self._kind}: {name}: expected dtype {input.dtype} (as input), got {h.dtype}")
+            raise _checks.RNNDtypeError(f"{self._kind}: {name}: expected dtype {input.dtype} (as input), got "
+                                        f"{h.dtype}")
         if h.device != input.device:
             raise RuntimeError(f"{self._kind}: {name}: expected device {input.device} (as input), got {h.device}")
 
@@ -203,8 +205,8 @@ class _FusedRNNBase:
             raise RuntimeError(f"{self._kind}: input: expected a sequence length larger than 0, got shape "
                                f"{tuple(x.shape if packed else input.shape)}")
         if x.shape[-1] != self.input_size:
-            raise _checks.RNNShapeError(f"{self._kind}: input: expected input_size {self.input_size} in the last dim, got "
-                             f"shape {tuple(x.shape if packed else input.shape)}")
+            raise _checks.RNNShapeError(f"{self._kind}: input: expected input_size {self.input_size} in the last "
+                                        f"dim, got shape {tuple(x.shape if packed else input.shape)}")
         # The tensors getattr returns now, as torch's forward uses (its _update_flat_weights): a parametrization
         # (weight_norm, orthogonal, ...) computes its weight on access, and torch.func.functional_call swaps
         # parameters without going through the cached _flat_weights list.
@@ -215,8 +217,8 @@ class _FusedRNNBase:
             hx = None if hx is None else _cast_state(hx, autocast)
         w0 = weights[0]
         if not x.is_floating_point() or x.dtype != w0.dtype:
-            raise _checks.RNNInputDtypeError(f"{self._kind}: input: expected dtype {w0.dtype} (as the module's parameters), got "
-                            f"{x.dtype}")
+            raise _checks.RNNInputDtypeError(f"{self._kind}: input: expected dtype {w0.dtype} (as the module's "
+                                             f"parameters), got {x.dtype}")
         if x.device != w0.device:
             raise RuntimeError(f"{self._kind}: input: expected device {w0.device} (as the module's parameters), "
                                f"got {x.device}")
