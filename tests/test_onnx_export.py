@@ -8,7 +8,7 @@ import torch
 import s2s_fused
 import s2s_fused.nn.rnn as snn_rnn
 from s2s_fused import nn as snn
-from tests.helpers import assert_close
+from tests.helpers import assert_close, device_for
 
 import s2s_fused.onnx as s2s_onnx
 
@@ -56,8 +56,9 @@ def test_onnx_export_runs_in_onnxruntime(backend, training, bidir_op, monkeypatc
     if bidir_op:
         monkeypatch.setattr(snn_rnn, "BIDIR_FUSED_BACKENDS", frozenset({backend}))
     torch.manual_seed(0)
-    model = Layers(backend).train(training)  # no dropout: train mode only changes which ops run
-    x, lengths = _inputs()
+    device = device_for(backend)
+    model = Layers(backend).train(training).to(device)  # no dropout: train mode only changes which ops run
+    x, lengths = (t.to(device) for t in _inputs())
     program = s2s_onnx.export(model, (x, lengths))
     ops = {n.op_type for n in program.model_proto.graph.node}
     if bidir_op:
@@ -65,7 +66,7 @@ def test_onnx_export_runs_in_onnxruntime(backend, training, bidir_op, monkeypatc
         assert "lstm_layer_bidir_forward" in graph and "gru_layer_bidir_forward" in graph
     assert not any(n.domain.startswith("s2s_fused") for n in program.model_proto.graph.node), ops
     session = ort.InferenceSession(program.model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), (x, lengths))}
+    feeds = {i.name: t.cpu().numpy() for i, t in zip(session.get_inputs(), (x, lengths))}
     got = session.run(None, feeds)
     want = model(x, lengths)
     assert len(got) == len(want)

@@ -72,7 +72,7 @@ from torch.nn.utils import rnn as rnn_utils
 
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
-from tests.helpers import assert_close
+from tests.helpers import assert_close, device_for
 from tests.helpers import torch_and_ours as pair
 
 BACKENDS = ["reference", "cpu"]
@@ -817,8 +817,10 @@ TRITON_CASES = [c for c in MODULE_INPUTS if not c[-1] and c[0] in (
 @pytest.mark.skipif(not is_available("triton"), reason="triton not available")
 @pytest.mark.parametrize("kind,kw,input_shape,states,lengths,proj", _params(TRITON_CASES))
 def test_module_forward_backward_triton(kind, kw, input_shape, states, lengths, proj):
-    theirs, mine = pair(kind, backend="triton", dtype=torch.float32, **kw)
-    args = _make_inputs(input_shape, states, lengths, dtype=torch.float32)
+    device = device_for("triton")
+    theirs, mine = (m.to(device) for m in pair(kind, backend="triton", dtype=torch.float32, **kw))
+    args = [a.to(device) if isinstance(a, (torch.Tensor, rnn_utils.PackedSequence)) else tuple(t.to(device) for t in a)
+            for a in _make_inputs(input_shape, states, lengths, dtype=torch.float32)]
     out_t, out_o = theirs(*args), mine(*args)
     assert_same(out_o, out_t, 1e-5, "triton vs torch")
     assert_same(grads_of(mine, out_o), grads_of(theirs, out_t), 1e-4, "triton grads")
