@@ -142,7 +142,8 @@ def make_extension():
 
 
 SUBWORD = ["sentencepiece"]  # train --subword sentencepiece
-TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy"] + SUBWORD
+TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy", "onnx", "onnxscript",
+        "onnxruntime"] + SUBWORD
 TRAIN = ["tqdm", "sacrebleu", "matplotlib"]
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for its functions

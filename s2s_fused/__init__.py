@@ -21,6 +21,20 @@ from .ops.beam import beam_search_topk
 
 # ---- end of ops
 
+# the drop-in modules (s2s_fused.nn.LSTM, ..., s2s_fused.nn.MaskedSoftmaxCELoss)
+from . import nn  # noqa: E402
+
+
+
+def __getattr__(name):
+    # s2s_fused.onnx imports onnxscript (slow, optional): loaded on first use, not with the package.
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __version__ = "0.1.0"
 
 __all__ = ["__version__"] + sorted(

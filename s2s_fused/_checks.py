@@ -72,10 +72,30 @@ def rnn_tensors(kind: str, input, h, c, w_ih, w_hh, b_ih, b_hh, dims, state_dims
     return hname
 
 
-def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int) -> None:
-    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), b (G*H,)."""
+def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int, hname: str = "") -> None:
+    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), b (G*H,), where H
+    is the state's (``hname``'s) last dim. Weights consistent among themselves with another H blame the state."""
+    n = w_hh.shape[1]
+    if hname and n != hidden_size and tuple(w_hh.shape) == (gates * n, n) and w_ih.shape[0] == gates * n:
+        raise ValueError(f"{hname}: expected hidden size {n} in the last dim (w_hh is {tuple(w_hh.shape)}), got "
+                         f"{hidden_size}")
     shape(w_ih, "w_ih", (gates * hidden_size, input_size))
     shape(w_hh, "w_hh", (gates * hidden_size, hidden_size))
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             shape(b, name, (gates * hidden_size,))
+
+
+# torch.nn's RNN modules raise RuntimeError for most shape and dtype mismatches (ValueError for an input whose
+# dtype is not the weights'), where the package raises ValueError / TypeError. The modules raise these, which are
+# both, so code written against either catches them.
+class RNNShapeError(ValueError, RuntimeError):
+    """A shape mismatch in an nn RNN module's call: ValueError here, RuntimeError in torch.nn."""
+
+
+class RNNDtypeError(TypeError, RuntimeError):
+    """A dtype mismatch in an nn RNN module's call where torch.nn raises RuntimeError."""
+
+
+class RNNInputDtypeError(TypeError, ValueError):
+    """An nn RNN layer's input whose dtype is not its weights': TypeError here, ValueError in torch.nn."""

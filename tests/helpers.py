@@ -127,3 +127,15 @@ def run_on_cpu_capability(cap: str, code: str, *, timeout: float = 300, **env: s
     if aten.lower() != cap:
         pytest.skip(f"this CPU lacks {cap} (ATen chose {aten})")
     return out
+
+
+def torch_and_ours(kind: str, *args, backend=None, dtype=torch.float64, seed: int = 0, **kw):
+    """torch.nn's ``kind`` module ("LSTM", "GRU", "LSTMCell", "GRUCell") and s2s_fused.nn's, built with the same
+    arguments and holding the same weights (loaded with strict=True)."""
+    from s2s_fused import nn as snn
+
+    torch.manual_seed(seed)
+    theirs = getattr(torch.nn, kind)(*args, dtype=dtype, **kw)
+    ours = getattr(snn, kind)(*args, backend=backend, dtype=dtype, **kw)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours

@@ -2,6 +2,9 @@
 # ---- cells and layers
 from .rnn import GRU, LSTM, GRUCell, LSTMCell
 
+# ---- swapping torch.nn's modules for ours and back
+from .conversion import convert, to_torch
+
 # ---- losses
 from .loss import MaskedSoftmaxCELoss
 

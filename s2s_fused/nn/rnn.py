@@ -16,19 +16,49 @@ from ..ops.rnn_cell import gru_cell, lstm_cell
 from ..ops.rnn_layer import gru_layer, gru_layer_bidir, lstm_layer, lstm_layer_bidir
 
 
-def _check_backend_arg(backend):
+def check_backend_arg(backend):
     if backend is not None:
         _validate_name(backend)
     return backend
 
 
-def _cell_input(module_name, input, hidden_size):
+def _cell_state(module, input, hx, names):
+    """Checks a cell's call as torch.nn does (before any kernel, naming the culprit) and returns its states: hx's
+    tensors, or zeros when hx is None. ``names``: the states' argument names, ("hx",) or ("hx[0]", "hx[1]")."""
+    kind = type(module).__name__
     _checks.tensor(input, "input")
     if input.dim() not in (1, 2):
-        raise ValueError(f"{module_name}: expected input to be 1-D or 2-D, got {input.dim()}-D with shape "
+        raise ValueError(f"{kind}: input: expected a 1-D or 2-D tensor, got {input.dim()}-D with shape "
                          f"{tuple(input.shape)}")
-    batch = () if input.dim() == 1 else (input.shape[0],)
-    return input.new_zeros(*batch, hidden_size)
+    if input.shape[-1] != module.input_size:
+        raise _checks.RNNShapeError(f"{kind}: input: expected input_size {module.input_size} in the last dim, got "
+                                    f"shape {tuple(input.shape)}")
+    w = module.weight_ih
+    if input.dtype != w.dtype:
+        raise _checks.RNNDtypeError(f"{kind}: input: expected dtype {w.dtype} (as the module's parameters), got "
+                                    f"{input.dtype}")
+    expected = (*input.shape[:-1], module.hidden_size)
+    if hx is None:
+        return [input.new_zeros(expected)] * len(names)
+    if len(names) == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+        raise TypeError(f"{kind}: hx: expected a tuple (h, c) of two tensors, got {type(hx).__name__}")
+    states = list(hx) if len(names) == 2 else [hx]
+    for name, h in zip(names, states):
+        _checks.tensor(h, name)
+        if tuple(h.shape) != expected:
+            raise _checks.RNNShapeError(f"{kind}: {name}: expected shape {expected} (input's batch, hidden_size "
+                                        f"{module.hidden_size}), got {tuple(h.shape)}")
+        if h.dtype != input.dtype:
+            raise _checks.RNNDtypeError(f"{kind}: {name}: expected dtype {input.dtype} (as input), got {h.dtype}")
+    return states
+
+
+def _refuse_script(module):
+    """torch.jit.script calls this on every submodule before compiling it; our forward dispatches in Python
+    (backends, autograd functions), which TorchScript cannot compile, so say what works instead."""
+    name = next(c for c in type(module).__mro__ if c.__module__ == __name__).__name__
+    raise RuntimeError(f"s2s_fused.nn.{name}: torch.jit.script cannot compile the fused modules; "
+                       "use torch.jit.trace, torch.compile, or s2s_fused.nn.to_torch(model) for torch.nn's classes")
 
 
 class _GRUOptions:
@@ -38,7 +68,7 @@ class _GRUOptions:
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after: expected a bool, got {type(reset_after).__name__}")
         self.reset_after = reset_after
-        self.backend = _check_backend_arg(backend)
+        self.backend = check_backend_arg(backend)
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -51,14 +81,14 @@ class LSTMCell(torch.nn.LSTMCell):
     forward(input (B, I) or (I,), hx = (h, c) or None) -> (h1, c1)
     """
 
+    __prepare_scriptable__ = _refuse_script
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, backend=None):
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
-        self.backend = _check_backend_arg(backend)
+        self.backend = check_backend_arg(backend)
 
     def forward(self, input, hx=None):
-        if hx is None:
-            zeros = _cell_input("LSTMCell", input, self.hidden_size)
-            hx = (zeros, zeros)
+        hx = tuple(_cell_state(self, input, hx, ("hx[0]", "hx[1]")))
         return lstm_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                          backend=self.backend)
 
@@ -70,14 +100,15 @@ class GRUCell(_GRUOptions, torch.nn.GRUCell):
     forward(input (B, I) or (I,), hx (B, H) or (H,) or None) -> h1
     """
 
+    __prepare_scriptable__ = _refuse_script
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
                  backend=None):
         super().__init__(input_size, hidden_size, bias=bias, device=device, dtype=dtype)
         self._set_gru_options(reset_after, backend)
 
     def forward(self, input, hx=None):
-        if hx is None:
-            hx = _cell_input("GRUCell", input, self.hidden_size)
+        (hx,) = _cell_state(self, input, hx, ("hx",))
         return gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh,
                         reset_after=self.reset_after, backend=self.backend)
 
@@ -88,6 +119,21 @@ class GRUCell(_GRUOptions, torch.nn.GRUCell):
 # are torch's own. Not torch.nn.LSTM / GRU themselves: Dynamo refuses any isinstance(m, nn.LSTM / GRU / RNN)
 # module (torch._dynamo.config.allow_rnn), which would rule out torch.compile(fullgraph=True). forward runs one
 # fused op per layer and direction (or per layer, both directions in one op), so the time loop never runs in Python.
+
+
+def _autocast_dtype(module, x):
+    """The dtype torch.nn's layer would run in under autocast, or None: aten::lstm is on CPU autocast's
+    lower-precision list (its output comes back in bfloat16), aten::gru is not (it stays in float32)."""
+    on_cpu = x.device.type == "cpu" and x.is_floating_point()
+    if module._kind == "LSTM" and on_cpu and torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return None
+
+
+def _cast_state(hx, dtype):
+    if isinstance(hx, (tuple, list)):
+        return type(hx)(h.to(dtype) if isinstance(h, torch.Tensor) else h for h in hx)
+    return hx.to(dtype) if isinstance(hx, torch.Tensor) else hx
 
 
 def _packed_layout(batch_sizes: torch.Tensor):
@@ -126,9 +172,11 @@ class _FusedRNNBase:
     def _check_hidden(self, h, name, expected, input):
         _checks.tensor(h, name)
         if tuple(h.shape) != tuple(expected):
-            raise ValueError(f"{self._kind}: {name}: expected shape {tuple(expected)}, got {tuple(h.shape)}")
+            raise _checks.RNNShapeError(f"{self._kind}: {name}: expected shape {tuple(expected)}, got "
+                                        f"{tuple(h.shape)}")
         if h.dtype != input.dtype:
-            raise TypeError(f"{self._kind}: {name}: expected dtype {input.dtype} (as input), got {h.dtype}")
+            raise _checks.RNNDtypeError(f"{self._kind}: {name}: expected dtype {input.dtype} (as input), got "
+                                        f"{h.dtype}")
         if h.device != input.device:
             raise RuntimeError(f"{self._kind}: {name}: expected device {input.device} (as input), got {h.device}")
 
@@ -153,17 +201,24 @@ class _FusedRNNBase:
             x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
             T, B = x.shape[0], x.shape[1]
             lengths = sorted_indices = unsorted_indices = None
+        if x.shape[0] == 0:
+            raise RuntimeError(f"{self._kind}: input: expected a sequence length larger than 0, got shape "
+                               f"{tuple(x.shape if packed else input.shape)}")
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"{self._kind}: input: expected input_size {self.input_size} in the last dim, got "
-                             f"shape {tuple(x.shape if packed else input.shape)}")
+            raise _checks.RNNShapeError(f"{self._kind}: input: expected input_size {self.input_size} in the last "
+                                        f"dim, got shape {tuple(x.shape if packed else input.shape)}")
         # The tensors getattr returns now, as torch's forward uses (its _update_flat_weights): a parametrization
         # (weight_norm, orthogonal, ...) computes its weight on access, and torch.func.functional_call swaps
         # parameters without going through the cached _flat_weights list.
         weights = [getattr(self, name) for name in self._flat_weights_names]
+        autocast = _autocast_dtype(self, x)
+        if autocast is not None:
+            x, weights = x.to(autocast), [w.to(autocast) for w in weights]
+            hx = None if hx is None else _cast_state(hx, autocast)
         w0 = weights[0]
         if not x.is_floating_point() or x.dtype != w0.dtype:
-            raise TypeError(f"{self._kind}: input: expected dtype {w0.dtype} (as the module's parameters), got "
-                            f"{x.dtype}")
+            raise _checks.RNNInputDtypeError(f"{self._kind}: input: expected dtype {w0.dtype} (as the module's "
+                                             f"parameters), got {x.dtype}")
         if x.device != w0.device:
             raise RuntimeError(f"{self._kind}: input: expected device {w0.device} (as the module's parameters), "
                                f"got {x.device}")
@@ -239,6 +294,8 @@ class LSTM(_FusedRNNBase, torch.nn.RNNBase):
     ``proj_size > 0`` is not implemented yet.
     """
 
+    __prepare_scriptable__ = _refuse_script
+
     _kind = "LSTM"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
@@ -249,7 +306,7 @@ class LSTM(_FusedRNNBase, torch.nn.RNNBase):
         super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, proj_size=0,
                          device=device, dtype=dtype)
-        self.backend = _check_backend_arg(backend)
+        self.backend = check_backend_arg(backend)
 
     def _layer_call(self, x, h0, c0, weights, lengths, reverse):
         w_ih, w_hh, *b = weights
@@ -275,10 +332,16 @@ class GRU(_GRUOptions, _FusedRNNBase, torch.nn.RNNBase):
     forward(input as :class:`LSTM`, hx (num_layers * num_directions, B, H) or None) -> (output, h_n).
     """
 
+    __prepare_scriptable__ = _refuse_script
+
     _kind = "GRU"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, device=None, dtype=None, *, reset_after=True, backend=None):
+                 bidirectional=False, device=None, dtype=None, *, reset_after=True, backend=None, **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("GRU: proj_size: only supported for LSTM, not RNN or GRU (as torch.nn.GRU)")
+        if kwargs:
+            raise TypeError(f"GRU: unexpected keyword argument {next(iter(kwargs))!r}")
         super().__init__("GRU", input_size, hidden_size, num_layers=num_layers, bias=bias,
                          batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, device=device,
                          dtype=dtype)

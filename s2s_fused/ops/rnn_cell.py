@@ -114,7 +114,7 @@ def _check_cell(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, *, c=None):
         raise ValueError(f"{hname}: expected batch size {input.shape[0]} (as input), got shape {tuple(h.shape)}")
     if c is not None and c.shape != h.shape:
         raise ValueError(f"hx[1]: expected shape {tuple(h.shape)} (as hx[0]), got {tuple(c.shape)}")
-    _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H)
+    _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H, hname)
 
 
 def lstm_cell(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, backend=None):

@@ -163,7 +163,7 @@ def _check_layer(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, lengths, *, c=No
         raise ValueError(f"{hname}: expected batch size {B} (input.shape[1]), got shape {tuple(h.shape)}")
     if c is not None and c.shape != h.shape:
         raise ValueError(f"hx[1]: expected shape {tuple(h.shape)} (as hx[0]), got {tuple(c.shape)}")
-    _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H)
+    _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H, hname)
     check_lengths(lengths, T, B, input.device)
 
 
