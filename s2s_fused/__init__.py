@@ -19,6 +19,9 @@ from .ops.linear_cross_entropy import linear_masked_cross_entropy
 # ---- beam
 from .ops.beam import beam_search_topk
 
+# ---- attention
+from .ops.attention import additive_attention
+
 # ---- end of ops
 
 __version__ = "0.1.0"
