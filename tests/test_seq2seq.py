@@ -464,3 +464,67 @@ def test_ddp_two_processes(tmp_path):
     assert report["world_size"] == 2
     m, _, _, _ = load_checkpoint(out)
     assert all(torch.isfinite(p).all() for p in m.parameters())
+
+
+# ------------------------------------------------------------------------------------- fused decoder step
+
+
+def _pair(corpus, dtype=torch.float64, **over):
+    cfg = dict(cell="gru", attention="bahdanau", bidirectional=True, dropout=0.3)
+    cfg.update(over)
+    fused, eager = model_for(corpus, "fused", **cfg).to(dtype), model_for(corpus, "torch", **cfg).to(dtype)
+    eager.load_state_dict(fused.state_dict())
+    return fused, eager
+
+
+def test_default_model_runs_the_fused_decoder_step(corpus):
+    fused, eager = _pair(corpus)
+    assert fused.decoder.fused and not eager.decoder.fused
+    assert not model_for(corpus, "fused", cell="lstm", attention="bahdanau").decoder.fused
+    assert not model_for(corpus, "fused", attention="bahdanau", num_layers=2).decoder.fused
+
+
+def test_fused_decoder_step_training_matches_torch_backend(corpus):
+    """Teacher forcing (keys and projected values once per batch, the embedding's input gates for every step in
+    one GEMM), dropout included (the same draws in the same order): logits and every parameter's gradient."""
+    fused, eager = _pair(corpus)
+    src, src_len, tgt, _ = batch_of(corpus, 12)
+    src_len = src_len.clone()
+    src_len[0] = 1
+    out = {}
+    for name, m in (("fused", fused), ("torch", eager)):
+        torch.manual_seed(3)
+        logits = m(src, src_len, tgt)
+        logits.square().sum().backward()
+        out[name] = (logits, {k: p.grad for k, p in m.named_parameters()})
+    assert_close(out["fused"][0], out["torch"][0], 1e-9, "logits")
+    for k, g in out["torch"][1].items():
+        assert_close(out["fused"][1][k], g, 1e-9, f"grad {k}")
+
+
+def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(corpus):
+    """Decoding gathers the embedding's input gates from a table built once per weight version: after an
+    optimiser step changes the weights in place, the table is rebuilt (a stale one would decode with the old
+    embedding and input weights)."""
+    fused, eager = _pair(corpus)
+    src, src_len = corpus.heldout_src[:10], corpus.heldout_src_len[:10]
+    for update in range(2):
+        for m in (fused, eager):
+            m.eval()
+        with torch.no_grad():
+            sf, se = fused.encode(src, src_len), eager.encode(src, src_len)
+            tok = torch.full((10,), 1, dtype=torch.long)
+            for _ in range(4):
+                lf, sf = fused.step(tok, sf)
+                le, se = eager.step(tok, se)
+                assert_close(lf, le, 1e-9, f"step logits after {update} updates")
+                tok = le.argmax(-1)
+        for beam in (1, 3):
+            a, b = translate_ids(fused, src, src_len, beam=beam), translate_ids(eager, src, src_len, beam=beam)
+            assert [h[0][0] for h in a] == [h[0][0] for h in b]
+            assert [h[0][1] for h in a] == pytest.approx([h[0][1] for h in b], rel=1e-6)  # (float32 scores)
+        for m in (fused, eager):  # the same in-place update of every parameter
+            m.train()
+            opt = torch.optim.SGD(m.parameters(), lr=0.5)
+            torch.manual_seed(4)
+            train_step(m, make_loss("fused" if m is fused else "torch"), opt, batch_of(corpus, 16), clip=1.0)
