@@ -110,6 +110,33 @@ inline AttnBackwardOutputs attn_backward_outputs(const AttnArgs& a) {
           at::empty({r.B, r.H}, acc)};
 }
 
+// The kernels' raw-pointer views of the forward's and the backward's tensors.
+inline cpu::AttnForwardParams attn_forward_params(const AttnArgs& a, const at::Tensor& qp, at::Tensor& context,
+                                                  at::Tensor& weights) {
+  cpu::AttnForwardParams p;
+  p.rows = a.rows;
+  p.rows.qp = qp.const_data_ptr();
+  p.context = context.mutable_data_ptr();
+  p.weights = weights.mutable_data_ptr();
+  return p;
+}
+
+// grad_context, grad_weights (or undefined) and qp contiguous.
+inline cpu::AttnBackwardParams attn_backward_params(const AttnArgs& a, const at::Tensor& grad_context,
+                                                    const at::Tensor& grad_weights, const at::Tensor& qp,
+                                                    AttnBackwardOutputs& o) {
+  cpu::AttnBackwardParams p;
+  p.rows = a.rows;
+  p.rows.qp = qp.const_data_ptr();
+  p.grad_context = grad_context.const_data_ptr();
+  p.grad_weights = ptr_or_null(grad_weights);
+  p.grad_keys = o.grad_keys.mutable_data_ptr();
+  p.grad_values = o.grad_values.mutable_data_ptr();
+  p.grad_qp = o.grad_qp.mutable_data_ptr();
+  p.grad_v_rows = o.grad_v_rows.mutable_data_ptr();
+  return p;
+}
+
 // From the per-row kernels' d loss / d qp and row shares of d loss / d v: (grad_query, grad_w_q, grad_v), two
 // GEMMs and a column sum.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_finish_backward(const AttnArgs& a,

@@ -31,11 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> additive_attention_forward_cpu(
   check_valid_len_values(a);
   at::Tensor qp = attn_query_proj(a);
   auto [context, weights] = attn_forward_outputs(a);
-  AttnForwardParams p;
-  p.rows = a.rows;
-  p.rows.qp = qp.const_data_ptr();
-  p.context = context.mutable_data_ptr();
-  p.weights = weights.mutable_data_ptr();
+  const auto p = attn_forward_params(a, qp, context, weights);
   at::parallel_for(0, p.rows.B, attn_grain(p.rows),
                    [&](int64_t b0, int64_t b1) { attention_kernels().forward(p, b0, b1); });
   return {context, weights, qp};
@@ -51,15 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> additive_
   check_valid_len_values(a);
   const at::Tensor g = grad_context.contiguous(), qp = query_proj.contiguous();
   AttnBackwardOutputs o = attn_backward_outputs(a);
-  AttnBackwardParams p;
-  p.rows = a.rows;
-  p.rows.qp = qp.const_data_ptr();
-  p.grad_context = g.const_data_ptr();
-  p.grad_weights = ptr_or_null(gw);
-  p.grad_keys = o.grad_keys.mutable_data_ptr();
-  p.grad_values = o.grad_values.mutable_data_ptr();
-  p.grad_qp = o.grad_qp.mutable_data_ptr();
-  p.grad_v_rows = o.grad_v_rows.mutable_data_ptr();
+  const auto p = attn_backward_params(a, g, gw, qp, o);
   at::parallel_for(0, p.rows.B, attn_grain(p.rows),
                    [&](int64_t b0, int64_t b1) { attention_kernels().backward(p, b0, b1); });
   auto [grad_query, grad_w_q, grad_v] = attn_finish_backward(a, o);
