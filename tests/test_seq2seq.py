@@ -528,3 +528,26 @@ def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(
             opt = torch.optim.SGD(m.parameters(), lr=0.5)
             torch.manual_seed(4)
             train_step(m, make_loss("fused" if m is fused else "torch"), opt, batch_of(corpus, 16), clip=1.0)
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[5]], ids=cfg_id)
+def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, cfg):
+    """The model's beam reorder copies the per-hypothesis entries only; beam search gives the same hypotheses
+    as with decode's default reorder, which copies every entry."""
+    from s2s_fused.seq2seq.decode import beam_search, default_reorder_state
+
+    m = model_for(corpus, "fused", **cfg).eval()
+    src, src_len = corpus.heldout_src[:6], corpus.heldout_src_len[:6]
+    with torch.no_grad():
+        state = m.encode(src, src_len)
+        expanded = m.reorder_state(state, torch.arange(6).repeat_interleave(3))
+        for key, value in default_reorder_state(state, torch.arange(6).repeat_interleave(3)).items():
+            assert torch.equal(expanded[key], value), key
+        within = torch.tensor([2, 0, 1, 3, 3, 5, 8, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17])
+        again = m.reorder_state(expanded, within)
+        for key in m.SOURCE_SIDE:
+            if key in expanded:
+                assert again[key] is expanded[key], key
+        runs = [beam_search(m.step, state, 1, 2, 3, 8, reorder_state=r) for r in (m.reorder_state, None)]
+    assert [[(h.tokens, h.score) for h in hyps] for hyps in runs[0]] == \
+        [[(h.tokens, h.score) for h in hyps] for hyps in runs[1]]

@@ -347,6 +347,20 @@ class Seq2Seq(nn.Module):
         """``tokens (N,)``, batch-first ``state`` -> ``(logits (N, V), state)``."""
         return self.decoder.step(tokens, state)
 
+    # The decoding state's source-side entries: one per source sentence, the same for each of its hypotheses.
+    SOURCE_SIDE = ("memory", "keys", "values_proj", "mem_len")
+
+    def reorder_state(self, state, index):
+        """Beam search's reorder (decode.beam_search's ``reorder_state``): rows ``index`` of every entry. Beam search
+        first expands B rows to B*K (every entry is gathered), then reorders hypotheses among the K beams of each
+        sentence only, which leaves the source-side entries as they are: those are not copied again (at the
+        default model's beam-4 shape they are most of the state: (N, S, 3H) projected values, (N, S, H) keys)."""
+        out = {}
+        for key, value in state.items():
+            same_rows = value.shape[0] == index.shape[0]
+            out[key] = value if key in self.SOURCE_SIDE and same_rows else value.index_select(0, index)
+        return out
+
 
 def init_weights(model: nn.Module, seed: int = 0) -> None:
     """Deterministic initialisation by parameter name, independent of the backend's module classes: Xavier-uniform
