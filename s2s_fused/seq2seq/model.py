@@ -9,7 +9,10 @@ Models (``config["attention"]``):
 - ``"none"``: d2l's ``Seq2SeqEncoder``/``Seq2SeqDecoder``: the decoder concatenates the context (the encoder's final
   top-layer state) to every input embedding; the whole target sequence runs through one multi-layer GRU/LSTM.
 - ``"bahdanau"``: additive attention over the encoder outputs, queried with the decoder's previous top-layer state;
-  the context is concatenated to the input embedding (d2l ``Seq2SeqAttentionDecoder``).
+  the context is concatenated to the input embedding (d2l ``Seq2SeqAttentionDecoder``). With one GRU layer on an
+  s2s_fused backend the steps run fused (:meth:`AttentionDecoder.fused_core`, same numbers): the
+  ``additive_attention`` op over the encoder outputs already multiplied by the GRU's context input weights, the
+  embedding's input gates computed for all steps at once (training) or gathered from a per-token table (decoding).
 - ``"luong"``: multiplicative attention (``score="dot"`` or ``"general"``) on the decoder's new top-layer state,
   attentional state ``tanh(W_c [context; h])`` feeding the output layer and the next step (input feeding).
 With ``bidirectional=True`` the encoder runs both ways; per layer, the final forward and backward states are joined
