@@ -46,10 +46,13 @@ def _setup_context(ctx, inputs, output):
     query, keys, values, w_q, v, valid_len = inputs
     ctx.save_for_backward(query, keys, values, w_q, v, valid_len, output[2])
     ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # an unused weights output reaches backward as None, not as a zeros tensor
 
 
 def _backward(backward_op, ctx, grad_context, grad_weights, _grad_qp):
     query, keys, values, w_q, v, valid_len, qp = ctx.saved_tensors
+    if grad_context is None and grad_weights is None:
+        return (None,) * 6
     if recording_backward():
         return reference_vjp(lambda *x: reference.additive_attention(*x, valid_len), (query, keys, values, w_q, v),
                              (grad_context, grad_weights), ctx.needs_input_grad[:5]) + (None,)
