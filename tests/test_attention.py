@@ -254,3 +254,23 @@ def test_direct_op_calls_check_valid_len_values(suffix):
             fwd(*tensors, vb)
         with pytest.raises(RuntimeError, match=rf"^valid_len: expected values in \[0, S=3\], got {bad} at index 1"):
             bwd(ctx, w, *tensors, vb, qp)
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("output", ["context", "weights", "neither"])
+def test_gradient_through_one_output(backend, output):
+    """An unused output's gradient reaches backward as None: the gradients are those of the output used, and a
+    loss that uses neither (only through a detached path) gives no gradient at all."""
+    dev = device_for(backend)
+    tensors, vl = _inputs(3, 4, 5, 2, 6, device=dev, seed=9)
+    grads = {}
+    for be in (backend, "reference"):
+        xs = [t.clone().requires_grad_() for t in tensors]
+        ctx, w = s2s_fused.additive_attention(*xs, vl, backend=be)
+        loss = {"context": ctx.sin().sum(), "weights": w.square().sum(), "neither": ctx.detach().sum() * xs[0].sum()}
+        grads[be] = torch.autograd.grad(loss[output], xs, allow_unused=True)
+    for name, g, r in zip(NAMES, grads[backend], grads["reference"]):
+        if r is None:
+            assert g is None or torch.count_nonzero(g) == 0, name
+        else:
+            assert_close(g, r, 1e-10, f"grad {name}")
