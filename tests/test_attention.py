@@ -194,7 +194,8 @@ def test_each_cpu_capability(cap):
         "torch.manual_seed(0)\n"
         "for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-10)):\n"
         "  for S, H, Dv in ((1, 1, 1), (3, 17, 33), (17, 130, 7)):\n"
-        "    xs = [torch.randn(*s, dtype=torch.float64).to(dt) for s in ((4, 5), (4, S, H), (4, S, Dv), (H, 5), (H,))]\n"
+        "    shapes = ((4, 5), (4, S, H), (4, S, Dv), (H, 5), (H,))\n"
+        "    xs = [torch.randn(*s, dtype=torch.float64).to(dt) for s in shapes]\n"
         "    vl = torch.tensor([S, 0, 1, max(S - 1, 0)])\n"
         "    a = [x.clone().requires_grad_() for x in xs]; r = [x.double().requires_grad_() for x in xs]\n"
         "    c, w = s2s_fused.additive_attention(*a, vl, backend='cpu')\n"
@@ -274,3 +275,11 @@ def test_gradient_through_one_output(backend, output):
             assert g is None or torch.count_nonzero(g) == 0, name
         else:
             assert_close(g, r, 1e-10, f"grad {name}")
+
+
+def test_triton_attention_kernels_compile_for_gpu():
+    """The Triton attention kernels in the configurations their launchers use (every dtype; S, H, Dv = 1 as
+    constexprs; a 256-wide score tile), compiled for sm_90 down to cubin without a GPU: the interpreter accepts code
+    the compiler rejects (tests/gpu_compile.py)."""
+    from tests.gpu_compile import check_families
+    check_families("attention")

@@ -144,7 +144,9 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(const Attn
   }
   // grad_values_s = weights_s g (0 past valid_len; g / S for an empty row)
   T* gv = static_cast<T*>(prm.grad_values) + b * S * Dv;
-  for (int64_t i = threadIdx.x; i < S * Dv; i += kThreads) gv[i] = from_acc<T>(w[i / Dv] * to_acc(g[i % Dv]) + nan_if_bad);
+  for (int64_t i = threadIdx.x; i < S * Dv; i += kThreads) {
+    gv[i] = from_acc<T>(w[i / Dv] * to_acc(g[i % Dv]) + nan_if_bad);
+  }
   __syncthreads();
   A part = 0;
   for (int64_t s = threadIdx.x; s < L; s += kThreads) part += w[s] * ds[s];
