@@ -96,6 +96,8 @@ SHAPES = [(1, 1, 1, 1, 1), (3, 17, 3, 5, 7), (17, 1, 130, 3, 17), (130, 3, 17, 1
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_forward_backward_matches_reference(backend, dtype, shape):
     dev = device_for(backend)
+    if backend == "triton" and dev.type == "cpu" and shape[0] > 100 and dtype != torch.float32:
+        pytest.skip("the interpreter runs one program at a time: B = 130 in float32 only (15 s a dtype)")
     tensors, vl = _inputs(*shape, dtype=dtype, device=dev, seed=sum(shape))
     ctx, w, grads = _run(backend, tensors, vl)
     rctx, rw, rgrads = _ref(tensors, vl)
