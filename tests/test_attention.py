@@ -7,11 +7,15 @@ import torch
 
 import s2s_fused
 from s2s_fused import reference
-from s2s_fused.backend import is_available
+from s2s_fused.backend import is_available, triton_interpret
 from tests.helpers import (CPU_CAPABILITIES, VALUE_TOL, assert_close, assert_raises, backend_params, device_for,
                            poison_heap, run_on_cpu_capability)
 
 ops = torch.ops.s2s_fused
+# The Triton twins' checks on CPU tensors, under the interpreter only: on a GPU machine (no interpreter) they are the
+# same device-agnostic Python functions, covered by the CPU runs (as in tests/test_op_checks.py).
+TRITON_ON_CPU = pytest.mark.skipif(not (is_available("triton") and triton_interpret()),
+                                   reason="Triton on CPU tensors needs TRITON_INTERPRET=1")
 # Gradients vs the float64 reference run on the same rounded inputs (relative to the largest gradient): fp32/fp64
 # as the value tolerance; half precision: each gradient is rounded once to the dtype after an fp32 accumulation.
 GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -214,8 +218,7 @@ def test_each_cpu_capability(cap):
 # --------------------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("triton", marks=pytest.mark.skipif(
-    not is_available("triton"), reason="triton not available"))])
+@pytest.mark.parametrize("backend", ["cpu", "reference", pytest.param("triton", marks=TRITON_ON_CPU)])
 def test_bad_input(backend):
     """Each argument of the public function: torch's exception type for the mistake, a message naming it."""
     (q, k, vals, w_q, v), vl = _inputs(2, 3, 4, 5, 6, dtype=torch.float32)
@@ -243,8 +246,7 @@ def test_bad_input(backend):
     f(q, k, vals, w_q, v, vl.int())  # any integer dtype
 
 
-@pytest.mark.parametrize("suffix", ["", pytest.param("_triton", marks=pytest.mark.skipif(
-    not is_available("triton"), reason="triton not available"))])
+@pytest.mark.parametrize("suffix", ["", pytest.param("_triton", marks=TRITON_ON_CPU)])
 def test_direct_op_calls_check_valid_len_values(suffix):
     """Value checks the table of tests/test_op_checks.py (shapes and dtypes) does not make."""
     fwd = getattr(ops, "additive_attention_forward" + suffix)
