@@ -2,7 +2,7 @@
 
 Each script runs in its own process, so one failing family does not hide the others; the exit code is non-zero
 if any failed. Families run in PRIORITY order (the device's ceilings first, then the RNN layers and cells,
-cross-entropy, beam search and the whole model), then the rest alphabetically.
+cross-entropy, beam search, attention and the whole model), then the rest alphabetically.
 
 ``--only FAMILY...`` (consumed here) runs just those families. ``--budget-s N`` (consumed here too) time-boxes
 the whole run for a GPU round: each family gets at most its share of the time left (WEIGHTS, over the families
@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-PRIORITY = ["ceilings", "rnn_layer", "rnn_cell", "cross_entropy", "beam", "seq2seq"]
+PRIORITY = ["ceilings", "rnn_layer", "rnn_cell", "cross_entropy", "beam", "attention", "seq2seq"]
 # Relative shares of a time-boxed run, from the GPU round's estimates (gpu_check.sh's header); others weigh 1.
-WEIGHTS = {"ceilings": 0.3, "rnn_layer": 4.5, "rnn_cell": 3, "cross_entropy": 1.5, "beam": 1, "seq2seq": 1.5}
+WEIGHTS = {"ceilings": 0.3, "rnn_layer": 4.5, "rnn_cell": 3, "cross_entropy": 1.5, "beam": 1, "attention": 0.5,
+           "seq2seq": 1.5}
 GRACE_S = 20
 MIN_CAP_S = 30  # the least a family gets (importing torch and s2s_fused alone takes seconds)
 

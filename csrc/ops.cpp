@@ -113,6 +113,19 @@ TORCH_LIBRARY(s2s_fused, m) {
       "beam_search_topk(Tensor logits, Tensor beam_scores, int k, Tensor? finished=None, int? eos_id=None) "
       "-> (Tensor scores, Tensor beam_index, Tensor token)");
 
+  // ---------------------------------------------------------------- attention
+  // Additive (Bahdanau) attention of one decoder step (csrc/attention.h): query (B, Hq), keys (B, S, H) already
+  // projected, values (B, S, Dv), w_q (H, Hq), v (H,), valid_len (B,) int64 in [0, S] (0: uniform weights).
+  // context (B, Dv) and weights (B, S) in the inputs' dtype; query_proj = query W_q^T (B, H) in the accumulate
+  // type (fp32; fp64 for fp64), saved for backward, which recomputes the scores from it.
+  m.def(
+      "additive_attention_forward(Tensor query, Tensor keys, Tensor values, Tensor w_q, Tensor v, "
+      "Tensor valid_len) -> (Tensor context, Tensor weights, Tensor query_proj)");
+  m.def(
+      "additive_attention_backward(Tensor grad_context, Tensor? grad_weights, Tensor query, Tensor keys, "
+      "Tensor values, Tensor w_q, Tensor v, Tensor valid_len, Tensor query_proj) -> (Tensor grad_query, "
+      "Tensor grad_keys, Tensor grad_values, Tensor grad_w_q, Tensor grad_v)");
+
   // ---------------------------------------------------------------- end of schemas
 }
 

@@ -19,6 +19,9 @@ from .ops.linear_cross_entropy import linear_masked_cross_entropy
 # ---- beam
 from .ops.beam import beam_search_topk
 
+# ---- attention
+from .ops.attention import additive_attention
+
 # ---- end of ops
 
 # the drop-in modules (s2s_fused.nn.LSTM, ..., s2s_fused.nn.MaskedSoftmaxCELoss)

@@ -448,4 +448,74 @@ def beam_search_topk(logits, beam_scores, k, finished=None, eos_id=None) -> None
         fail("eos_id: expected 0 <= eos_id < V = ", V, ", got ", eos_id)
 
 
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def attn_acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def attn_args(query, keys, values, w_q, v, valid_len) -> None:
+    """csrc/attention_args.h attn_args, check for check and message for message."""
+    for t, name in ((query, "query"), (keys, "keys"), (values, "values"), (w_q, "w_q"), (v, "v"),
+                    (valid_len, "valid_len")):
+        tensor(t, name)
+    floating(query, "query")
+    dim(query, 2, "query")
+    for t, name, d in ((keys, "keys", 3), (values, "values", 3), (w_q, "w_q", 2), (v, "v", 1)):
+        same(t, query, name, "query")
+        dim(t, d, name)
+    if valid_len.dtype != torch.int64:
+        fail("valid_len: expected an int64 tensor, got ", dtype_str(valid_len.dtype))
+    same_device(valid_len, query, "valid_len", "query")
+    dim(valid_len, 1, "valid_len")
+    B, Hq = query.shape
+    S, H = keys.shape[1], keys.shape[2]
+    size(keys, 0, B, "keys")
+    if S < 1:
+        fail("keys: expected at least one position (S >= 1), got shape ", shape_str(keys))
+    size(values, 0, B, "values")
+    size(values, 1, S, "values")
+    if tuple(w_q.shape) != (H, Hq):
+        fail("w_q: expected shape [", H, ", ", Hq, "] (keys' H, query's Hq), got ", shape_str(w_q))
+    size(v, 0, H, "v")
+    size(valid_len, 0, B, "valid_len")
+
+
+def attn_valid_len_values(valid_len, S: int) -> None:
+    """valid_len in [0, S] (csrc/cpu/attention.cpp); callers run it on CPU tensors only (it reads values)."""
+    bad = (valid_len < 0) | (valid_len > S)
+    if bad.any():
+        i = int(bad.nonzero()[0, 0])
+        fail("valid_len: expected values in [0, S=", S, "], got ", int(valid_len[i]), " at index ", i)
+
+
+def additive_attention_forward(query, keys, values, w_q, v, valid_len) -> None:
+    attn_args(query, keys, values, w_q, v, valid_len)
+
+
+def additive_attention_backward(grad_context, grad_weights, query, keys, values, w_q, v, valid_len,
+                                query_proj) -> None:
+    """csrc/attention_args.h attn_check_backward, after attn_args."""
+    tensor(grad_context, "grad_context")
+    if grad_weights is not None:
+        tensor(grad_weights, "grad_weights")
+    tensor(query_proj, "query_proj")
+    attn_args(query, keys, values, w_q, v, valid_len)
+    B, S, H, Dv = query.shape[0], keys.shape[1], keys.shape[2], values.shape[2]
+    same(grad_context, query, "grad_context", "query")
+    if grad_context.dim() != 2 or tuple(grad_context.shape) != (B, Dv):
+        fail("grad_context: expected shape [", B, ", ", Dv, "] (as context), got ", shape_str(grad_context))
+    if grad_weights is not None:
+        same(grad_weights, query, "grad_weights", "query")
+        if grad_weights.dim() != 2 or tuple(grad_weights.shape) != (B, S):
+            fail("grad_weights: expected shape [", B, ", ", S, "] (as weights), got ", shape_str(grad_weights))
+    acc = attn_acc_dtype(query.dtype)
+    if query_proj.dtype != acc:
+        fail("query_proj: expected dtype ", dtype_str(acc), ", got ", dtype_str(query_proj.dtype))
+    same_device(query_proj, query, "query_proj", "query")
+    if query_proj.dim() != 2 or tuple(query_proj.shape) != (B, H):
+        fail("query_proj: expected shape [", B, ", ", H, "] (query W_q^T), got ", shape_str(query_proj))
+
+
 # ----------------------------------------------------------------------------------------------------- end

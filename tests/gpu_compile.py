@@ -29,7 +29,7 @@ import time
 
 TARGET = ("cuda", 90, 32)  # sm_90, warp size 32
 
-FAMILIES = ("rnn_cell", "rnn_layer", "cross_entropy", "beam")
+FAMILIES = ("rnn_cell", "rnn_layer", "cross_entropy", "beam", "attention")
 
 
 # ------------------------------------------------------------------------------------------------ recording
@@ -277,7 +277,23 @@ def _beam():
     return log
 
 
-SCENARIOS = {"rnn_cell": _rnn_cell, "rnn_layer": _rnn_layer, "cross_entropy": _cross_entropy, "beam": _beam}
+def _attention():
+    import torch
+    from s2s_fused.triton import attention as tri
+    with record_launches(tri) as log:
+        for dtype in map(_dt, FLOATS):
+            # S, H, Dv equal to 1 are constexprs; S = 130 takes the widest score tile and the narrowest chunks
+            for B, S, H, Hq, Dv in ((3, 5, 17, 4, 33), (1, 1, 1, 1, 1), (2, 130, 40, 3, 20)):
+                args = [torch.randn(*shape, dtype=dtype) for shape in ((B, Hq), (B, S, H), (B, S, Dv), (H, Hq), (H,))]
+                args.append(torch.full((B,), S))
+                ctx, w, qp = tri.additive_attention_forward(*args)
+                for gw in (torch.ones_like(w), None):
+                    tri.additive_attention_backward(torch.ones_like(ctx), gw, *args, qp)
+    return log
+
+
+SCENARIOS = {"rnn_cell": _rnn_cell, "rnn_layer": _rnn_layer, "cross_entropy": _cross_entropy, "beam": _beam,
+             "attention": _attention}
 
 
 def unlaunched_kernels(family, found):

@@ -40,6 +40,14 @@ def assert_close(out, ref, tol, what=""):
     assert e <= tol, f"{what}: relative error {e:.3g} > {tol:.3g}"
 
 
+def assert_raises(fn, exc, *words):
+    """``fn()`` raises ``exc`` with each of ``words`` in its message."""
+    with pytest.raises(exc) as e:
+        fn()
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
 def poison_(t: torch.Tensor) -> torch.Tensor:
     """Fill a tensor a kernel is about to overwrite with NaN, so a missed write cannot pass."""
     if t.is_floating_point():
@@ -70,7 +78,7 @@ def device_for(backend: str) -> torch.device:
     return torch.device("cpu")
 
 
-__all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "poison_", "cpu_backends", "backend_params",
+__all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "assert_raises", "poison_", "cpu_backends", "backend_params",
            "device_for", "s2s_fused", "run_python", "run_on_cpu_capability", "CPU_CAPABILITIES"]
 
 

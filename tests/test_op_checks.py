@@ -35,7 +35,7 @@ ops = torch.ops.s2s_fused
 HAS_TRITON = is_available("triton") and triton_interpret()
 # The modules whose kernels the Triton twins of these ops launch (the launch log below spies on them).
 TRITON_MODULES = tuple(importlib.import_module(f"s2s_fused.triton.{name}")
-                       for name in ("rnn_cell", "rnn_layer", "cross_entropy")) if HAS_TRITON else ()
+                       for name in ("rnn_cell", "rnn_layer", "cross_entropy", "attention")) if HAS_TRITON else ()
 
 pytestmark = pytest.mark.skipif(not is_available("cpu"), reason="extension not built")
 
@@ -145,17 +145,33 @@ def masked_ce_backward(B=B, T=T, V=V, flat=False):
     return [_randn(*target.shape), logits, target, valid_len, lse, -100, 0.1]
 
 
+S_ATT, HQ, DV = 4, 3, 6
+
+
+def additive_attention_forward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV):
+    valid_len = torch.tensor([S, 0, 1][:B] + [S] * max(0, B - 3), dtype=torch.int64).clamp(max=S)
+    return [_randn(B, Hq), _randn(B, S, H), _randn(B, S, Dv), _randn(H, Hq) * 0.5, _randn(H), valid_len]
+
+
+def additive_attention_backward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV):
+    args = additive_attention_forward(B, S, H, Hq, Dv)
+    ctx, w, qp = ops.additive_attention_forward(*args)
+    return [_randn(B, Dv), _randn(B, S), *args, qp]
+
+
 MAKERS = {f.__name__: f for f in (
     lstm_cell_forward, lstm_cell_backward, gru_cell_forward, gru_cell_backward, lstm_layer_forward,
     lstm_layer_backward, gru_layer_forward, gru_layer_backward, lstm_layer_bidir_forward, lstm_layer_bidir_backward,
-    gru_layer_bidir_forward, gru_layer_bidir_backward, masked_ce_forward, masked_ce_backward)}
+    gru_layer_bidir_forward, gru_layer_bidir_backward, masked_ce_forward, masked_ce_backward,
+    additive_attention_forward, additive_attention_backward)}
 # The inference ops take the training forward's arguments.
 MAKERS["lstm_layer_inference"] = lstm_layer_forward
 MAKERS["gru_layer_inference"] = gru_layer_forward
 TRITON_TWINS = {"lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward",
                 "lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward", "gru_layer_backward",
-                "masked_ce_forward", "masked_ce_backward"}
-# The RNN and cross-entropy ops of csrc/ops.cpp (beam_search_topk has its own tests).
+                "masked_ce_forward", "masked_ce_backward", "additive_attention_forward",
+                "additive_attention_backward"}
+# The RNN, cross-entropy and attention ops of csrc/ops.cpp (beam_search_topk has its own tests).
 CPP_OPS = sorted(MAKERS)
 
 
@@ -223,6 +239,8 @@ VALID = {
     ("masked_ce_forward", "logits", "size2+1"), ("masked_ce_forward", "logits", "size2-1"),
     ("masked_ce_forward", "logits", "dtype"),
     ("masked_ce_backward", "logits", "size2+1"), ("masked_ce_backward", "logits", "size2-1"),
+    # Dv (values' last dim) is carried by values alone in the forward; the backward's grad_context carries it too
+    ("additive_attention_forward", "values", "size2+1"), ("additive_attention_forward", "values", "size2-1"),
 }
 
 
@@ -539,15 +557,18 @@ def _reference_forward(op, args):
     if op == "masked_ce_forward":
         logits, target, valid_len, ii, ls = args
         return (R.masked_softmax_cross_entropy(logits, target, valid_len, ii, ls, "none"),)
+    if op == "additive_attention_forward":
+        return R.additive_attention(*args)
     return None
 
 
 _CELL_SIZES = [dict(B=0), dict(I=0), dict(H=1), dict(H=0), dict(B=1, I=1, H=1)]
 _LAYER_SIZES = [dict(T=0), dict(B=0), dict(I=0), dict(H=1), dict(H=0), dict(T=1, B=1, I=1, H=1)]
 _CE_SIZES = [dict(B=0), dict(T=0), dict(V=1), dict(B=1, T=1, V=1), dict(B=0, flat=True), dict(V=1, flat=True)]
+_ATT_SIZES = [dict(B=0), dict(S=1), dict(H=0), dict(Hq=0), dict(Dv=0), dict(B=1, S=1, H=1, Hq=1, Dv=1)]
 EDGE_CASES = [(op, sizes) for op in CPP_OPS
               for sizes in (_CELL_SIZES if "_cell_" in op else _CE_SIZES if op.startswith("masked_ce")
-                            else _LAYER_SIZES)]
+                            else _ATT_SIZES if op.startswith("additive_attention") else _LAYER_SIZES)]
 
 
 @pytest.mark.parametrize("op,sizes", EDGE_CASES, ids=[f"{o}-{'-'.join(f'{k}={v}' for k, v in s.items())}"

@@ -863,3 +863,90 @@ def test_library_entry_points_check_values(tmp_path):
         load_corpus(max_pairs=0)
     with pytest.raises(UserError, match=r"heldout fraction: expected a number in \[0, 1\), got 1.5"):
         split_by_source([("a", "b")], heldout_fraction=1.5)
+
+
+# ------------------------------------------------------------------------------------- fused decoder step
+
+
+def _pair(corpus, dtype=torch.float64, **over):
+    cfg = dict(cell="gru", attention="bahdanau", bidirectional=True, dropout=0.3)
+    cfg.update(over)
+    fused, eager = model_for(corpus, "fused", **cfg).to(dtype), model_for(corpus, "torch", **cfg).to(dtype)
+    eager.load_state_dict(fused.state_dict())
+    return fused, eager
+
+
+def test_default_model_runs_the_fused_decoder_step(corpus):
+    fused, eager = _pair(corpus)
+    assert fused.decoder.fused and not eager.decoder.fused
+    assert not model_for(corpus, "fused", cell="lstm", attention="bahdanau").decoder.fused
+    assert not model_for(corpus, "fused", attention="bahdanau", num_layers=2).decoder.fused
+
+
+def test_fused_decoder_step_training_matches_torch_backend(corpus):
+    """Teacher forcing (keys and projected values once per batch, the embedding's input gates for every step in
+    one GEMM), dropout included (the same draws in the same order): logits and every parameter's gradient."""
+    fused, eager = _pair(corpus)
+    src, src_len, tgt, _ = batch_of(corpus, 12)
+    src_len = src_len.clone()
+    src_len[0] = 1
+    out = {}
+    for name, m in (("fused", fused), ("torch", eager)):
+        torch.manual_seed(3)
+        logits = m(src, src_len, tgt)
+        logits.square().sum().backward()
+        out[name] = (logits, {k: p.grad for k, p in m.named_parameters()})
+    assert_close(out["fused"][0], out["torch"][0], 1e-9, "logits")
+    for k, g in out["torch"][1].items():
+        assert_close(out["fused"][1][k], g, 1e-9, f"grad {k}")
+
+
+def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(corpus):
+    """Decoding gathers the embedding's input gates from a table built once per weight version: after an
+    optimiser step changes the weights in place, the table is rebuilt (a stale one would decode with the old
+    embedding and input weights)."""
+    fused, eager = _pair(corpus)
+    src, src_len = corpus.heldout_src[:10], corpus.heldout_src_len[:10]
+    for update in range(2):
+        for m in (fused, eager):
+            m.eval()
+        with torch.no_grad():
+            sf, se = fused.encode(src, src_len), eager.encode(src, src_len)
+            tok = torch.full((10,), 1, dtype=torch.long)
+            for _ in range(4):
+                lf, sf = fused.step(tok, sf)
+                le, se = eager.step(tok, se)
+                assert_close(lf, le, 1e-9, f"step logits after {update} updates")
+                tok = le.argmax(-1)
+        for beam in (1, 3):
+            a, b = translate_ids(fused, src, src_len, beam=beam), translate_ids(eager, src, src_len, beam=beam)
+            assert [h[0][0] for h in a] == [h[0][0] for h in b]
+            assert [h[0][1] for h in a] == pytest.approx([h[0][1] for h in b], rel=1e-6)  # (float32 scores)
+        for m in (fused, eager):  # the same in-place update of every parameter
+            m.train()
+            opt = torch.optim.SGD(m.parameters(), lr=0.5)
+            torch.manual_seed(4)
+            train_step(m, make_loss("fused" if m is fused else "torch"), opt, batch_of(corpus, 16), clip=1.0)
+
+
+@pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[5]], ids=cfg_id)
+def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, cfg):
+    """The model's beam reorder copies the per-hypothesis entries only; beam search gives the same hypotheses
+    as with decode's default reorder, which copies every entry."""
+    from s2s_fused.seq2seq.decode import beam_search, default_reorder_state
+
+    m = model_for(corpus, "fused", **cfg).eval()
+    src, src_len = corpus.heldout_src[:6], corpus.heldout_src_len[:6]
+    with torch.no_grad():
+        state = m.encode(src, src_len)
+        expanded = m.reorder_state(state, torch.arange(6).repeat_interleave(3))
+        for key, value in default_reorder_state(state, torch.arange(6).repeat_interleave(3)).items():
+            assert torch.equal(expanded[key], value), key
+        within = torch.tensor([2, 0, 1, 3, 3, 5, 8, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17])
+        again = m.reorder_state(expanded, within)
+        for key in m.SOURCE_SIDE:
+            if key in expanded:
+                assert again[key] is expanded[key], key
+        runs = [beam_search(m.step, state, 1, 2, 3, 8, reorder_state=r) for r in (m.reorder_state, None)]
+    assert [[(h.tokens, h.score) for h in hyps] for hyps in runs[0]] == \
+        [[(h.tokens, h.score) for h in hyps] for hyps in runs[1]]

@@ -9,7 +9,10 @@ Models (``config["attention"]``):
 - ``"none"``: d2l's ``Seq2SeqEncoder``/``Seq2SeqDecoder``: the decoder concatenates the context (the encoder's final
   top-layer state) to every input embedding; the whole target sequence runs through one multi-layer GRU/LSTM.
 - ``"bahdanau"``: additive attention over the encoder outputs, queried with the decoder's previous top-layer state;
-  the context is concatenated to the input embedding (d2l ``Seq2SeqAttentionDecoder``).
+  the context is concatenated to the input embedding (d2l ``Seq2SeqAttentionDecoder``). With one GRU layer on an
+  s2s_fused backend the steps run fused (:meth:`AttentionDecoder.fused_core`, same numbers): the
+  ``additive_attention`` op over the encoder outputs already multiplied by the GRU's context input weights, the
+  embedding's input gates computed for all steps at once (training) or gathered from a per-token table (decoding).
 - ``"luong"``: multiplicative attention (``score="dot"`` or ``"general"``) on the decoder's new top-layer state,
   attentional state ``tanh(W_c [context; h])`` feeding the output layer and the next step (input feeding).
 With ``bidirectional=True`` the encoder runs both ways; per layer, the final forward and backward states are joined
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import nn as fnn
+from ..ops.attention import additive_attention
 
 BACKENDS = ("fused", "torch", "auto", "cpu", "cuda", "triton", "reference")
 CELLS = ("gru", "lstm")
@@ -192,8 +196,21 @@ class AttentionDecoder(nn.Module):
         self.dropout = cfg["dropout"]
         self.rnn = CellStack(cfg["cell"], rnn_in, H, cfg["num_layers"], cfg["dropout"], backend)
         self.dense = nn.Linear(H, V)
+        self.memory_size, self.backend = memory_size, backend
+        self._table_cache = None
+        # The fused decoder step (fused_core): Bahdanau attention feeding one GRU layer, on s2s_fused's backends.
+        cell = self.rnn.cells[0]
+        self.fused = (backend != "torch" and self.kind == "bahdanau" and not self.lstm and cfg["num_layers"] == 1
+                      and getattr(cell, "reset_after", False) and cell.bias_ih is not None)
 
     def init_state(self, memory, mem_len, h, c):
+        if self.fused:
+            # Per source, once: the keys W_k m_s and the values W_ih_ctx m_s (B, S, 3H). The GRU's input projection
+            # of the context is linear in the attention weights, W_ih_ctx sum_s a_s m_s = sum_s a_s (W_ih_ctx m_s),
+            # so a step attends over the projected values instead of running a (N, 2H) x (2H, 3H) GEMM.
+            w_ctx = self.rnn.cells[0].weight_ih[:, :self.memory_size]
+            return {"h": h.transpose(0, 1), "keys": self.key_proj(memory).contiguous(),
+                    "values_proj": F.linear(memory, w_ctx).contiguous(), "mem_len": mem_len}
         state = {"h": h.transpose(0, 1), "memory": memory, "keys": self.key_proj(memory), "mem_len": mem_len}
         if self.lstm:
             state["c"] = c.transpose(0, 1)
@@ -225,7 +242,55 @@ class AttentionDecoder(nn.Module):
             state["c"] = c
         return out, state
 
+    # ---- the fused decoder step (self.fused)
+
+    def _input_table(self):
+        """(V, 3H): every token's embedding through the GRU's input projection, bias included (Devlin et al.
+        2017; OpenNMT's CPU decoder): a decoding step gathers rows instead of multiplying. Rebuilt when a weight
+        changes (its version counter moves) and used only where no gradient is recorded."""
+        cell = self.rnn.cells[0]
+        params = (self.embedding.weight, cell.weight_ih, cell.bias_ih)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        if self._table_cache is None or self._table_cache[0] != key:
+            with torch.no_grad():
+                table = F.linear(self.embedding.weight, cell.weight_ih[:, self.memory_size:], cell.bias_ih)
+            self._table_cache = (key, table)
+        return self._table_cache[1]
+
+    def _embedding_gates(self, tokens):
+        """The embedding part of the GRU's input projection, W_ih_emb dropout(E[tokens]) + b_ih: (..., 3H)."""
+        if not torch.is_grad_enabled() and not self.training:
+            return self._input_table()[tokens]
+        cell = self.rnn.cells[0]
+        emb = F.dropout(self.embedding(tokens), self.dropout, self.training)
+        return F.linear(emb, cell.weight_ih[:, self.memory_size:], cell.bias_ih)
+
+    def fused_core(self, gates_emb, state):
+        """One fused step: attention over the projected values gives the context's input gates directly, plus the
+        embedding's (``gates_emb`` (N, 3H)), then the GRU update (reset after W_hn h, as torch). Returns the new
+        top-layer state (N, H) and the state."""
+        cell = self.rnn.cells[0]
+        h = state["h"][:, 0]
+        gates_ctx, _ = additive_attention(h, state["keys"], state["values_proj"], self.query_proj.weight,
+                                          self.score_v.weight[0], state["mem_len"], backend=op_backend(self.backend))
+        gi = gates_ctx + gates_emb
+        gh = F.linear(h, cell.weight_hh, cell.bias_hh)
+        H = h.shape[-1]
+        r, z = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H]).chunk(2, dim=-1)
+        n = torch.tanh(torch.addcmul(gi[:, 2 * H:], r, gh[:, 2 * H:]))
+        h = torch.lerp(n, h, z)  # (1 - z) n + z h
+        state = dict(state)
+        state["h"] = h[:, None]
+        return h, state
+
     def forward(self, tokens, state):
+        if self.fused:
+            gates_emb = self._embedding_gates(tokens)  # (B, T, 3H): one GEMM for every step
+            outs = []
+            for t in range(tokens.shape[1]):
+                out, state = self.fused_core(gates_emb[:, t], state)
+                outs.append(out)
+            return self.dense(F.dropout(torch.stack(outs, 1), self.dropout, self.training))
         emb = F.dropout(self.embedding(tokens), self.dropout, self.training)     # (B, T, E)
         outs = []
         for t in range(tokens.shape[1]):
@@ -234,7 +299,10 @@ class AttentionDecoder(nn.Module):
         return self.dense(F.dropout(torch.stack(outs, 1), self.dropout, self.training))
 
     def step(self, tokens, state):
-        out, state = self._core(self.embedding(tokens), state)
+        if self.fused:
+            out, state = self.fused_core(self._embedding_gates(tokens), state)
+        else:
+            out, state = self._core(self.embedding(tokens), state)
         return self.dense(out), state
 
 
@@ -287,6 +355,20 @@ class Seq2Seq(nn.Module):
     def step(self, tokens, state):
         """``tokens (N,)``, batch-first ``state`` -> ``(logits (N, V), state)``."""
         return self.decoder.step(tokens, state)
+
+    # The decoding state's source-side entries: one per source sentence, the same for each of its hypotheses.
+    SOURCE_SIDE = ("memory", "keys", "values_proj", "mem_len")
+
+    def reorder_state(self, state, index):
+        """Beam search's reorder (decode.beam_search's ``reorder_state``): rows ``index`` of every entry. Beam search
+        first expands B rows to B*K (every entry is gathered), then reorders hypotheses among the K beams of each
+        sentence only, which leaves the source-side entries as they are: those are not copied again (at the
+        default model's beam-4 shape they are most of the state: (N, S, 3H) projected values, (N, S, H) keys)."""
+        out = {}
+        for key, value in state.items():
+            same_rows = value.shape[0] == index.shape[0]
+            out[key] = value if key in self.SOURCE_SIDE and same_rows else value.index_select(0, index)
+        return out
 
 
 def init_weights(model: nn.Module, seed: int = 0) -> None:

@@ -31,7 +31,8 @@ def translate_ids(model, src, src_len, *, beam: int = 1, max_len: int | None = N
             res = greedy_decode(model.step, state, Vocab.bos, Vocab.eos, max_len, **kw)
         else:
             res = beam_search(model.step, state, Vocab.bos, Vocab.eos, beam, max_len,
-                              length_penalty=length_penalty, alpha=alpha, n_best=n_best, **kw)
+                              length_penalty=length_penalty, alpha=alpha, n_best=n_best,
+                              reorder_state=model.reorder_state, **kw)
     finally:
         model.train(was_training)
     return [[(h.tokens, h.score) for h in hyps] for hyps in res]

@@ -43,15 +43,6 @@ inline A hmax(const V& v) {
   return m;
 }
 
-template <typename A, typename V>
-inline A hsum(const V& v) {
-  alignas(64) A buf[V::size()];
-  v.store(buf);
-  A s = 0;
-  for (int64_t k = 0; k < V::size(); ++k) s += buf[k];
-  return s;
-}
-
 inline bool row_masked(const CeRows& p, int64_t n, int64_t b, int64_t t) {
   if (p.valid_len && t >= p.valid_len[b]) return true;
   return p.target[n] == p.ignore_index;

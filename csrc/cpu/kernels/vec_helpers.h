@@ -52,6 +52,16 @@ inline void vstore(T* p, const VecOf<T>& v, int64_t n) {
   }
 }
 
+// Sum of the lanes.
+template <typename A, typename V>
+inline A hsum(const V& v) {
+  alignas(64) A buf[V::size()];
+  v.store(buf);
+  A s = 0;
+  for (int64_t k = 0; k < V::size(); ++k) s += buf[k];
+  return s;
+}
+
 template <typename V>
 inline V vsigmoid(const V& x) {
   using S = typename V::value_type;

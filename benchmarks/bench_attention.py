@@ -1,0 +1,93 @@
+"""Additive (Bahdanau) attention of one decoder step: ``s2s_fused.additive_attention`` vs the eager torch chain
+the seq2seq model ran before (query projection, tanh over (B, S, H), score GEMV, masked softmax, bmm), side by
+side in one run, forward and forward+backward, timed interleaved.
+
+Shapes: the default train model's decoder step (H=128 attention units, values = the bidirectional encoder's
+2H = 256, or the GRU's input gates 3H = 384 as the fused decoder step attends over them) at training (B=64) and
+beam-4 decoding (N=128) sizes, source length 10 (d2l) and 50; a small-batch decode (N=4).
+
+    PYTHONPATH=. python benchmarks/bench_attention.py [--smoke] [--device cuda] [--threads N] [--out DIR]
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from common import base_parser, fill_ratios, interleaved_rows, markdown_table, threads_note, write_results
+
+import s2s_fused
+from s2s_fused.backend import is_available
+
+
+def eager_attention(query, keys, values, w_q, v, valid_len):
+    """The d2l / seq2seq-model chain: masked softmax with a -1e6 fill."""
+    scores = torch.tanh(keys + (query @ w_q.t())[:, None, :]) @ v
+    mask = torch.arange(keys.shape[1], device=keys.device)[None, :] < valid_len[:, None]
+    weights = torch.softmax(scores.masked_fill(~mask, -1e6), dim=-1)
+    return torch.bmm(weights[:, None, :], values)[:, 0], weights
+
+
+def providers(device):
+    out = {"torch-eager": eager_attention}
+    names = ["cpu"] if device.type == "cpu" else [b for b in ("cuda", "triton") if is_available(b)]
+    for b in names:
+        out[f"s2s_fused-{b}"] = lambda *a, b=b: s2s_fused.additive_attention(*a, backend=b)
+    return out
+
+
+def rows_for(device, B, S, H, Hq, Dv, dtype, repeats):
+    g = torch.Generator().manual_seed(0)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
+    tensors = [mk(B, Hq), mk(B, S, H), mk(B, S, Dv), mk(H, Hq) * 0.1, mk(H)]
+    valid_len = torch.randint(max(1, S // 2), S + 1, (B,), generator=g).to(device)
+    gc = mk(B, Dv)
+    leaves = [t.clone().requires_grad_() for t in tensors]
+
+    def fwd(fn):
+        def run():
+            with torch.no_grad():
+                return fn(*tensors, valid_len)
+        return run
+
+    def fwd_bwd(fn):
+        def run():
+            ctx, _ = fn(*leaves, valid_len)
+            return torch.autograd.grad(ctx, leaves, gc)
+        return run
+
+    by_mode = {"fwd": {n: fwd(f) for n, f in providers(device).items()},
+               "fwd+bwd": {n: fwd_bwd(f) for n, f in providers(device).items()}}
+    shape = f"B={B} S={S} H={H} Hq={Hq} Dv={Dv}"
+    return interleaved_rows("additive_attention", shape, dtype, by_mode, device, repeats=repeats,
+                            label="attention")
+
+
+def main(argv=None):
+    parser = base_parser(__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.smoke:
+        shapes, dtypes, repeats = [(3, 5, 8, 8, 6)], [torch.float32], args.repeats or 3
+    else:
+        shapes = [(64, 10, 128, 128, 256), (128, 10, 128, 128, 384), (64, 50, 128, 128, 256), (4, 10, 128, 128, 384),
+                  (64, 10, 256, 256, 512)]
+        dtypes, repeats = [torch.float32], args.repeats or 50
+        if device.type == "cuda":
+            dtypes.append(torch.bfloat16)
+    rows = []
+    for shape in shapes:
+        for dtype in dtypes:
+            rows += rows_for(device, *shape, dtype, repeats)
+    rows = fill_ratios(rows, "torch-eager")
+    print(f"# attention ({threads_note()})\n")
+    print(markdown_table(rows))
+    write_results(rows, "attention", args.out, plot=not args.no_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

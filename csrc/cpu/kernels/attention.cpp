@@ -1,0 +1,183 @@
+// Additive attention, forward and backward, over batch rows [b0, b1) (see csrc/attention.h). Compiled once per
+// CPU capability by setup.py.
+//
+// Per row, forward reads keys[:L] once (tanh and the v-dot fused, vectorised over H) and values[:L] once; the
+// masked positions s >= L are never read. Backward recomputes tanh into a per-row scratch of L*H, then reads
+// values[:L] once and writes grad_keys and grad_values once.
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attention.h"
+#include "cpu/kernels/vec_helpers.h"
+
+namespace s2s_fused::cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+template <typename T>
+inline T zero() {
+  return static_cast<T>(0.0f);
+}
+
+// tanh(qp + k_s) for s < L into t (L, H), scores into sc (L); returns nothing. A: accumulate type.
+template <typename T>
+void scores_of_row(const AttnRows& p, int64_t b, int64_t L, acc_t<T>* t, acc_t<T>* sc) {
+  using A = acc_t<T>;
+  using Vec = VecOf<T>;
+  constexpr int64_t W = Vec::size();
+  const int64_t H = p.H;
+  const T* keys = static_cast<const T*>(p.keys) + b * p.S * H;
+  const A* qp = static_cast<const A*>(p.qp) + b * H;
+  const T* v = static_cast<const T*>(p.v);
+  for (int64_t s = 0; s < L; ++s) {
+    Vec acc(A(0));
+    for (int64_t h = 0; h < H; h += W) {
+      const int64_t n = std::min<int64_t>(W, H - h);
+      const Vec th = vtanh(vload(keys + s * H + h, n) + vload(qp + h, n));
+      if (t) vstore(t + s * H + h, th, n);
+      acc = at::vec::fmadd(th, vload(v + h, n), acc);  // missing lanes of v read 0
+    }
+    sc[s] = hsum<A>(acc);
+  }
+}
+
+// Softmax of sc[0..L) in place (L >= 1).
+template <typename A>
+void softmax_in_place(A* sc, int64_t L) {
+  A m = -std::numeric_limits<A>::infinity();
+  for (int64_t s = 0; s < L; ++s) m = std::max(m, sc[s]);
+  A sum = 0;
+  for (int64_t s = 0; s < L; ++s) {
+    sc[s] = std::exp(sc[s] - m);
+    sum += sc[s];
+  }
+  const A inv = A(1) / sum;
+  for (int64_t s = 0; s < L; ++s) sc[s] *= inv;
+}
+
+template <typename T>
+void forward_impl(const AttnForwardParams& prm, int64_t b0, int64_t b1) {
+  using A = acc_t<T>;
+  using Vec = VecOf<T>;
+  constexpr int64_t W = Vec::size();
+  const AttnRows& p = prm.rows;
+  const int64_t S = p.S, Dv = p.Dv;
+  std::vector<A> w(S), ctx(Dv);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t L = p.valid_len[b];
+    if (L == 0) {
+      std::fill(w.begin(), w.end(), A(1) / A(S));
+    } else {
+      scores_of_row<T>(p, b, L, nullptr, w.data());
+      softmax_in_place(w.data(), L);
+      std::fill(w.begin() + L, w.end(), A(0));
+    }
+    const int64_t used = L == 0 ? S : L;
+    const T* values = static_cast<const T*>(p.values) + b * S * Dv;
+    for (int64_t d = 0; d < Dv; d += W) {
+      const int64_t n = std::min<int64_t>(W, Dv - d);
+      Vec acc(A(0));
+      for (int64_t s = 0; s < used; ++s) acc = at::vec::fmadd(Vec(w[s]), vload(values + s * Dv + d, n), acc);
+      vstore(static_cast<T*>(prm.context) + b * Dv + d, acc, n);
+    }
+    T* wout = static_cast<T*>(prm.weights) + b * S;
+    for (int64_t s = 0; s < S; ++s) wout[s] = static_cast<T>(w[s]);
+  }
+}
+
+template <typename T>
+void backward_impl(const AttnBackwardParams& prm, int64_t b0, int64_t b1) {
+  using A = acc_t<T>;
+  using Vec = VecOf<T>;
+  constexpr int64_t W = Vec::size();
+  const AttnRows& p = prm.rows;
+  const int64_t S = p.S, H = p.H, Dv = p.Dv;
+  std::vector<A> t, w(S), ds(S);
+  const T* vvec = static_cast<const T*>(p.v);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t L = p.valid_len[b];
+    const T* g = static_cast<const T*>(prm.grad_context) + b * Dv;
+    const T* gw = prm.grad_weights ? static_cast<const T*>(prm.grad_weights) + b * S : nullptr;
+    const T* values = static_cast<const T*>(p.values) + b * S * Dv;
+    T* gk = static_cast<T*>(prm.grad_keys) + b * S * H;
+    T* gv = static_cast<T*>(prm.grad_values) + b * S * Dv;
+    A* gqp = static_cast<A*>(prm.grad_qp) + b * H;
+    A* gvr = static_cast<A*>(prm.grad_v_rows) + b * H;
+    if (L == 0) {
+      // constant weights 1/S: only the values get a gradient
+      const Vec inv(A(1) / A(S));
+      for (int64_t s = 0; s < S; ++s) {
+        for (int64_t d = 0; d < Dv; d += W) {
+          const int64_t n = std::min<int64_t>(W, Dv - d);
+          vstore(gv + s * Dv + d, vload(g + d, n) * inv, n);
+        }
+      }
+      std::fill(gk, gk + S * H, zero<T>());
+      std::fill(gqp, gqp + H, A(0));
+      std::fill(gvr, gvr + H, A(0));
+      continue;
+    }
+    t.resize(L * H);
+    scores_of_row<T>(p, b, L, t.data(), w.data());
+    softmax_in_place(w.data(), L);
+    // d loss / d weights_s = g . values_s (+ grad_weights_s); grad_values_s = weights_s g
+    A sigma = 0;
+    for (int64_t s = 0; s < L; ++s) {
+      Vec acc(A(0));
+      for (int64_t d = 0; d < Dv; d += W) {
+        const int64_t n = std::min<int64_t>(W, Dv - d);
+        const Vec gd = vload(g + d, n);
+        acc = at::vec::fmadd(gd, vload(values + s * Dv + d, n), acc);
+        vstore(gv + s * Dv + d, gd * Vec(w[s]), n);
+      }
+      ds[s] = hsum<A>(acc) + (gw ? static_cast<A>(gw[s]) : A(0));
+      sigma += w[s] * ds[s];
+    }
+    std::fill(gv + L * Dv, gv + S * Dv, zero<T>());
+    for (int64_t s = 0; s < L; ++s) ds[s] = w[s] * (ds[s] - sigma);  // d loss / d score_s
+    // d loss / d (qp + k_s)_h = ds_s v_h (1 - t_sh^2); summed over s it is d loss / d qp
+    for (int64_t h = 0; h < H; h += W) {
+      const int64_t n = std::min<int64_t>(W, H - h);
+      const Vec vh = vload(vvec + h, n);
+      Vec aq(A(0)), av(A(0));
+      for (int64_t s = 0; s < L; ++s) {
+        const Vec th = Vec::loadu(t.data() + s * H + h, n);
+        const Vec dss(ds[s]);
+        const Vec dpre = dss * vh * (Vec(A(1)) - th * th);
+        vstore(gk + s * H + h, dpre, n);
+        aq = aq + dpre;
+        av = at::vec::fmadd(dss, th, av);
+      }
+      aq.store(gqp + h, n);
+      av.store(gvr + h, n);
+    }
+    std::fill(gk + L * H, gk + S * H, zero<T>());
+  }
+}
+
+void attn_forward(const AttnForwardParams& p, int64_t b0, int64_t b1) {
+  switch (p.rows.dtype) {
+    case Dtype::Float32: return forward_impl<float>(p, b0, b1);
+    case Dtype::Float64: return forward_impl<double>(p, b0, b1);
+    case Dtype::Float16: return forward_impl<c10::Half>(p, b0, b1);
+    case Dtype::BFloat16: return forward_impl<c10::BFloat16>(p, b0, b1);
+  }
+}
+
+void attn_backward(const AttnBackwardParams& p, int64_t b0, int64_t b1) {
+  switch (p.rows.dtype) {
+    case Dtype::Float32: return backward_impl<float>(p, b0, b1);
+    case Dtype::Float64: return backward_impl<double>(p, b0, b1);
+    case Dtype::Float16: return backward_impl<c10::Half>(p, b0, b1);
+    case Dtype::BFloat16: return backward_impl<c10::BFloat16>(p, b0, b1);
+  }
+}
+
+}  // namespace
+
+extern const AttentionKernels attention_kernels;
+const AttentionKernels attention_kernels = {attn_forward, attn_backward};
+
+}  // namespace CPU_CAPABILITY
+}  // namespace s2s_fused::cpu
