@@ -906,7 +906,7 @@ def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(
     optimiser step changes the weights in place, the table is rebuilt (a stale one would decode with the old
     embedding and input weights)."""
     fused, eager = _pair(corpus)
-    src, src_len = corpus.heldout_src[:10], corpus.heldout_src_len[:10]
+    src, src_len = corpus.dev.src[:10], corpus.dev.src_len[:10]
     for update in range(2):
         for m in (fused, eager):
             m.eval()
@@ -936,7 +936,7 @@ def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, 
     from s2s_fused.seq2seq.decode import beam_search, default_reorder_state
 
     m = model_for(corpus, "fused", **cfg).eval()
-    src, src_len = corpus.heldout_src[:6], corpus.heldout_src_len[:6]
+    src, src_len = corpus.dev.src[:6], corpus.dev.src_len[:6]
     with torch.no_grad():
         state = m.encode(src, src_len)
         expanded = m.reorder_state(state, torch.arange(6).repeat_interleave(3))
