@@ -223,8 +223,9 @@ def fill_ratios(rows: list[Row], baseline_provider: str) -> list[Row]:
 
 
 def default_outdir(device: torch.device) -> Path:
-    """benchmarks/results/<device>-<date>/, the layout tools/readme_results.py reads."""
-    return ROOT / "benchmarks" / "results" / f"{device_slug(device)}-{_dt.date.today().isoformat()}"
+    """benchmarks/results/local-<device>-<date>/ (gitignored); committed results drop the "local-": the layout
+    tools/readme_results.py reads, <device>-<date>/."""
+    return ROOT / "benchmarks" / "results" / f"local-{device_slug(device)}-{_dt.date.today().isoformat()}"
 
 
 def markdown_table(rows: list[Row]) -> str:
