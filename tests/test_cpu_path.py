@@ -114,6 +114,20 @@ def test_auto_measures_layers_too():
         assert keys == ["lstm_layer_backward", "lstm_layer_forward"], keys
 
 
+def test_layer_inference_takes_its_training_forwards_choice():
+    """Each path rounds differently: with and without autograd a layer must run the same path, or eval-mode outputs
+    would differ from the training forward's."""
+    with cpu_path("auto"):
+        x = torch.randn(5, 9, 16)
+        w = [p.float() for p in make_cell_params("gru", 16, 24)]
+        h0 = torch.zeros(9, 24)
+        with torch.no_grad():
+            inference, _ = s2s_fused.gru_layer(x, h0, *w, backend="cpu")
+        training, _ = s2s_fused.gru_layer(x, h0, *[p.requires_grad_() for p in w], backend="cpu")
+        assert [k.split()[0] for k in _C._cpu_path_state()["choices"]] == ["gru_layer_forward"]
+        assert torch.equal(inference, training.detach())
+
+
 def test_auto_chooses_among_fp32_paths_only():
     with cpu_path("auto"):
         w = make_cell_params("gru", 8, 8, dtype=torch.float64)

@@ -112,11 +112,15 @@ struct CpuRnnPolicy {
                              std::to_string(at::get_num_threads());
     return run_with_path(full, path_candidates(dtype), [&](CpuPath p) { return f(CpuRnnPolicy{p}); });
   }
-  // ... for a layer op (csrc/rnn_layer_impl.h): keyed by the layer's kind, directions and shape buckets.
+  // ... for a layer op (csrc/rnn_layer_impl.h): keyed by the layer's kind, directions and shape buckets. The
+  // inference ops share their training forward's key, so that a layer gives the same numbers with and without
+  // autograd (each path rounds differently).
   template <class Layer, class F>
   static auto run_layer(const char* op, const Layer& L, F&& f) {
     const auto& a = L.a();
-    const std::string key = std::string(op) + " D=" + std::to_string(L.D) + " T~" + std::to_string(bucket(a.T)) +
+    std::string name = op;
+    if (name.ends_with("_inference")) name = name.substr(0, name.size() - 10) + "_forward";
+    const std::string key = name + " D=" + std::to_string(L.D) + " T~" + std::to_string(bucket(a.T)) +
                             " B~" + std::to_string(bucket(a.B)) + " I=" + std::to_string(a.I) + " H=" +
                             std::to_string(a.H) + (a.active.defined() ? " lengths" : "");
     return run(key, a.input.scalar_type(), std::forward<F>(f));
