@@ -3,8 +3,8 @@
     python tools/readme_results.py --write   # rewrite the README between the markers
     python tools/readme_results.py --check   # exit 1 if the README's tables differ from what the files give
 
-For each device (the folder name before its date: cpu-amd-epyc-zen4, h200, ...) the newest folder is shown: every
-row of its CSV files that has a ratio against a baseline measured in the same run, the ratios of repeated runs as
+For each device (the folder name before its date: cpu-amd-epyc, h200, ...) each op family's newest file is shown:
+every row that has a ratio against a baseline measured in the same run, the ratios of repeated runs as
 a min-max range, under a line naming the machine (CPU model, vendor, family, ISA in use, threads) and the versions,
 as the files record them. Nothing in the README's tables is typed by hand; tests/test_readme_results.py runs --check.
 """
@@ -30,15 +30,20 @@ AB_SUFFIXES = ("-packed", "-onednn", "-blas")
 ORDER = ("rnn_cell", "rnn_layer", "rnn_bidir", "attention", "cross_entropy", "beam", "seq2seq")
 
 
-def latest_folders(results: Path = RESULTS) -> list[Path]:
-    """The newest results folder of each device, devices sorted by name."""
-    newest: dict[str, tuple[str, Path]] = {}
+def latest_files(results: Path = RESULTS) -> dict[str, list[Path]]:
+    """Per device (sorted by name), the newest CSV of each op family among its committed folders."""
+    newest: dict[str, dict[str, tuple[str, Path]]] = {}
     for d in results.iterdir() if results.is_dir() else []:
         m = FOLDER.match(d.name)
-        if d.is_dir() and m and not d.name.startswith(LOCAL) and list(d.glob("*.csv")):
-            if m["device"] not in newest or m["date"] > newest[m["device"]][0]:
-                newest[m["device"]] = (m["date"], d)
-    return [newest[k][1] for k in sorted(newest)]
+        if not (d.is_dir() and m) or d.name.startswith(LOCAL):
+            continue
+        for path in d.glob("*.csv"):
+            if path.name.endswith(".partial.csv"):
+                continue
+            fams = newest.setdefault(m["device"], {})
+            if path.stem not in fams or m["date"] > fams[path.stem][0]:
+                fams[path.stem] = (m["date"], path)
+    return {dev: sorted((p for _, p in fams.values()), key=_family_key) for dev, fams in sorted(newest.items())}
 
 
 def _family_key(path: Path):
@@ -51,13 +56,11 @@ def _ratio_range(ratios: list[float]) -> str:
     return f"{lo:.2f}×" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}–{hi:.2f}×"
 
 
-def folder_table(folder: Path) -> str:
-    """The Markdown section of one results folder."""
+def device_table(files: list[Path]) -> str:
+    """The Markdown section of one device: its families' newest files."""
     rows: "OrderedDict[tuple, list[float]]" = OrderedDict()
     machines, versions, dates = set(), set(), set()
-    for path in sorted(folder.glob("*.csv"), key=_family_key):
-        if path.name.endswith(".partial.csv"):
-            continue
+    for path in files:
         with path.open(newline="") as f:
             for r in csv.DictReader(f):
                 machines.add(r.get("device", ""))
@@ -69,23 +72,26 @@ def folder_table(folder: Path) -> str:
                 ratio = float(r["ratio"])
                 if ratio != ratio:  # nan
                     continue
-                key = (r["op"], r["shape"], r["dtype"], r["mode"], r["provider"], r["baseline"])
+                key = (r["op"], r["shape"], r["dtype"], r["mode"], r["provider"], r["baseline"], r.get("date", ""))
                 rows.setdefault(key, []).append(ratio)
-    rel = f"benchmarks/results/{folder.name}"
+    rel = ", ".join(f"`benchmarks/results/{name}/`" for name in sorted({p.parent.name for p in files}))
     head = (f"**{'; '.join(sorted(m for m in machines if m))}** — {'; '.join(sorted(v for v in versions if v))}; "
-            f"measured {', '.join(sorted(d for d in dates if d))} (`{rel}/`).\nRatio = baseline time / ours, both "
+            f"measured {', '.join(sorted(d for d in dates if d))} ({rel}: each op family's newest file).\n"
+            "Ratio = baseline time / ours, both "
             "measured side by side in the same run (> 1: ours is faster); a range spans the runs in the files.")
-    lines = [head, "", "| op | shape | dtype | mode | ours | ratio | vs baseline |", "|---|---|---|---|---|---|---|"]
-    for (op, shape, dtype, mode, provider, baseline), ratios in rows.items():
-        lines.append(f"| {op} | {shape} | {dtype} | {mode} | {provider} | {_ratio_range(ratios)} | {baseline} |")
+    lines = [head, "", "| op | shape | dtype | mode | ours | ratio | vs baseline | measured |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (op, shape, dtype, mode, provider, baseline, date), ratios in rows.items():
+        lines.append(f"| {op} | {shape} | {dtype} | {mode} | {provider} | {_ratio_range(ratios)} | {baseline} "
+                     f"| {date} |")
     return "\n".join(lines)
 
 
 def generated(results: Path = RESULTS) -> str:
-    folders = latest_folders(results)
-    if not folders:
+    devices = latest_files(results)
+    if not devices:
         return "No results committed yet."
-    return "\n\n".join(folder_table(f) for f in folders)
+    return "\n\n".join(device_table(files) for files in devices.values())
 
 
 def render(readme: str, results: Path = RESULTS) -> str:
