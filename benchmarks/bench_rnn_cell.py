@@ -1,7 +1,9 @@
 """Benchmark: one decoder step of the fused LSTM/GRU cells vs torch.nn.LSTMCell / GRUCell (same weights),
 forward and forward+backward, measured side by side in one run.
 
-CPU: B=64, I=H=512 (a decoder step). GPU: B in {1, 8, 64, 256}, H in {256, 512, 1024}, fp32 and bf16,
+CPU: B=64 and B=8 at I=H=512 (a decoder step), B=64 at I=H=256; providers torch-eager, s2s_fused-cpu (the CPU
+GEMM path measured fastest here, csrc/cpu/cpu_path.h) and s2s_fused-cpu-<path> (each path forced), timed in
+alternation (one call each per round) so that load from other processes hits them alike. GPU: B in {1, 8, 64, 256}, H in {256, 512, 1024}, fp32 and bf16,
 providers s2s_fused-cuda, s2s_fused-triton, torch-eager (torch.nn cells: three launches per step) and, at H=512,
 torch-compile (dynamic shapes: one compiled graph per kind, dtype and mode serves every B); each also inside a CUDA
 graph (how a decode loop runs them).
@@ -14,7 +16,7 @@ import itertools
 
 import torch
 
-from common import Row, base_parser, fill_ratios, markdown_table, measure, write_results
+from common import Row, base_parser, fill_ratios, interleaved_rows, markdown_table, measure, switches, write_results
 
 from s2s_fused.backend import is_available
 from s2s_fused.nn import GRUCell, LSTMCell
@@ -29,7 +31,7 @@ def make(kind, I, H, dtype, device, provider):
     base = (torch.nn.LSTMCell if kind == "lstm" else torch.nn.GRUCell)(I, H).to(device=device, dtype=dtype)
     if provider.startswith("torch"):
         return base
-    backend = provider.split("-", 1)[1]
+    backend = provider.split("-")[1]
     ours = (LSTMCell if kind == "lstm" else GRUCell)(I, H, backend=backend).to(device=device, dtype=dtype)
     ours.load_state_dict(base.state_dict())
     return ours
@@ -68,17 +70,41 @@ def graphed(fn, device):
     return g.replay
 
 
+CPU_PATHS = ("packed", "onednn", "blas")
+
+
 def providers(device, H):
     if device.type == "cpu":
-        return ["torch-eager", "s2s_fused-cpu"]
+        return ["torch-eager", "s2s_fused-cpu"] + [f"s2s_fused-cpu-{p}" for p in CPU_PATHS]
     out = ["torch-eager"] + (["torch-compile"] if H == COMPILE_H else [])
     out += [p for p, b in (("s2s_fused-cuda", "cuda"), ("s2s_fused-triton", "triton")) if is_available(b)]
     return out
 
 
+def cpu_rows(kind, B, I, H, dtype, device, repeats):
+    """Every CPU provider's fwd and fwd+bwd, timed in alternation."""
+    by_mode = {"fwd": {}, "fwd+bwd": {}}
+    for prov in providers(device, H):
+        cell = make(kind, I, H, dtype, device, prov)
+        fwd, fwd_bwd = step_fns(kind, cell, B, I, H, dtype, device)
+        env = {"S2S_FUSED_CPU_PATH": prov.rsplit("-", 1)[1]} if prov.count("-") == 2 else {}
+
+        def run(fn=None, env=env):
+            with switches(**env):
+                fn()
+
+        by_mode["fwd"][prov] = lambda fn=fwd, r=run: r(fn)
+        by_mode["fwd+bwd"][prov] = lambda fn=fwd_bwd, r=run: r(fn)
+    return interleaved_rows(f"{kind}_cell", f"B={B} I={I} H={H}", dtype, by_mode, device, repeats=repeats,
+                            label=kind, width=22)
+
+
 def main(argv=None):
     p = base_parser(__doc__)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu":
         shapes = [(2, 8, 8)] if args.smoke else [(64, 512, 512), (8, 512, 512), (64, 256, 256)]
@@ -91,6 +117,9 @@ def main(argv=None):
     rows: list[Row] = []
     for kind, (B, I, H), dtype in itertools.product(("lstm", "gru"), shapes, dtypes):
         shape = f"B={B} I={I} H={H}"
+        if device.type == "cpu":
+            rows += cpu_rows(kind, B, I, H, dtype, device, repeats)
+            continue
         for prov in providers(device, H):
             cell = make(kind, I, H, dtype, device, prov)
             fwd, fwd_bwd = step_fns(kind, cell, B, I, H, dtype, device, compile_=prov == "torch-compile")

@@ -15,6 +15,8 @@ and A/B variants, each timed only on the shapes where it runs other code than it
   s2s_fused-triton-perstep    S2S_FUSED_TRITON_NO_PERSISTENT=1: per-step kernels where the default picks the
                               persistent program
   s2s_fused-cuda-perdir       bidirectional, S2S_FUSED_NO_BIDIR_FUSED=1: one op per direction
+  s2s_fused-cpu-<path>        S2S_FUSED_CPU_PATH=packed|onednn|blas: each CPU GEMM path forced (s2s_fused-cpu
+                              is the path measured fastest here, S2S_FUSED_CPU_PATH=auto)
   s2s_fused-cpu-bidir-op      bidirectional, 1 layer: the two-direction op called on CPU, where the modules run one
                               op per direction (the same recurrence over both directions at once: fp32 runs the
                               packed-weight loop per direction, other dtypes batch both directions' step GEMMs)
@@ -55,6 +57,8 @@ GPU_SHAPES = [
     (100, 8, 512, 512, 1, False),
     (100, 8, 256, 256, 1, False),  # small batch, H within the Triton persistent program's limit
 ]
+# The CPU GEMM paths (csrc/cpu/cpu_path.h), each also timed forced, next to the measured choice (s2s_fused-cpu).
+CPU_PATHS = ("packed", "onednn", "blas")
 SMOKE_SHAPES = [(4, 3, 8, 8, 1, False), (4, 3, 8, 8, 1, True)]
 LAYER_0 = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
@@ -68,6 +72,7 @@ def _providers(device, B, H, L, bi):
     out = [(_baseline(device), None, {}, False)]
     if device.type == "cpu":
         out.append(("s2s_fused-cpu", "cpu", {}, False))
+        out += [(f"s2s_fused-cpu-{p}", "cpu", {"S2S_FUSED_CPU_PATH": p}, False) for p in CPU_PATHS]
         if bi and L == 1:
             out.append(("s2s_fused-cpu-bidir-op", "cpu", {}, True))
         return out

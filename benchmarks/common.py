@@ -20,6 +20,7 @@ import dataclasses
 import datetime as _dt
 import os
 import platform
+import re
 import signal
 import statistics
 import sys
@@ -72,19 +73,45 @@ class Row:
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {_cpu_model()} x{torch.get_num_threads()} threads"
+    return f"CPU {cpu_description()} x{torch.get_num_threads()} threads"
 
 
-def _cpu_model() -> str:
-    """lscpu's "Model name" (/proc/cpuinfo), else what platform knows."""
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    out = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
+
+
+def cpu_description() -> str:
+    """The CPU model with its vendor, family and model numbers and the ISA the kernels run, e.g. "AMD EPYC
+    (AuthenticAMD family 25 model 17; ISA AVX512)": CPU results differ between vendors and generations (MKL takes a
+    generic path on AMD; Intel's AMX speeds up oneDNN), so a figure is never quoted without them. ISA: ATen's CPU
+    capability, which our kernels follow, plus AMX where the CPU has it."""
+    info = _cpuinfo()
+    model = info.get("model name") or platform.processor() or platform.machine()
+    isa = torch.backends.cpu.get_cpu_capability()
+    if "amx_tile" in info.get("flags", "").split():
+        isa += ", AMX"
+    ident = " ".join(x for x in (info.get("vendor_id", ""), f"family {info['cpu family']}" if "cpu family" in info
+                                 else "", f"model {info['model']}" if "model" in info else "") if x)
+    return f"{model} ({ident + '; ' if ident else ''}ISA {isa})"
+
+
+def device_slug(device: torch.device) -> str:
+    """The device part of a results folder's name: cpu-<vendor and model>, or the GPU's model (h200)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device).split()[-1].lower()
+    model = _cpuinfo().get("model name") or platform.machine()
+    return "cpu-" + re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor|\d+-core", "", model.lower())).strip("-")
 
 
 def versions() -> str:
@@ -196,8 +223,9 @@ def fill_ratios(rows: list[Row], baseline_provider: str) -> list[Row]:
 
 
 def default_outdir(device: torch.device) -> Path:
-    tag = "cpu" if device.type == "cpu" else torch.cuda.get_device_name(device).split()[-1].lower()
-    return ROOT / "benchmarks" / "results" / f"local-{tag}-{_dt.date.today().isoformat()}"
+    """benchmarks/results/local-<device>-<date>/ (gitignored); committed results drop the "local-": the layout
+    tools/readme_results.py reads, <device>-<date>/."""
+    return ROOT / "benchmarks" / "results" / f"local-{device_slug(device)}-{_dt.date.today().isoformat()}"
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -211,6 +239,13 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def machine_line(rows: list[Row]) -> str:
+    """Where and with what the rows were measured: device (CPU model, vendor, family, ISA, threads), versions, date."""
+    def join(field):
+        return "; ".join(sorted({getattr(r, field) for r in rows if getattr(r, field)}))
+    return f"Measured on {join('device')}; {join('versions')}; {join('date')}."
+
+
 def write_results(rows: list[Row], family: str, outdir: Path | None, *, plot: bool = True) -> None:
     """Append rows to <outdir>/<family>.csv, write <family>.md and (matplotlib present) <family>.png."""
     _WRITTEN.add(family)
@@ -219,7 +254,7 @@ def write_results(rows: list[Row], family: str, outdir: Path | None, *, plot: bo
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     _append_csv(rows, outdir / f"{family}.csv")
-    (outdir / f"{family}.md").write_text(f"# {family}\n\n{markdown_table(rows)}\n")
+    (outdir / f"{family}.md").write_text(f"# {family}\n\n{machine_line(rows)}\n\n{markdown_table(rows)}\n")
     if plot:
         _plot(rows, family, outdir / f"{family}.png")
 
@@ -309,18 +344,23 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 @contextlib.contextmanager
 def switches(**env: str):
-    """The library's A/B switches ``env`` (variable name -> "0" / "1") in effect while the block runs, as they were
-    afterwards, around one provider's calls. The Python side's (s2s_fused.config, read once at import) through
+    """The library's A/B switches ``env`` (variable name -> "0" / "1", or S2S_FUSED_CPU_PATH -> a path) in effect
+    while the block runs, as they were afterwards, around one provider's calls. The Python side's (s2s_fused.config, read once at import) through
     config.override; the others as environment variables."""
-    from s2s_fused import config
+    from s2s_fused import backend, config
+    env = dict(env)
+    cpu_path = env.pop("S2S_FUSED_CPU_PATH", None)  # the compiled library's path setting (read once): set directly
     python = {name[len(config.PREFIX):]: config.parse_switch(name, env) for name in env if name in config.SWITCHES}
     others = {name: value for name, value in env.items() if name not in config.SWITCHES}
     saved = {name: os.environ.get(name) for name in others}
     os.environ.update(others)
+    previous_path = backend._extension()._set_cpu_path(cpu_path) if cpu_path is not None else None
     try:
         with config.override(**python):
             yield
     finally:
+        if previous_path is not None:
+            backend._extension()._set_cpu_path(previous_path)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)

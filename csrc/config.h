@@ -3,6 +3,11 @@
 // or "0" is off, and anything else is an error (a ValueError naming the variable), so a typo never leaves a switch
 // silently off. s2s_fused._C.build_info()["switches"] shows them (name -> bool); s2s_fused._C._set_switch(name,
 // on) changes one in a running process (A/B runs and tests of both paths) and returns the previous setting.
+//
+// One setting takes a name rather than 1/0: S2S_FUSED_CPU_PATH, which CPU GEMM path the RNN ops take (see
+// csrc/cpu/cpu_path.h): "auto" (unset or empty: the fastest, measured on this machine), "packed", "onednn" or
+// "blas"; any other value is a ValueError naming the variable. build_info()["cpu_path"] shows it,
+// _C._set_cpu_path(name) changes it.
 #pragma once
 
 #include <c10/util/Exception.h>
@@ -29,10 +34,35 @@ inline constexpr std::array<const char*, static_cast<int>(Switch::Count)> kSwitc
     "S2S_FUSED_CHECK_GEMM_TAILS",
 };
 
+// The CPU GEMM paths of the RNN ops; Auto: chosen per op and shape by measurement (csrc/cpu/cpu_path.h).
+enum class CpuPath : int { Auto, Packed, Onednn, Blas, Count };
+inline constexpr std::array<const char*, static_cast<int>(CpuPath::Count)> kCpuPathNames = {"auto", "packed", "onednn",
+                                                                                          "blas"};
+inline constexpr const char* kCpuPathVariable = "S2S_FUSED_CPU_PATH";
+
+// The path of that name; CpuPath::Count when there is none.
+inline CpuPath find_cpu_path(const char* name) {
+  for (size_t i = 0; i < kCpuPathNames.size(); ++i) {
+    if (std::strcmp(kCpuPathNames[i], name) == 0) return static_cast<CpuPath>(i);
+  }
+  return CpuPath::Count;
+}
+
 struct Switches {
   std::atomic<bool> value[static_cast<int>(Switch::Count)];
+  std::atomic<int> cpu_path;
   Switches() {
     for (size_t i = 0; i < kSwitchNames.size(); ++i) value[i].store(parse(kSwitchNames[i]));
+    cpu_path.store(static_cast<int>(parse_cpu_path()));
+  }
+
+  static CpuPath parse_cpu_path() {
+    const char* s = std::getenv(kCpuPathVariable);
+    if (s == nullptr || std::strcmp(s, "") == 0) return CpuPath::Auto;
+    const CpuPath p = find_cpu_path(s);
+    TORCH_CHECK_VALUE(p != CpuPath::Count, kCpuPathVariable,
+                      ": expected auto, packed, onednn or blas (or unset: auto), got '", s, "'");
+    return p;
   }
 
   static bool parse(const char* name) {
@@ -54,6 +84,13 @@ inline bool on(Switch s) { return switches().value[static_cast<int>(s)].load(std
 
 // Sets a switch, returns its previous value.
 inline bool set(Switch s, bool value) { return switches().value[static_cast<int>(s)].exchange(value); }
+
+inline CpuPath cpu_path() { return static_cast<CpuPath>(switches().cpu_path.load(std::memory_order_relaxed)); }
+
+// Sets the CPU path, returns the previous one.
+inline CpuPath set_cpu_path(CpuPath p) {
+  return static_cast<CpuPath>(switches().cpu_path.exchange(static_cast<int>(p)));
+}
 
 // The switch of that environment variable name; Switch::Count when there is none.
 inline Switch find(const char* name) {

@@ -9,6 +9,7 @@
 #include <atomic>
 
 #include "config.h"
+#include "cpu/cpu_path.h"
 #include "cpu/dispatch.h"
 
 // The CUDA archs compiled, as setup.py handed them to torch (TORCH_CUDA_ARCH_LIST); empty in a CPU-only build.
@@ -174,10 +175,10 @@ PyObject* build_info(PyObject*, PyObject*) {
   }
   // torch_version: the torch whose headers this was compiled against; a prebuilt extension loaded by another
   // torch may import and then crash (its C++ ABI is not versioned), so loaders compare it with torch.__version__.
-  return Py_BuildValue("{s:O,s:s,s:s,s:N,s:s,s:i,s:N}", "with_cuda", with_cuda, "cuda_arch_list", S2S_CUDA_ARCH_LIST,
-                       "torch_version", TORCH_VERSION, "cpu_capabilities_compiled", compiled_caps, "cpu_capability",
-                       capability_name(runtime_capability()), "parallel_for_chunks", chunks.load(), "switches",
-                       switches);
+  return Py_BuildValue("{s:O,s:s,s:s,s:N,s:s,s:i,s:N,s:s}", "with_cuda", with_cuda, "cuda_arch_list",
+                       S2S_CUDA_ARCH_LIST, "torch_version", TORCH_VERSION, "cpu_capabilities_compiled", compiled_caps,
+                       "cpu_capability", capability_name(runtime_capability()), "parallel_for_chunks", chunks.load(),
+                       "switches", switches, "cpu_path", s2s_fused::cpu::path_name(s2s_fused::config::cpu_path()));
 }
 
 // _set_switch(name, on) -> the previous setting (csrc/config.h).
@@ -200,10 +201,56 @@ PyObject* set_check_gemm_tails(PyObject*, PyObject* arg) {
   return PyBool_FromLong(s2s_fused::config::set(s2s_fused::config::Switch::CheckGemmTails, on != 0));
 }
 
+// _set_cpu_path(name) -> the previous setting of S2S_FUSED_CPU_PATH (csrc/cpu/cpu_path.h).
+PyObject* set_cpu_path(PyObject*, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "s", &name) || !read_switches()) return nullptr;
+  const s2s_fused::config::CpuPath p = s2s_fused::config::find_cpu_path(name);
+  if (p == s2s_fused::config::CpuPath::Count) {
+    PyErr_Format(PyExc_ValueError, "%s: expected auto, packed, onednn or blas, got '%s'",
+                 s2s_fused::config::kCpuPathVariable, name);
+    return nullptr;
+  }
+  return PyUnicode_FromString(s2s_fused::cpu::path_name(s2s_fused::config::set_cpu_path(p)));
+}
+
+// _cpu_path_state() -> {"path": the setting, "choices": {key: {"path": chosen, "times_us": {path: best time}}},
+// "packed_weights": {"entries", "bytes", "hits", "misses"}}: what the CPU path choice has done in this process.
+PyObject* cpu_path_state(PyObject*, PyObject*) {
+  if (!read_switches()) return nullptr;
+  using s2s_fused::cpu::path_name;
+  PyObject* choices = PyDict_New();
+  for (const auto& [key, c] : s2s_fused::cpu::path_choices().all()) {
+    PyObject* times = PyDict_New();
+    for (const auto& [p, us] : c.times_us) {
+      PyObject* t = PyFloat_FromDouble(us);
+      PyDict_SetItemString(times, path_name(p), t);
+      Py_DECREF(t);
+    }
+    PyObject* entry = Py_BuildValue("{s:s,s:N}", "path", path_name(c.path), "times_us", times);
+    PyDict_SetItemString(choices, key.c_str(), entry);
+    Py_DECREF(entry);
+  }
+  const auto w = s2s_fused::cpu::packed_weights().stats();
+  return Py_BuildValue("{s:s,s:N,s:{s:L,s:L,s:L,s:L}}", "path", path_name(s2s_fused::config::cpu_path()), "choices",
+                       choices, "packed_weights", "entries", (long long)w.entries, "bytes", (long long)w.bytes, "hits",
+                       (long long)w.hits, "misses", (long long)w.misses);
+}
+
+// _clear_cpu_path_state(): forget the choices and the packed weights (tests; a re-measure after a change of load).
+PyObject* clear_cpu_path_state(PyObject*, PyObject*) {
+  s2s_fused::cpu::path_choices().clear();
+  s2s_fused::cpu::packed_weights().clear();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "Facts about this build of the extension."},
     {"_set_switch", set_switch, METH_VARARGS, "Set a switch of build_info()['switches']; returns the previous value."},
     {"_set_check_gemm_tails", set_check_gemm_tails, METH_O, "Test switch: check CPU GEMM operands' row tails."},
+    {"_set_cpu_path", set_cpu_path, METH_VARARGS, "Set S2S_FUSED_CPU_PATH's setting; returns the previous one."},
+    {"_cpu_path_state", cpu_path_state, METH_NOARGS, "The CPU path setting, choices made and packed-weight cache."},
+    {"_clear_cpu_path_state", clear_cpu_path_state, METH_NOARGS, "Forget the CPU path choices and packed weights."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -60,8 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
   const at::Tensor c0 = cx.contiguous();
   // One buffer takes both GEMMs (the second accumulates in place) and then, activated in place, becomes the
   // workspace backward reads: no separate pre-activation tensor is ever written.
-  at::Tensor gates = mm(pw, a.input, a.w_ih.t());
-  pw.gemm(gates, a.hx, a.w_hh.t(), true);
+  at::Tensor gates = weight_mm(pw, a.input, a.w_ih.t());
+  weight_gemm(pw, gates, a.hx, a.w_hh.t(), true);
   at::Tensor h1 = at::empty_like(a.hx), c1 = at::empty_like(a.hx);
   auto p = step_params<LstmForwardParams>(input, a.H);
   p.g1 = cmat(gates);
@@ -102,8 +102,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.dcx = mat(dcx);
   pw.lstm_backward(one(p), B);
   const auto none = [&] { return at::empty({0}, input.options()); };
-  return {mask[0] ? mm(pw, dgates, a.w_ih) : none(),
-          mask[1] ? mm(pw, dgates, a.w_hh) : none(),
+  return {mask[0] ? weight_mm(pw, dgates, a.w_ih) : none(),
+          mask[1] ? weight_mm(pw, dgates, a.w_hh) : none(),
           mask[2] ? dcx : none(),
           mask[3] ? mm(pw, dgates.t(), a.input) : none(),
           mask[4] ? grad_w_hh(pw, CellKind::LSTM, dgates, a.hx, at::Tensor()) : none(),
@@ -125,10 +125,10 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   p.b_hh = ptr_or_null(a.b_hh);
   p.hx = cmat(a.hx);
   p.h1 = mat(h1);
-  const at::Tensor gi = mm(pw, a.input, a.w_ih.t());
+  const at::Tensor gi = weight_mm(pw, a.input, a.w_ih.t());
   p.gi = cmat(gi);
   if (p.kind == CellKind::GRU_RESET_AFTER) {
-    const at::Tensor gh = mm(pw, a.hx, a.w_hh.t());
+    const at::Tensor gh = weight_mm(pw, a.hx, a.w_hh.t());
     at::Tensor ws = at::empty({B, 4 * H}, input.options());
     p.gh = cmat(gh);
     p.ws = mat(ws);
@@ -136,14 +136,14 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
     return {h1, ws};
   }
   // Cho et al.: the reset gate scales h before the W_hn product, so the n columns need a second GEMM.
-  const at::Tensor gh_rz = mm(pw, a.hx, a.w_hh.narrow(0, 0, 2 * H).t());
+  const at::Tensor gh_rz = weight_mm(pw, a.hx, a.w_hh.narrow(0, 0, 2 * H).t());
   at::Tensor ws = at::empty({B, 3 * H}, input.options());
   at::Tensor rh = at::empty_like(a.hx);
   p.gh = cmat(gh_rz);
   p.ws = mat(ws);
   p.rh = mat(rh);
   pw.gru_forward(one(p), B);
-  const at::Tensor ghn = mm(pw, rh, a.w_hh.narrow(0, 2 * H, H).t());
+  const at::Tensor ghn = weight_mm(pw, rh, a.w_hh.narrow(0, 2 * H, H).t());
   p.ghn = cmat(ghn);
   pw.gru_forward_stage2(one(p), B);
   return {h1, ws};
@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else {
     p.dgh = p.dgi;
     pw.gru_backward(one(p), B);
-    const at::Tensor drh = mm(pw, dgi.narrow(1, 2 * H, H), a.w_hh.narrow(0, 2 * H, H));
+    const at::Tensor drh = weight_mm(pw, dgi.narrow(1, 2 * H, H), a.w_hh.narrow(0, 2 * H, H));
     rh = at::empty_like(a.hx);
     p.drh = cmat(drh);
     p.rh = mat(rh);
@@ -186,10 +186,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor grad_hx = none();
   if (mask[1]) {
     const int64_t Gh = hidden_gates(kind) * H;
-    pw.gemm(dhx, dgh.narrow(1, 0, Gh), a.w_hh.narrow(0, 0, Gh), true);
+    weight_gemm(pw, dhx, dgh.narrow(1, 0, Gh), a.w_hh.narrow(0, 0, Gh), true);
     grad_hx = dhx;
   }
-  return {mask[0] ? mm(pw, dgi, a.w_ih) : none(), grad_hx, mask[2] ? mm(pw, dgi.t(), a.input) : none(),
+  return {mask[0] ? weight_mm(pw, dgi, a.w_ih) : none(), grad_hx, mask[2] ? mm(pw, dgi.t(), a.input) : none(),
           mask[3] ? grad_w_hh(pw, kind, dgh, a.hx, rh) : none(), mask[4] ? dgi.sum(0) : none(),
           mask[5] ? dgh.sum(0) : none()};
 }

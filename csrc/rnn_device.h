@@ -48,6 +48,25 @@ at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+// out (+)= a @ w for a weight w (or a view of one) that stays the same across calls: a device may keep a prepared
+// copy of it (the CPU's packed path, csrc/cpu/rnn_policy.h); otherwise its gemm.
+template <class PW>
+void weight_gemm(const PW& pw, at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool accumulate) {
+  if constexpr (requires { pw.weight_gemm(out, a, w, accumulate); }) {
+    pw.weight_gemm(out, a, w, accumulate);
+  } else {
+    pw.gemm(out, a, w, accumulate);
+  }
+}
+
+// a @ w into a new tensor, for a weight w as above.
+template <class PW>
+at::Tensor weight_mm(const PW& pw, const at::Tensor& a, const at::Tensor& w) {
+  at::Tensor out = at::empty({a.size(0), w.size(1)}, a.options());
+  weight_gemm(pw, out, a, w, false);
+  return out;
+}
+
 // One parameter set as the one-direction span the pointwise kernels take.
 template <class P>
 std::span<const P> one(const P& p) {

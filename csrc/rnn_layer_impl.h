@@ -14,6 +14,17 @@
 
 namespace s2s_fused {
 
+// f(pw) with the device policy an op runs with: a device that picks its GEMM path per op and shape (the CPU,
+// csrc/cpu/cpu_path.h) provides PW::run_layer; any other runs its one policy.
+template <class PW, class F>
+auto on_device(const char* op, const Layer& L, F&& f) {
+  if constexpr (requires { PW::run_layer(op, L, f); }) {
+    return PW::run_layer(op, L, std::forward<F>(f));
+  } else {
+    return f(PW{});
+  }
+}
+
 template <class PW>
 struct RnnLayerOps {
   using Opt = std::optional<at::Tensor>;
@@ -25,7 +36,9 @@ struct RnnLayerOps {
                                                    const Opt& lengths, bool reverse) {
     const Guard guard(input.device());
     const Layer L = lstm_one(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
-    const Forward f = forward(PW{}, L, L.a().h0.unsqueeze(0), c0.unsqueeze(0), /*training=*/true);
+    const Forward f = on_device<PW>("lstm_layer_forward", L, [&](const PW& pw) {
+      return forward(pw, L, L.a().h0.unsqueeze(0), c0.unsqueeze(0), /*training=*/true);
+    });
     return {f.output, L.per_op(f.final_states(f.hs)), L.per_op(f.final_states(f.cs)), L.per_op(f.hs),
             L.per_op(f.cs), L.per_op(f.gates)};
   }
@@ -34,7 +47,9 @@ struct RnnLayerOps {
                                             const Opt& b_ih, const Opt& b_hh, const Opt& lengths, bool reverse) {
     const Guard guard(input.device());
     const Layer L = lstm_one(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
-    const Forward f = forward(PW{}, L, L.a().h0.unsqueeze(0), c0.unsqueeze(0), /*training=*/false);
+    const Forward f = on_device<PW>("lstm_layer_inference", L, [&](const PW& pw) {
+      return forward(pw, L, L.a().h0.unsqueeze(0), c0.unsqueeze(0), /*training=*/false);
+    });
     return {f.output, L.per_op(f.final_states(f.hs)), L.per_op(f.final_states(f.cs))};
   }
 
@@ -47,7 +62,9 @@ struct RnnLayerOps {
     const Layer L = one_direction(
         CellKind::LSTM,
         check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 4), reverse);
-    const BackwardResult r = backward(PW{}, L, hs, cs, workspace, grad_output, grad_h_n, grad_c_n);
+    const BackwardResult r = on_device<PW>("lstm_layer_backward", L, [&](const PW& pw) {
+      return backward(pw, L, hs, cs, workspace, grad_output, grad_h_n, grad_c_n);
+    });
     const WeightGrads& w = r.dir[0];
     return {r.grad_input, L.per_op(r.grad_h0), L.per_op(r.grad_c0), w.w_ih, w.w_hh, w.b_ih};
   }
@@ -57,7 +74,9 @@ struct RnnLayerOps {
                                             bool reset_after) {
     const Guard guard(input.device());
     const Layer L = gru_one(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after);
-    const Forward f = forward(PW{}, L, L.a().h0.unsqueeze(0), T(), /*training=*/true);
+    const Forward f = on_device<PW>("gru_layer_forward", L, [&](const PW& pw) {
+      return forward(pw, L, L.a().h0.unsqueeze(0), T(), /*training=*/true);
+    });
     return {f.output, L.per_op(f.final_states(f.hs)), L.per_op(f.hs), L.per_op(f.ws)};
   }
 
@@ -65,7 +84,9 @@ struct RnnLayerOps {
                                         const Opt& b_hh, const Opt& lengths, bool reverse, bool reset_after) {
     const Guard guard(input.device());
     const Layer L = gru_one(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, reset_after);
-    const Forward f = forward(PW{}, L, L.a().h0.unsqueeze(0), T(), /*training=*/false);
+    const Forward f = on_device<PW>("gru_layer_inference", L, [&](const PW& pw) {
+      return forward(pw, L, L.a().h0.unsqueeze(0), T(), /*training=*/false);
+    });
     return {f.output, L.per_op(f.final_states(f.hs))};
   }
 
@@ -77,7 +98,9 @@ struct RnnLayerOps {
     const Layer L = one_direction(
         gru_kind(reset_after),
         check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 3), reverse);
-    const BackwardResult r = backward(PW{}, L, hs, T(), workspace, grad_output, grad_h_n, std::nullopt);
+    const BackwardResult r = on_device<PW>("gru_layer_backward", L, [&](const PW& pw) {
+      return backward(pw, L, hs, T(), workspace, grad_output, grad_h_n, std::nullopt);
+    });
     const WeightGrads& w = r.dir[0];
     return {r.grad_input, L.per_op(r.grad_h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh};
   }
@@ -90,7 +113,9 @@ struct RnnLayerOps {
     const Layer L = both_directions(CellKind::LSTM, input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r,
                                     b_hh_r, lengths);
     check_saved(c0, h0.sizes(), input, "c0", " (as h0)");
-    const Forward f = forward(PW{}, L, h0, c0, /*training=*/true);
+    const Forward f = on_device<PW>("lstm_layer_bidir_forward", L, [&](const PW& pw) {
+      return forward(pw, L, h0, c0, /*training=*/true);
+    });
     return {f.output, f.final_states(f.hs), f.final_states(f.cs), f.hs, f.cs, f.gates};
   }
 
@@ -101,7 +126,9 @@ struct RnnLayerOps {
     check_state_history(hs, input, 2);
     const Layer L = both_directions(CellKind::LSTM, input, hs.select(1, 0), w_ih, w_hh, std::nullopt, std::nullopt,
                                     w_ih_r, w_hh_r, std::nullopt, std::nullopt, lengths);
-    const BackwardResult r = backward(PW{}, L, hs, cs, workspace, grad_output, grad_h_n, grad_c_n);
+    const BackwardResult r = on_device<PW>("lstm_layer_bidir_backward", L, [&](const PW& pw) {
+      return backward(pw, L, hs, cs, workspace, grad_output, grad_h_n, grad_c_n);
+    });
     const WeightGrads &w0 = r.dir[0], &w1 = r.dir[1];
     return {r.grad_input, r.grad_h0, r.grad_c0, w0.w_ih, w0.w_hh, w0.b_ih, w1.w_ih, w1.w_hh, w1.b_ih};
   }
@@ -113,7 +140,9 @@ struct RnnLayerOps {
     const Guard guard(input.device());
     const Layer L = both_directions(gru_kind(reset_after), input, h0, w_ih, w_hh, b_ih, b_hh, w_ih_r, w_hh_r, b_ih_r,
                                     b_hh_r, lengths);
-    const Forward f = forward(PW{}, L, h0, T(), /*training=*/true);
+    const Forward f = on_device<PW>("gru_layer_bidir_forward", L, [&](const PW& pw) {
+      return forward(pw, L, h0, T(), /*training=*/true);
+    });
     return {f.output, f.final_states(f.hs), f.hs, f.ws};
   }
 
@@ -124,7 +153,9 @@ struct RnnLayerOps {
     check_state_history(hs, input, 2);
     const Layer L = both_directions(gru_kind(reset_after), input, hs.select(1, 0), w_ih, w_hh, std::nullopt,
                                     std::nullopt, w_ih_r, w_hh_r, std::nullopt, std::nullopt, lengths);
-    const BackwardResult r = backward(PW{}, L, hs, T(), workspace, grad_output, grad_h_n, std::nullopt);
+    const BackwardResult r = on_device<PW>("gru_layer_bidir_backward", L, [&](const PW& pw) {
+      return backward(pw, L, hs, T(), workspace, grad_output, grad_h_n, std::nullopt);
+    });
     const WeightGrads &w0 = r.dir[0], &w1 = r.dir[1];
     return {r.grad_input, r.grad_h0, w0.w_ih, w0.w_hh, w0.b_ih, w0.b_hh, w1.w_ih, w1.w_hh, w1.b_ih, w1.b_hh};
   }

@@ -45,7 +45,27 @@ def info() -> dict:
     out["switches (Python)"] = _switches_line(config.switches())
     cpp = b.get("switches")
     out["switches (C++)"] = _switches_line(cpp) if cpp is not None else "not reported by this build of the extension"
+    out.update(_cpu_path_lines())
     return out
+
+
+def _cpu_path_lines() -> dict:
+    """The CPU GEMM path policy (S2S_FUSED_CPU_PATH, csrc/cpu/cpu_path.h) and the choices this process made."""
+    from .backend import _extension
+
+    try:
+        state = _extension()._cpu_path_state()
+    except (AttributeError, ValueError) as e:  # no extension / an old build; a bad S2S_FUSED_CPU_PATH value
+        return {"CPU GEMM path": f"not reported ({e})" if isinstance(e, ValueError) else "not reported by this build of the extension"}
+    policy = {"auto": "auto (the fastest of packed / onednn / blas, measured per op and shape on first use)"}
+    choices = state["choices"]
+    lines = "; ".join(f"{key}: {c['path']} (" + ", ".join(f"{p} {t:.0f} us" for p, t in c["times_us"].items()) + ")"
+                      for key, c in sorted(choices.items()))
+    w = state["packed_weights"]
+    return {"CPU GEMM path": policy.get(state["path"], f"{state['path']} (forced by S2S_FUSED_CPU_PATH)"),
+            "CPU GEMM path choices": lines or "none yet in this process",
+            "packed weights cached": f"{w['entries']} ({w['bytes'] / 2**20:.1f} MiB; {w['hits']} hits, "
+                                     f"{w['misses']} misses)"}
 
 
 def _switches_line(switches: dict) -> str:

@@ -1,6 +1,7 @@
 // The CPU device of the RNN ops (the interface of csrc/rnn_device.h): the capability-selected pointwise kernels of
-// csrc/cpu/kernels/rnn_pointwise.cpp in parallel over batch rows, GEMMs through oneDNN or ATen, and for fp32 the
-// whole sequence loop with packed weights (csrc/cpu/rnn_packed_sequence.h).
+// csrc/cpu/kernels/rnn_pointwise.cpp in parallel over batch rows, and the GEMMs of its path (csrc/cpu/cpu_path.h):
+// for fp32 our packed micro-kernel (the whole sequence loop, csrc/cpu/rnn_packed_sequence.h; the cells' weight
+// products over cached packed weights), oneDNN's matmul or ATen's BLAS.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include <span>
 
 #include "config.h"
+#include "cpu/cpu_path.h"
 #include "cpu/memory.h"
 #include "cpu/rnn_kernel_tables.h"
 #include "cpu/rnn_packed_sequence.h"
@@ -35,11 +37,46 @@ inline int64_t row_grain(int64_t H, int64_t gates) {
 // the layer's shapes (benchmarks/NOTES.md, rnn_layer). Other dtypes, and builds without oneDNN: ATen (BLAS).
 // Small products stay on ATen's BLAS: oneDNN builds a primitive per call, which costs more than a small GEMM
 // (a T=1, B=1, H=4 GRU layer's backward took 68 us with its three weight-gradient GEMMs on oneDNN).
-inline bool use_onednn_gemm(const at::Tensor& out, int64_t inner) {
+inline bool onednn_gemm_available() {
   static const bool available = at::hasMKLDNN() && &at::native::mkldnn_matmul != nullptr;
+  return available && !config::on(config::Switch::NoOnednn);
+}
+inline bool use_onednn_gemm(const at::Tensor& out, int64_t inner) {
   constexpr int64_t kMinMacs = int64_t(1) << 18;  // 64^3
-  return available && !config::on(config::Switch::NoOnednn) && out.scalar_type() == at::kFloat &&
-         out.numel() > 0 && out.numel() * inner >= kMinMacs;
+  return onednn_gemm_available() && out.scalar_type() == at::kFloat && out.numel() > 0 &&
+         out.numel() * inner >= kMinMacs;
+}
+
+// The paths that differ for a call in `dtype` (csrc/cpu/cpu_path.h): ours and oneDNN's only for fp32.
+inline std::vector<CpuPath> path_candidates(at::ScalarType dtype) {
+  std::vector<CpuPath> c;
+  if (dtype == at::kFloat) {
+    if (use_packed_sequence(Dtype::Float32)) c.push_back(CpuPath::Packed);
+    if (onednn_gemm_available()) c.push_back(CpuPath::Onednn);
+  }
+  c.push_back(CpuPath::Blas);
+  return c;
+}
+
+// out (M x N) (+)= a (M x K) @ b (K x N) with b packed (layout L): the threads split the panels (each streams its
+// share of b once, every row tile reusing a panel from L2), or, with too few panels to go round, the rows.
+inline void packed_product(const PackedLayout& L, const at::Tensor& packed, const at::Tensor& a, at::Tensor& out,
+                           bool accumulate) {
+  const auto& gk = packed_gemm_kernels();
+  const float* pa = a.const_data_ptr<float>();
+  float* pc = out.mutable_data_ptr<float>();
+  const int64_t M = a.size(0), lda = a.stride(0), ldc = out.stride(0);
+  const int64_t nt = at::get_num_threads();
+  if (L.panels >= 2 * nt || M < 8 * nt) {
+    at::parallel_for(0, L.panels, 1, [&](int64_t p0, int64_t p1) {
+      const PanelRange r = panel_range(L, packed, p0, p1);
+      gk.gemm(r.layout, r.data, pa, lda, M, pc + p0 * L.ps, ldc, accumulate);
+    });
+    return;
+  }
+  at::parallel_for(0, M, 4, [&](int64_t r0, int64_t r1) {
+    gk.gemm(L, packed.const_data_ptr<float>(), pa + r0 * lda, lda, r1 - r0, pc + r0 * ldc, ldc, accumulate);
+  });
 }
 
 // With S2S_FUSED_CHECK_GEMM_TAILS on (the test session turns it on): before each GEMM, fail if the columns that
@@ -62,6 +99,33 @@ struct CpuRnnPolicy {
     explicit Guard(const at::Device&) {}
   };
 
+  // Auto (a policy made without a path) behaves as Packed: every fast path this build has.
+  CpuPath path = CpuPath::Auto;
+
+  bool packed() const { return path == CpuPath::Auto || path == CpuPath::Packed; }
+  bool onednn() const { return path != CpuPath::Blas; }
+
+  // The op f(policy) run with the path of S2S_FUSED_CPU_PATH or the one measured fastest for `key` (cpu_path.h).
+  template <class F>
+  static auto run(const std::string& key, at::ScalarType dtype, F&& f) {
+    const std::string full = key + " " + std::string(c10::toString(dtype)) + " threads=" +
+                             std::to_string(at::get_num_threads());
+    return run_with_path(full, path_candidates(dtype), [&](CpuPath p) { return f(CpuRnnPolicy{p}); });
+  }
+  // ... for a layer op (csrc/rnn_layer_impl.h): keyed by the layer's kind, directions and shape buckets. The
+  // inference ops share their training forward's key, so that a layer gives the same numbers with and without
+  // autograd (each path rounds differently).
+  template <class Layer, class F>
+  static auto run_layer(const char* op, const Layer& L, F&& f) {
+    const auto& a = L.a();
+    std::string name = op;
+    if (name.ends_with("_inference")) name = name.substr(0, name.size() - 10) + "_forward";
+    const std::string key = name + " D=" + std::to_string(L.D) + " T~" + std::to_string(bucket(a.T)) +
+                            " B~" + std::to_string(bucket(a.B)) + " I=" + std::to_string(a.I) + " H=" +
+                            std::to_string(a.H) + (a.active.defined() ? " lengths" : "");
+    return run(key, a.input.scalar_type(), std::forward<F>(f));
+  }
+
   // Sequence-sized buffers (workspaces, states, gradients): huge-page backed where they are large.
   at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) const {
     return empty_huge(sizes, options);
@@ -79,13 +143,29 @@ struct CpuRnnPolicy {
       return;
     }
     check_gemm_operand_tail(a, "a");
-    if (use_onednn_gemm(out, a.size(1))) {
+    if (onednn() && use_onednn_gemm(out, a.size(1))) {
       at::native::mkldnn_matmul(a, b, out, accumulate ? 1.f : 0.f, 1.f);
     } else if (accumulate) {
       out.addmm_(a, b);
     } else {
       at::mm_out(out, a, b);
     }
+  }
+
+  // out (+)= a @ w, w (K x N) a weight or a view of one, the same across calls: on the packed path (fp32) through
+  // our micro-kernel over w packed once per weight version (cpu_path.h, PackedWeights), else gemm.
+  void weight_gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool accumulate) const {
+    const bool fits = a.dim() == 2 && w.dim() == 2 && a.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat &&
+                      out.scalar_type() == at::kFloat && a.size(1) > 0 && out.numel() > 0 && a.stride(1) == 1 &&
+                      out.stride(1) == 1;
+    if (!packed() || !fits || !use_packed_sequence(Dtype::Float32)) {
+      gemm(out, a, w, accumulate);
+      return;
+    }
+    const PackedLayout L = PackedLayout::plain(w.size(0), w.size(1), packed_gemm_kernels().width);
+    const at::Tensor packed = packed_weights().get(
+        w, [&](const at::Tensor& b) { return pack_operand(L, b.const_data_ptr(), b.stride(0), b.stride(1)); });
+    packed_product(L, packed, a, out, accumulate);
   }
 
   // Each direction's kernel in parallel over the batch rows.
@@ -116,10 +196,10 @@ struct CpuRnnPolicy {
 
   // fp32: the whole time loop with packed weights, each thread over its own rows, computing each step's input
   // projection next to its recurrent product; other dtypes: the per-step loop.
-  bool projects_input(Dtype dtype) const { return use_packed_sequence(dtype); }
-  bool run_sequence(const Sequence& q) const { return packed_sequence_forward(q); }
+  bool projects_input(Dtype dtype) const { return packed() && use_packed_sequence(dtype); }
+  bool run_sequence(const Sequence& q) const { return packed() && packed_sequence_forward(q); }
   bool run_sequence_backward(const Sequence& q, const SequenceGrads& g) const {
-    return packed_sequence_backward(q, g);
+    return packed() && packed_sequence_backward(q, g);
   }
 };
 

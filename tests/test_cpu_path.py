@@ -1,0 +1,271 @@
+"""The CPU GEMM path of the RNN ops (csrc/cpu/cpu_path.h): every path gives the reference's numbers (so the choice
+made on one machine, e.g. ATen's GEMMs on an Intel CPU, where they beat our kernel, can only change speed), the
+measured choice under ``auto``, the S2S_FUSED_CPU_PATH switch, and the packed-weight cache of the cells."""
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import pytest
+import torch
+
+import s2s_fused.nn
+from helpers import VALUE_TOL, assert_close, make_cell_params, poison_heap, run_python, s2s_fused
+
+_C = s2s_fused.backend._extension() if s2s_fused.backend.is_available("cpu") else None
+pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is not available")
+
+PATHS = ("packed", "onednn", "blas")
+TOL = VALUE_TOL[torch.float32]
+
+
+@contextlib.contextmanager
+def cpu_path(name: str):
+    """S2S_FUSED_CPU_PATH set to `name` for the block, with no choices or packed weights left from before."""
+    _C._clear_cpu_path_state()
+    previous = _C._set_cpu_path(name)
+    try:
+        yield
+    finally:
+        _C._set_cpu_path(previous)
+        _C._clear_cpu_path_state()
+
+
+def cell_call(kind, x, state, params, backend, reset_after=True):
+    if kind == "lstm":
+        h1, c1 = s2s_fused.lstm_cell(x, state, *params, backend=backend)
+        return [h1, c1], h1.sum() + (c1 * c1).sum()
+    h1 = s2s_fused.gru_cell(x, state, *params, reset_after=reset_after, backend=backend)
+    return [h1], (h1 * h1).sum()
+
+
+def check_cell(kind, B, I, H, reset_after=True, params64=None):
+    """fp32 cpu cell (forward and every gradient) against the fp64 reference on the same values."""
+    torch.manual_seed(B * 1000 + I * 10 + H)
+    params64 = params64 or make_cell_params(kind, I, H)
+    x64 = torch.randn(B, I, dtype=torch.float64)
+    st64 = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
+    results = []
+    for dtype, backend in ((torch.float32, "cpu"), (torch.float64, "reference")):
+        leaves = [t.to(dtype).requires_grad_() for t in (x64, *st64, *params64)]
+        x, st, ps = leaves[0], leaves[1:1 + len(st64)], leaves[1 + len(st64):]
+        poison_heap(B * 4 * H)
+        outs, loss = cell_call(kind, x, tuple(st) if kind == "lstm" else st[0], ps, backend, reset_after)
+        loss.backward()
+        results.append(outs + [t.grad for t in leaves])
+    for i, (a, b) in enumerate(zip(*results)):
+        assert_close(a, b, TOL if i < 2 else 4 * TOL, f"{kind} B={B} I={I} H={H} result {i}")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind,reset_after", [("lstm", True), ("gru", True), ("gru", False)])
+def test_every_path_matches_reference_cells(path, kind, reset_after):
+    with cpu_path(path):
+        for B, I, H in ((1, 3, 17), (3, 17, 130), (17, 257, 33), (64, 64, 64)):
+            check_cell(kind, B, I, H, reset_after)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_every_path_matches_reference_layers(path, kind):
+    G = 4 if kind == "lstm" else 3
+    fn = s2s_fused.lstm_layer if kind == "lstm" else s2s_fused.gru_layer
+    with cpu_path(path):
+        for T, B, I, H in ((3, 1, 5, 17), (5, 9, 17, 33)):
+            torch.manual_seed(T * B + H)
+            p64 = make_cell_params(kind, I, H)
+            x64 = torch.randn(T, B, I, dtype=torch.float64)
+            h64 = [torch.randn(B, H, dtype=torch.float64) for _ in range(2 if kind == "lstm" else 1)]
+            lengths = torch.randint(1, T + 1, (B,))
+            results = []
+            for dtype, backend in ((torch.float32, "cpu"), (torch.float64, "reference")):
+                leaves = [t.to(dtype).requires_grad_() for t in (x64, *h64, *p64)]
+                hx = tuple(leaves[1:3]) if kind == "lstm" else leaves[1]
+                out, hn = fn(leaves[0], hx, *leaves[-4:], lengths=lengths, backend=backend)
+                hn = hn[0] if kind == "lstm" else hn
+                (out.pow(2).sum() + hn.sum()).backward()
+                results.append([out, hn] + [t.grad for t in leaves])
+            for i, (a, b) in enumerate(zip(*results)):
+                assert_close(a, b, 4 * TOL, f"{kind} layer T={T} B={B} G={G} result {i}")
+
+
+def test_auto_measures_once_per_key_and_keeps_the_choice():
+    with cpu_path("auto"):
+        check_cell("lstm", 5, 33, 40)
+        choices = _C._cpu_path_state()["choices"]
+        keys = [k for k in choices if k.startswith("lstm_cell_forward") and "I=33 H=40" in k]
+        assert len(keys) == 1, choices
+        c = choices[keys[0]]
+        assert c["path"] in PATHS and c["path"] in c["times_us"], c
+        assert set(c["times_us"]) <= set(PATHS) and all(t > 0 for t in c["times_us"].values()), c
+        check_cell("lstm", 7, 33, 40)  # the same bucket (B~8): no new measurement, the same numbers
+        assert _C._cpu_path_state()["choices"] == choices
+        check_cell("lstm", 9, 33, 40)  # the next bucket: one more key per op
+        assert len(_C._cpu_path_state()["choices"]) > len(choices)
+
+
+def test_auto_measures_layers_too():
+    with cpu_path("auto"):
+        x = torch.randn(6, 3, 8, requires_grad=True)
+        w = [p.float() for p in make_cell_params("lstm", 8, 12)]
+        out, _ = s2s_fused.lstm_layer(x, (torch.zeros(3, 12), torch.zeros(3, 12)), *w, backend="cpu")
+        out.sum().backward()
+        keys = sorted(k.split()[0] for k in _C._cpu_path_state()["choices"])
+        assert keys == ["lstm_layer_backward", "lstm_layer_forward"], keys
+
+
+def test_layer_inference_takes_its_training_forwards_choice():
+    """Each path rounds differently: with and without autograd a layer must run the same path, or eval-mode outputs
+    would differ from the training forward's."""
+    with cpu_path("auto"):
+        x = torch.randn(5, 9, 16)
+        w = [p.float() for p in make_cell_params("gru", 16, 24)]
+        h0 = torch.zeros(9, 24)
+        with torch.no_grad():
+            inference, _ = s2s_fused.gru_layer(x, h0, *w, backend="cpu")
+        training, _ = s2s_fused.gru_layer(x, h0, *[p.requires_grad_() for p in w], backend="cpu")
+        assert [k.split()[0] for k in _C._cpu_path_state()["choices"]] == ["gru_layer_forward"]
+        assert torch.equal(inference, training.detach())
+
+
+def test_auto_chooses_among_fp32_paths_only():
+    with cpu_path("auto"):
+        w = make_cell_params("gru", 8, 8, dtype=torch.float64)
+        s2s_fused.gru_cell(torch.randn(2, 8, dtype=torch.float64), torch.randn(2, 8, dtype=torch.float64), *w,
+                           backend="cpu")
+        assert _C._cpu_path_state()["choices"] == {}  # fp64: ATen's GEMMs only, nothing to measure
+
+
+def test_tracing_never_measures():
+    """torch.compile traces with fake tensors: the CPU kernels, and so the measurement, never run while tracing."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with cpu_path("auto"):
+        with FakeTensorMode():
+            x, h = torch.randn(4, 8), torch.randn(4, 8)
+            s2s_fused.gru_cell(x, h, torch.randn(24, 8), torch.randn(24, 8), backend="cpu")
+        assert _C._cpu_path_state()["choices"] == {}
+
+
+def test_forced_path_shown_and_bad_values_refused():
+    with cpu_path("blas"):
+        assert _C.build_info()["cpu_path"] == "blas"
+        assert _C._cpu_path_state()["path"] == "blas"
+        check_cell("gru", 3, 5, 7)
+        assert _C._cpu_path_state()["choices"] == {}  # forced: nothing measured
+        with pytest.raises(ValueError, match="S2S_FUSED_CPU_PATH.*got 'fast'"):
+            _C._set_cpu_path("fast")
+        assert _C._cpu_path_state()["path"] == "blas"
+    # read at the package's import, as every switch
+    out = run_python("try:\n    import s2s_fused\nexcept ValueError as e:\n    print('refused:', e)\n",
+                     S2S_FUSED_CPU_PATH="Packed")
+    assert "refused: S2S_FUSED_CPU_PATH: expected auto, packed, onednn or blas" in out and "'Packed'" in out
+    out = run_python("import s2s_fused.backend as b\nprint(b._extension().build_info()['cpu_path'])",
+                     S2S_FUSED_CPU_PATH="onednn")
+    assert out.strip() == "onednn"
+
+
+def test_info_reports_the_cpu_path():
+    from s2s_fused.cli import info
+
+    with cpu_path("auto"):
+        check_cell("gru", 3, 5, 7)
+        got = info()
+    assert got["CPU GEMM path"].startswith("auto"), got["CPU GEMM path"]
+    assert "gru_cell_forward" in got["CPU GEMM path choices"]
+
+
+# ------------------------------------------------------------------ packed weights kept across calls
+def packed_stats():
+    return _C._cpu_path_state()["packed_weights"]
+
+
+def gru_step(x, h, params):
+    return s2s_fused.gru_cell(x, h, *params, backend="cpu")
+
+
+def expected(x, h, params):
+    return s2s_fused.gru_cell(x.double(), h.double(), *[p.double() for p in params], backend="reference")
+
+
+def test_packed_weights_are_reused_across_calls():
+    with cpu_path("packed"):
+        params = [p.float() for p in make_cell_params("gru", 32, 48)]
+        x, h = torch.randn(4, 32), torch.randn(4, 48)
+        gru_step(x, h, params)
+        before = packed_stats()
+        for _ in range(3):
+            assert_close(gru_step(x, h, params), expected(x, h, params), TOL, "decode step")
+        after = packed_stats()
+        assert after["misses"] == before["misses"] and after["hits"] >= before["hits"] + 6, (before, after)
+
+
+def test_forward_and_backward_packings_of_a_weight_both_stay():
+    """A training loop alternates the forward's W^T and the backward's W (two views of one storage): neither may
+    evict the other, or every call repacks."""
+    with cpu_path("packed"):
+        torch.manual_seed(0)
+        cell = s2s_fused.nn.LSTMCell(24, 40, backend="cpu")
+        x, h, c = torch.randn(3, 24), torch.randn(3, 40), torch.randn(3, 40)
+        xg = x.clone().requires_grad_()
+
+        def step():
+            h1, c1 = cell(xg, (h, c))
+            (h1.sum() + c1.sum()).backward()
+
+        step()
+        misses = packed_stats()["misses"]
+        for _ in range(3):
+            step()
+        assert packed_stats()["misses"] == misses, packed_stats()
+
+
+@pytest.mark.parametrize("update", ["no_grad_add_", "one_element", "optimizer_step", "data_mul_", "load_state_dict"])
+def test_packed_weights_follow_in_place_updates(update):
+    """A stale packed copy would give the old weights' numbers: each kind of in-place update must be seen."""
+    with cpu_path("packed"):
+        torch.manual_seed(0)
+        cell = s2s_fused.nn.GRUCell(24, 40, backend="cpu")
+        x, h = torch.randn(3, 24), torch.randn(3, 40)
+        cell(x, h)  # packs and keeps W_ih^T, W_hh^T
+        if update == "no_grad_add_":
+            with torch.no_grad():
+                cell.weight_hh.add_(0.25)
+        elif update == "one_element":  # away from the sampled values: only the version counter sees it
+            with torch.no_grad():
+                cell.weight_hh[1, 1] += 3.0
+        elif update == "optimizer_step":
+            opt = torch.optim.SGD(cell.parameters(), lr=0.5)
+            cell(x, h).pow(2).sum().backward()
+            opt.step()
+        elif update == "data_mul_":  # shares the storage, not the version counter
+            cell.weight_ih.data.mul_(-2.0)
+        else:
+            cell.load_state_dict({k: v + 1.0 for k, v in cell.state_dict().items()})
+        params = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        assert_close(cell(x, h), expected(x, h, [p.detach() for p in params]), TOL, f"after {update}")
+
+
+def test_packed_weights_memory_is_bounded_and_freed_with_the_weights():
+    with cpu_path("packed"):
+        x, h = torch.randn(2, 16), torch.randn(2, 16)
+        kept = []
+        for _ in range(40):
+            params = [p.float() for p in make_cell_params("gru", 16, 16)]
+            gru_step(x, h, params)
+            kept.append(params)
+        assert 0 < packed_stats()["entries"] <= 16
+        del kept, params
+        gc.collect()
+        assert packed_stats()["entries"] == 0, packed_stats()
+
+
+def test_new_weight_at_a_freed_weights_address_is_not_stale():
+    """A freed weight's memory is often handed to the next tensor of its size, with a fresh version counter: the
+    cache must not take it for the old weight."""
+    with cpu_path("packed"):
+        x, h = torch.randn(2, 64), torch.randn(2, 64)
+        for i in range(4):
+            params = [p.float() for p in make_cell_params("gru", 64, 64)]
+            assert_close(gru_step(x, h, params), expected(x, h, params), TOL, f"weights {i}")
+            del params
