@@ -72,10 +72,12 @@ def rnn_tensors(kind: str, input, h, c, w_ih, w_hh, b_ih, b_hh, dims, state_dims
     return hname
 
 
-def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int) -> None:
-    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), b (G*H,)."""
+def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int,
+                state_size: int | None = None) -> None:
+    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, P), b (G*H,); the
+    state's width P is H but for a projected LSTM (state_size)."""
     shape(w_ih, "w_ih", (gates * hidden_size, input_size))
-    shape(w_hh, "w_hh", (gates * hidden_size, hidden_size))
+    shape(w_hh, "w_hh", (gates * hidden_size, hidden_size if state_size is None else state_size))
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             shape(b, name, (gates * hidden_size,))
