@@ -123,21 +123,28 @@ def _layer_args(T=3, B=2, I=2, H=3, P=2, seed=0, requires_grad=True):
     return [r(T, B, I), r(B, P), r(B, H), r(4 * H, I), r(4 * H, P), r(4 * H), r(4 * H), r(P, H)]
 
 
-@pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.skipif(
-    not is_available("triton"), reason="triton not available"))])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("lengths", [False, True])
+_TRITON = pytest.mark.skipif(not is_available("triton"), reason="triton not available")
+# Triton under the interpreter: two of the four (lengths, reverse) combinations, on the smallest shapes.
+GRADCHECK_CASES = [(be, lengths, reverse) for be in ("cpu", "triton") for lengths in (False, True)
+                   for reverse in (False, True) if be == "cpu" or lengths == reverse]
+
+
+@pytest.mark.parametrize("backend,lengths,reverse", [pytest.param(*c, marks=[_TRITON] if c[0] == "triton" else [])
+                                                     for c in GRADCHECK_CASES])
 def test_gradcheck(backend, lengths, reverse):
     dev = device_for(backend)
-    args = [a.detach().to(dev).requires_grad_() for a in _layer_args()]
-    lens = torch.tensor([3, 1]) if lengths else None
+    T, B, I, H, P = (3, 2, 2, 3, 2) if backend == "cpu" else (2, 2, 1, 2, 1)
+    args = [a.detach().to(dev).requires_grad_() for a in _layer_args(T, B, I, H, P)]
+    lens = torch.tensor([T, 1]) if lengths else None
 
     def f(x, h, c, wi, wh, bi, bh, wr):
         out, (hn, cn) = s2s_fused.lstm_layer(x, (h, c), wi, wh, bi, bh, lengths=lens, reverse=reverse, w_hr=wr,
                                              backend=backend)
         return out, hn, cn
-    assert torch.autograd.gradcheck(f, tuple(args))
-    assert torch.autograd.gradgradcheck(f, tuple(args))
+    # the interpreter: fast mode (a random projection per input), as tests/test_rnn_layer.py's Triton checks
+    fast = backend == "triton" and dev.type == "cpu"
+    assert torch.autograd.gradcheck(f, tuple(args), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(f, tuple(args), fast_mode=fast)
 
 
 @pytest.mark.parametrize("backend", ["cpu", pytest.param("triton", marks=pytest.mark.skipif(
@@ -254,3 +261,19 @@ def test_projected_bidirectional_runs_one_op_per_direction():
     """The two-direction ops take no projection: a projected module never picks them."""
     _, ours = proj_pair(3, 5, 2, 1, True, False, True, torch.float32, "cpu")
     assert not _snn_rnn._use_bidir_fused(ours, torch.zeros(1))
+
+
+@pytest.mark.parametrize("suffix", ["", pytest.param("_triton", marks=_TRITON)])
+def test_opcheck(suffix):
+    """Schema, fake kernel and autograd registration of the ops with w_hr (and of their Triton twins)."""
+    fwd = getattr(torch.ops.s2s_fused, "lstm_layer_forward" + suffix)
+    for rg, lengths, reverse in ((False, True, False), (True, False, True)):
+        a = [t.detach().float().requires_grad_(rg) for t in _layer_args(seed=4)]
+        lens = torch.tensor([3, 1]) if lengths else None
+        torch.library.opcheck(fwd, (*a[:7], lens, reverse, a[7]))
+    a = [t.detach().float() for t in _layer_args(seed=4)]
+    torch.library.opcheck(torch.ops.s2s_fused.lstm_layer_inference, (*a[:7], None, False, a[7]))
+    out, hn, cn, hs, cs, ws = fwd(*a[:7], torch.tensor([3, 1]), True, a[7])
+    torch.library.opcheck(getattr(torch.ops.s2s_fused, "lstm_layer_backward" + suffix),
+                          (torch.randn_like(out), torch.randn_like(hn), None, a[0], a[3], a[4], hs, cs, ws,
+                           torch.tensor([3, 1]), True, a[7]))
