@@ -267,12 +267,14 @@ def test_projected_bidirectional_runs_one_op_per_direction():
 def test_opcheck(suffix):
     """Schema, fake kernel and autograd registration of the ops with w_hr (and of their Triton twins)."""
     fwd = getattr(torch.ops.s2s_fused, "lstm_layer_forward" + suffix)
+    dev = device_for("triton" if suffix else "cpu")
     for rg, lengths, reverse in ((False, True, False), (True, False, True)):
-        a = [t.detach().float().requires_grad_(rg) for t in _layer_args(seed=4)]
+        a = [t.detach().float().to(dev).requires_grad_(rg) for t in _layer_args(seed=4)]
         lens = torch.tensor([3, 1]) if lengths else None
         torch.library.opcheck(fwd, (*a[:7], lens, reverse, a[7]))
-    a = [t.detach().float() for t in _layer_args(seed=4)]
-    torch.library.opcheck(torch.ops.s2s_fused.lstm_layer_inference, (*a[:7], None, False, a[7]))
+    a = [t.detach().float().to(dev) for t in _layer_args(seed=4)]
+    if not suffix:  # (the inference op has no Triton twin)
+        torch.library.opcheck(torch.ops.s2s_fused.lstm_layer_inference, (*a[:7], None, False, a[7]))
     out, hn, cn, hs, cs, ws = fwd(*a[:7], torch.tensor([3, 1]), True, a[7])
     torch.library.opcheck(getattr(torch.ops.s2s_fused, "lstm_layer_backward" + suffix),
                           (torch.randn_like(out), torch.randn_like(hn), None, a[0], a[3], a[4], hs, cs, ws,
