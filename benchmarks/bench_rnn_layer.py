@@ -2,7 +2,8 @@
 forward+backward.
 
 CPU shapes: the fastrnns shape scaled down (T=32, B=64, I=H=256) and (T=64, B=16, I=H=512), 1 layer, and the first
-one bidirectional. GPU shapes (when --device cuda): fastrnns (T=100, B=64, I=H=512), FlashRNN's (T=1024, B=16,
+one bidirectional; and an LSTM with projections (proj_size P=128 on the first shape; GPU: P=256 on fastrnns'),
+against torch.nn.LSTM(proj_size=P). GPU shapes (when --device cuda): fastrnns (T=100, B=64, I=H=512), FlashRNN's (T=1024, B=16,
 H=768), d2l (T=10, B=64, H=256), small-batch inference (B in 1, 4, 8; T=100, H=512), bidirectional and 2-layer
 variants.
 
@@ -38,13 +39,15 @@ from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
 from s2s_fused.ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir
 
-CPU_SHAPES = [  # (T, B, I, H, layers, bidirectional)
+CPU_SHAPES = [  # (T, B, I, H, layers, bidirectional[, proj_size: LSTM only])
     (32, 64, 256, 256, 1, False),
     (64, 16, 512, 512, 1, False),
     (32, 64, 256, 256, 1, True),
+    (32, 64, 256, 256, 1, False, 128),
 ]
 GPU_SHAPES = [
     (100, 64, 512, 512, 1, False),
+    (100, 64, 512, 512, 1, False, 256),
     (100, 64, 512, 512, 1, True),
     (100, 64, 512, 512, 2, True),
     (1024, 16, 768, 768, 1, False),
@@ -59,7 +62,7 @@ GPU_SHAPES = [
 ]
 # The CPU GEMM paths (csrc/cpu/cpu_path.h), each also timed forced, next to the measured choice (s2s_fused-cpu).
 CPU_PATHS = ("packed", "onednn", "blas")
-SMOKE_SHAPES = [(4, 3, 8, 8, 1, False), (4, 3, 8, 8, 1, True)]
+SMOKE_SHAPES = [(4, 3, 8, 8, 1, False), (4, 3, 8, 8, 1, True), (4, 3, 8, 8, 1, False, 5)]
 LAYER_0 = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
@@ -67,24 +70,24 @@ def _baseline(device):
     return "torch-cudnn" if device.type == "cuda" else "torch-eager"
 
 
-def _providers(device, B, H, L, bi):
+def _providers(device, B, H, L, bi, P=0):
     """[(provider, backend or None for torch.nn, A/B switches, whether to call the two-direction op)]."""
     out = [(_baseline(device), None, {}, False)]
     if device.type == "cpu":
         out.append(("s2s_fused-cpu", "cpu", {}, False))
         out += [(f"s2s_fused-cpu-{p}", "cpu", {"S2S_FUSED_CPU_PATH": p}, False) for p in CPU_PATHS]
-        if bi and L == 1:
+        if bi and L == 1 and not P:
             out.append(("s2s_fused-cpu-bidir-op", "cpu", {}, True))
         return out
     if is_available("cuda"):
         out.append(("s2s_fused-cuda", "cuda", {}, False))
-        if bi:
+        if bi and not P:
             out.append(("s2s_fused-cuda-perdir", "cuda", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}, False))
     if is_available("triton"):
         out.append(("s2s_fused-triton", "triton", {}, False))
         from s2s_fused.triton.rnn_layer import use_persistent
 
-        if use_persistent(B, H):
+        if use_persistent(B, H) and not P:
             out.append(("s2s_fused-triton-perstep", "triton", {"S2S_FUSED_TRITON_NO_PERSISTENT": "1"}, False))
     return out
 
@@ -105,19 +108,24 @@ def _bidir_op(kind, mod, backend):
 def bench(device, shapes, dtype, repeats):
     rows = []
     for kind in ("LSTM", "GRU"):
-        for T, B, I, H, L, bi in shapes:
+        for T, B, I, H, L, bi, *proj in shapes:
+            P = proj[0] if proj else 0
+            if P and kind != "LSTM":
+                continue
             torch.manual_seed(0)
-            ref = getattr(torch.nn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype)
+            extra = {"proj_size": P} if P else {}
+            ref = getattr(torch.nn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype, **extra)
             x = torch.randn(T, B, I, device=device, dtype=dtype)
             xg = x.clone().requires_grad_()
-            shape = f"T={T} B={B} I={I} H={H}" + (f" L={L}" if L > 1 else "") + (" bi" if bi else "")
+            shape = (f"T={T} B={B} I={I} H={H}" + (f" P={P}" if P else "") + (f" L={L}" if L > 1 else "")
+                     + (" bi" if bi else ""))
             fwd, fwd_bwd = {}, {}
-            for name, backend, env, bidir_op in _providers(device, B, H, L, bi):
+            for name, backend, env, bidir_op in _providers(device, B, H, L, bi, P):
                 if backend is None:
                     layer = ref
                 else:
                     layer = getattr(snn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype,
-                                               backend=backend)
+                                               backend=backend, **extra)
                     layer.load_state_dict(ref.state_dict())
                     if bidir_op:
                         layer = _bidir_op(kind, layer, backend)

@@ -40,11 +40,13 @@ inline void check_saved(const at::Tensor& t, at::IntArrayRef shape, const at::Te
   TORCH_CHECK(t.sizes() == shape, name, ": expected shape ", shape, what, ", got ", t.sizes());
 }
 
-// One LSTM/GRU cell's or layer-direction's weights: w_ih (G·H, I), w_hh (G·H, H), optional biases (G·H,), all
-// of input's dtype and device. `suffix` is appended to their names ("_r": a bidirectional op's reverse direction).
+// One LSTM/GRU cell's or layer-direction's weights: w_ih (G·H, I), w_hh (G·H, P), optional biases (G·H,), all
+// of input's dtype and device; P, the state's width, is H but for a projected LSTM (P < 0: H). `suffix` is
+// appended to their names ("_r": a bidirectional op's reverse direction).
 inline void check_rnn_weights(const at::Tensor& input, const at::Tensor& w_ih, const at::Tensor& w_hh,
                               const at::Tensor& b_ih, const at::Tensor& b_hh, int64_t gates, int64_t I, int64_t H,
-                              const std::string& suffix = "") {
+                              const std::string& suffix = "", int64_t P = -1) {
+  if (P < 0) P = H;
   const std::string wi = "w_ih" + suffix, wh = "w_hh" + suffix, bi = "b_ih" + suffix, bh = "b_hh" + suffix;
   check_same(w_ih, input, wi.c_str(), "input");
   check_same(w_hh, input, wh.c_str(), "input");
@@ -52,7 +54,7 @@ inline void check_rnn_weights(const at::Tensor& input, const at::Tensor& w_ih, c
   check_dim(w_hh, 2, wh.c_str());
   TORCH_CHECK(w_ih.size(0) == gates * H && w_ih.size(1) == I, wi, ": expected shape (", gates * H, ", ", I,
               "), got ", w_ih.sizes());
-  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == H, wh, ": expected shape (", gates * H, ", ", H,
+  TORCH_CHECK(w_hh.size(0) == gates * H && w_hh.size(1) == P, wh, ": expected shape (", gates * H, ", ", P,
               "), got ", w_hh.sizes());
   for (auto [t, name] : {std::pair{&b_ih, &bi}, std::pair{&b_hh, &bh}}) {
     if (!t->defined()) continue;
@@ -60,6 +62,16 @@ inline void check_rnn_weights(const at::Tensor& input, const at::Tensor& w_ih, c
     TORCH_CHECK(t->dim() == 1 && t->size(0) == gates * H, *name, ": expected shape (", gates * H, ",), got ",
                 t->sizes());
   }
+}
+
+// An LSTM layer's projection w_hr (P, H) (torch's weight_hr): input's dtype and device, P = the state h's width
+// (h0.size(1)); H, the hidden size, is taken from it.
+inline void check_projection(const at::Tensor& input, const at::Tensor& w_hr, int64_t P, const std::string& suffix) {
+  const std::string name = "w_hr" + suffix;
+  check_same(w_hr, input, name.c_str(), "input");
+  check_dim(w_hr, 2, name.c_str());
+  TORCH_CHECK(w_hr.size(0) == P, name, ": expected ", P, " rows (the projection size, h0.size(1)), got shape ",
+              w_hr.sizes());
 }
 
 inline Dtype to_dtype(at::ScalarType s) {

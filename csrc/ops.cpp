@@ -43,14 +43,17 @@ TORCH_LIBRARY(s2s_fused, m) {
   // lengths (B,) optional: step t of row b runs when t < lengths[b]; other steps keep the state and output zeros.
   // reverse runs t = T-1 .. 0. hs, cs (T+1, B, H): the states in time layout (csrc/rnn_core.h, TimeLayout);
   // workspace: the activated gates of every step, as the rnn_cell ops define it, (T, B, 4H) or (T, B, 3H).
+  // w_hr (P, H): an LSTM with projections (torch's proj_size), h = W_hr (o * tanh c): then h0, h_n, output, hs
+  // and grad_h_n are P wide, w_hh is (4H, P) and H is w_hr's second dim; without it grad_w_hr is empty (0,).
   m.def(
       "lstm_layer_forward(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n, Tensor hs, "
-      "Tensor cs, Tensor workspace)");
+      "Tensor? b_hh, Tensor? lengths, bool reverse, Tensor? w_hr=None) -> (Tensor output, Tensor h_n, Tensor c_n, "
+      "Tensor hs, Tensor cs, Tensor workspace)");
   m.def(
       "lstm_layer_backward(Tensor? grad_output, Tensor? grad_h_n, Tensor? grad_c_n, Tensor input, Tensor w_ih, "
-      "Tensor w_hh, Tensor hs, Tensor cs, Tensor workspace, Tensor? lengths, bool reverse) -> (Tensor grad_input, "
-      "Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias)");
+      "Tensor w_hh, Tensor hs, Tensor cs, Tensor workspace, Tensor? lengths, bool reverse, Tensor? w_hr=None) -> "
+      "(Tensor grad_input, Tensor grad_h0, Tensor grad_c0, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, "
+      "Tensor grad_w_hr)");
   m.def(
       "gru_layer_forward(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "Tensor? lengths, bool reverse, bool reset_after) -> (Tensor output, Tensor h_n, Tensor hs, "
@@ -62,7 +65,8 @@ TORCH_LIBRARY(s2s_fused, m) {
   // Inference: the forward with nothing saved for backward (no workspace or state history is written).
   m.def(
       "lstm_layer_inference(Tensor input, Tensor h0, Tensor c0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, "
-      "Tensor? b_hh, Tensor? lengths, bool reverse) -> (Tensor output, Tensor h_n, Tensor c_n)");
+      "Tensor? b_hh, Tensor? lengths, bool reverse, Tensor? w_hr=None) -> (Tensor output, Tensor h_n, "
+      "Tensor c_n)");
   m.def(
       "gru_layer_inference(Tensor input, Tensor h0, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
       "Tensor? lengths, bool reverse, bool reset_after) -> (Tensor output, Tensor h_n)");

@@ -10,6 +10,9 @@
 //      gates of a row side by side, each H wide
 //   A  activations per hidden unit a forward keeps for backward (the workspace, A·H wide): 4 for LSTM (the
 //      activated i, f, g, o) and GRU reset_after (r, z, n and W_hn h + b_hn), 3 for GRU reset_before (r, z, n)
+//   P  width of the state h: H, or for an LSTM with projections (torch's proj_size) P of the (P, H) projection
+//      W_hr, h = W_hr (o ⊙ tanh c); then h0, h_n, hs and the output carry P columns, c0, c_n, cs keep H, and
+//      W_hh is (G·H, P)
 // Tensors of a layer: input (T, B, I); h0, c0, h_n, c_n (D, B, H) (one direction: (B, H)); output (T, B, D·H),
 // direction d in columns [d·H, (d+1)·H); w_ih (G·H, I), w_hh (G·H, H), b_ih, b_hh (G·H,) per direction; lengths
 // (B,): step t of row b is active when t < lengths[b] (an inactive step keeps the state and outputs zeros).
@@ -168,6 +171,7 @@ struct Sequence {
   CellKind kind = CellKind::LSTM;
   Dtype dtype = Dtype::Float32;
   int64_t D = 1, T = 0, B = 0, I = 0, H = 0;
+  int64_t P = 0;  // the state h's width: H, or the projection's (the devices' own loops run only when P == H)
   bool reverse[2] = {false, true};
   bool history = true;       // keep hs, cs and the workspace of every step (training)
   bool fuse_input = false;   // the device computes each step's input projection from x (gates / gi hold none)
@@ -178,14 +182,14 @@ struct Sequence {
                  // is added in place and the activated gates overwrite them: the workspace
   Blocks gi;     // GRU (D, T|1, B, 3·H): the input projections, or (fuse_input) the device's one-step buffer
   Blocks ws;     // GRU (D, T|1, B, A·H): the workspace; none without history for reset_after
-  Blocks hs, cs; // (D, slots, B, H); cs LSTM only
+  Blocks hs, cs; // (D, slots, B, P) and (D, slots, B, H); cs LSTM only
   Blocks gh;     // GRU step scratch (D, 1, B, hidden_gates·H): h W_hh^T (the columns acting on h)
   Blocks rh, ghn;  // GRU reset_before step scratch (D, 1, B, H): r * h and (r * h) W_hn^T
-  void* out = nullptr;  // (T, B, D·H)
+  void* out = nullptr;  // (T, B, D·P)
 
   S2S_HD TimeLayout layout(int64_t d) const { return {T, reverse[d], history}; }
-  S2S_HD int64_t out_ld() const { return D * H; }
-  S2S_HD int64_t out_offset(int64_t d, int64_t t) const { return t * B * D * H + d * H; }
+  S2S_HD int64_t out_ld() const { return D * P; }
+  S2S_HD int64_t out_offset(int64_t d, int64_t t) const { return t * B * D * P + d * P; }
   S2S_HD const uint8_t* active_row(int64_t t) const { return active ? active + t * B : nullptr; }
 
   Mat mat(const Blocks& b, int64_t d, int64_t i) const {

@@ -33,9 +33,9 @@ struct RnnLayerOps {
 
   static std::tuple<T, T, T, T, T, T> lstm_forward(const T& input, const T& h0, const T& c0, const T& w_ih,
                                                    const T& w_hh, const Opt& b_ih, const Opt& b_hh,
-                                                   const Opt& lengths, bool reverse) {
+                                                   const Opt& lengths, bool reverse, const Opt& w_hr) {
     const Guard guard(input.device());
-    const Layer L = lstm_one(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+    const Layer L = lstm_one(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr);
     const Forward f = on_device<PW>("lstm_layer_forward", L, [&](const PW& pw) {
       return forward(pw, L, L.a().h0.unsqueeze(0), c0.unsqueeze(0), /*training=*/true);
     });
@@ -44,29 +44,33 @@ struct RnnLayerOps {
   }
 
   static std::tuple<T, T, T> lstm_inference(const T& input, const T& h0, const T& c0, const T& w_ih, const T& w_hh,
-                                            const Opt& b_ih, const Opt& b_hh, const Opt& lengths, bool reverse) {
+                                            const Opt& b_ih, const Opt& b_hh, const Opt& lengths, bool reverse,
+                                            const Opt& w_hr) {
     const Guard guard(input.device());
-    const Layer L = lstm_one(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse);
+    const Layer L = lstm_one(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr);
     const Forward f = on_device<PW>("lstm_layer_inference", L, [&](const PW& pw) {
       return forward(pw, L, L.a().h0.unsqueeze(0), c0.unsqueeze(0), /*training=*/false);
     });
     return {f.output, L.per_op(f.final_states(f.hs)), L.per_op(f.final_states(f.cs))};
   }
 
-  static std::tuple<T, T, T, T, T, T> lstm_backward(const Opt& grad_output, const Opt& grad_h_n, const Opt& grad_c_n,
-                                                    const T& input, const T& w_ih, const T& w_hh, const T& hs,
-                                                    const T& cs, const T& workspace, const Opt& lengths,
-                                                    bool reverse) {
+  // grad_w_hr: (P, H) with a projection, else an empty (0,) tensor.
+  static std::tuple<T, T, T, T, T, T, T> lstm_backward(const Opt& grad_output, const Opt& grad_h_n,
+                                                       const Opt& grad_c_n, const T& input, const T& w_ih,
+                                                       const T& w_hh, const T& hs, const T& cs, const T& workspace,
+                                                       const Opt& lengths, bool reverse, const Opt& w_hr) {
     const Guard guard(input.device());
     check_state_history(hs, input, 1);
     const Layer L = one_direction(
         CellKind::LSTM,
-        check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 4), reverse);
+        check_layer_args(input, hs.select(0, 0), w_ih, w_hh, std::nullopt, std::nullopt, lengths, 4, "", w_hr),
+        reverse);
     const BackwardResult r = on_device<PW>("lstm_layer_backward", L, [&](const PW& pw) {
       return backward(pw, L, hs, cs, workspace, grad_output, grad_h_n, grad_c_n);
     });
     const WeightGrads& w = r.dir[0];
-    return {r.grad_input, L.per_op(r.grad_h0), L.per_op(r.grad_c0), w.w_ih, w.w_hh, w.b_ih};
+    return {r.grad_input, L.per_op(r.grad_h0), L.per_op(r.grad_c0), w.w_ih, w.w_hh, w.b_ih,
+            w.w_hr.defined() ? w.w_hr : at::empty({0}, input.options())};
   }
 
   static std::tuple<T, T, T, T> gru_forward(const T& input, const T& h0, const T& w_ih, const T& w_hh,
@@ -162,9 +166,13 @@ struct RnnLayerOps {
 
  private:
   static Layer lstm_one(const T& input, const T& h0, const T& c0, const T& w_ih, const T& w_hh, const Opt& b_ih,
-                        const Opt& b_hh, const Opt& lengths, bool reverse) {
-    const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4);
-    check_saved(c0, h0.sizes(), input, "c0", " (as h0)");
+                        const Opt& b_hh, const Opt& lengths, bool reverse, const Opt& w_hr) {
+    const LayerArgs a = check_layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4, "", w_hr);
+    if (a.w_hr.defined()) {
+      check_saved(c0, {a.B, a.H}, input, "c0", " (h0's rows, w_hr's columns)");
+    } else {
+      check_saved(c0, h0.sizes(), input, "c0", " (as h0)");
+    }
     return one_direction(CellKind::LSTM, a, reverse);
   }
   static Layer gru_one(const T& input, const T& h0, const T& w_ih, const T& w_hh, const Opt& b_ih, const Opt& b_hh,

@@ -72,15 +72,18 @@ def rnn_tensors(kind: str, input, h, c, w_ih, w_hh, b_ih, b_hh, dims, state_dims
     return hname
 
 
-def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int, hname: str = "") -> None:
-    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, H), b (G*H,), where H
-    is the state's (``hname``'s) last dim. Weights consistent among themselves with another H blame the state."""
+def rnn_weights(w_ih, w_hh, b_ih, b_hh, gates: int, input_size: int, hidden_size: int, hname: str = "",
+                state_size: int | None = None) -> None:
+    """Shapes of one LSTM/GRU cell's or layer-direction's weights: w_ih (G*H, I), w_hh (G*H, P), b (G*H,), where P
+    is the state's (``hname``'s) last dim: H but for a projected LSTM (``state_size``). Weights consistent among
+    themselves with another H blame the state."""
     n = w_hh.shape[1]
-    if hname and n != hidden_size and tuple(w_hh.shape) == (gates * n, n) and w_ih.shape[0] == gates * n:
+    if (hname and state_size is None and n != hidden_size and tuple(w_hh.shape) == (gates * n, n)
+            and w_ih.shape[0] == gates * n):
         raise ValueError(f"{hname}: expected hidden size {n} in the last dim (w_hh is {tuple(w_hh.shape)}), got "
                          f"{hidden_size}")
     shape(w_ih, "w_ih", (gates * hidden_size, input_size))
-    shape(w_hh, "w_hh", (gates * hidden_size, hidden_size))
+    shape(w_hh, "w_hh", (gates * hidden_size, hidden_size if state_size is None else state_size))
     for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
         if b is not None:
             shape(b, name, (gates * hidden_size,))

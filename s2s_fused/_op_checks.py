@@ -82,15 +82,17 @@ def saved(t: torch.Tensor, expected, input: torch.Tensor, name: str, what: str =
         fail(name, ": expected shape [", ", ".join(str(int(s)) for s in expected), "]", what, ", got ", shape_str(t))
 
 
-def rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates: int, I: int, H: int, suffix: str = "") -> None:
-    """csrc/checks.h check_rnn_weights; ``suffix`` is appended to the weights' names."""
+def rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates: int, I: int, H: int, suffix: str = "", P: int = -1) -> None:
+    """csrc/checks.h check_rnn_weights; ``suffix`` is appended to the weights' names; P: w_hh's columns (the
+    state's width; < 0: H)."""
+    P = H if P < 0 else P
     wi, wh = "w_ih" + suffix, "w_hh" + suffix
     same(w_ih, input, wi, "input")
     same(w_hh, input, wh, "input")
     dim(w_ih, 2, wi)
     dim(w_hh, 2, wh)
     exact_shape(w_ih, (gates * H, I), wi)
-    exact_shape(w_hh, (gates * H, H), wh)
+    exact_shape(w_hh, (gates * H, P), wh)
     for t, name in ((b_ih, "b_ih" + suffix), (b_hh, "b_hh" + suffix)):
         if t is None:
             continue
@@ -164,18 +166,32 @@ def lengths_arg(lengths, input, B: int) -> None:
         fail("lengths: expected device cpu or ", input.device, " (as input), got ", lengths.device)
 
 
-def layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, gates: int, suffix: str = ""):
+def projection(input, w_hr, P: int, suffix: str = "") -> None:
+    """csrc/checks.h check_projection: an LSTM layer's w_hr (P, H), P = h0.size(1)."""
+    name = "w_hr" + suffix
+    tensor(w_hr, name)
+    same(w_hr, input, name, "input")
+    dim(w_hr, 2, name)
+    if w_hr.shape[0] != P:
+        fail(name, ": expected ", P, " rows (the projection size, h0.size(1)), got shape ", shape_str(w_hr))
+
+
+def layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, gates: int, suffix: str = "", w_hr=None):
     """csrc/rnn_recurrence.h check_layer_args; returns (T, B, I, H). ``suffix`` names the weights (``_r``: the
-    reverse direction's of a bidirectional op)."""
+    reverse direction's of a bidirectional op). w_hr: an LSTM's projection (P, H), P = h0.size(1); H is then
+    w_hr's second dim."""
     dim(input, 3, "input")
     dim(h0, 2, "h0")
     floating(input, "input")
     same(h0, input, "h0", "input")
     T, B, I = input.shape
-    H = h0.shape[1]
+    P = h0.shape[1]
     size(h0, 0, B, "h0")
+    if w_hr is not None:
+        projection(input, w_hr, P, suffix)
+    H = w_hr.shape[1] if w_hr is not None else P
     lengths_arg(lengths, input, B)
-    rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates, I, H, suffix)
+    rnn_weights(input, w_ih, w_hh, b_ih, b_hh, gates, I, H, suffix, P)
     return T, B, I, H
 
 
@@ -189,25 +205,29 @@ def state_history(hs, input, directions: int = 1) -> None:
     saved(hs, ((2,) if directions == 2 else ()) + (T + 1, B, hs.shape[-1]), input, "hs")
 
 
-def lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    T, B, I, H = layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4)
-    saved(c0, (B, H), input, "c0", " (as h0)")
+def lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr=None):
+    """Returns (T, B, I, H); the state's width P is h0.shape[1] (H without w_hr)."""
+    T, B, I, H = layer_args(input, h0, w_ih, w_hh, b_ih, b_hh, lengths, 4, w_hr=w_hr)
+    saved(c0, (B, H), input, "c0", " (as h0)" if w_hr is None else " (h0's rows, w_hr's columns)")
     return T, B, I, H
 
 
 lstm_layer_inference = lstm_layer_forward
 
 
-def lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse):
+def lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse,
+                        w_hr=None):
+    """Returns (T, B, I, H); the state's width P is hs.shape[-1] (H without w_hr)."""
     state_history(hs, input)
-    T, B, I, H = layer_args(input, hs[0], w_ih, w_hh, None, None, lengths, 4)
+    T, B, I, H = layer_args(input, hs[0], w_ih, w_hh, None, None, lengths, 4, w_hr=w_hr)
+    P = hs.shape[-1]
     saved(cs, (T + 1, B, H), input, "cs")
     saved(workspace, (T, B, 4 * H), input, "workspace")
     if grad_output is not None:
-        saved(grad_output, (T, B, H), input, "grad_output")
-    for t, name in ((grad_h_n, "grad_h_n"), (grad_c_n, "grad_c_n")):
+        saved(grad_output, (T, B, P), input, "grad_output")
+    for t, name, width in ((grad_h_n, "grad_h_n", P), (grad_c_n, "grad_c_n", H)):
         if t is not None:
-            saved(t, (B, H), input, name)
+            saved(t, (B, width), input, name)
     return T, B, I, H
 
 

@@ -65,11 +65,16 @@ def _layer_loop(step, input, state, lengths, reverse):
     return out, state
 
 
-def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False, w_hr=None):
     """One LSTM layer, one direction, over a whole sequence. input (T, B, I); hx = (h0, c0), each (B, H); lengths
-    (B,) or None (all T). Returns (output (T, B, H), (h_n, c_n)), h_n/c_n at each row's own last step."""
-    out, (h, c) = _layer_loop(lambda x, s: lstm_cell(x, s, w_ih, w_hh, b_ih, b_hh), input, tuple(hx), lengths,
-                              reverse)
+    (B,) or None (all T). Returns (output (T, B, H), (h_n, c_n)), h_n/c_n at each row's own last step.
+    w_hr (P, H): torch's projections (proj_size), h = W_hr (o * tanh c); h0, h_n and output are then P wide and
+    w_hh is (4H, P)."""
+    def step(x, s):
+        h, c = lstm_cell(x, s, w_ih, w_hh, b_ih, b_hh)
+        return (h if w_hr is None else F.linear(h, w_hr)), c
+
+    out, (h, c) = _layer_loop(step, input, tuple(hx), lengths, reverse)
     return out, (h, c)
 
 

@@ -220,6 +220,14 @@ def _rnn_layer():
                                     if persistent:  # the backward has no persistent path
                                         ops.lstm_layer_backward_triton(go if bias else None, h0, c0, x, w_ih,
                                                                        w_hh, hs, cs, ws, lens, reverse)
+                                        # projected (proj_size): its own per-step path either way
+                                        P = max(1, H // 2)
+                                        hp, w_hp = torch.randn(B, P, dtype=dtype), torch.randn(G * H, P, dtype=dtype)
+                                        w_hr = torch.randn(P, H, dtype=dtype)
+                                        _, _, _, hs, cs, ws = ops.lstm_layer_forward_triton(
+                                            x, hp, c0, w_ih, w_hp, *b, lens, reverse, w_hr)
+                                        ops.lstm_layer_backward_triton(go[..., :P] if bias else None, hp, c0, x,
+                                                                       w_ih, w_hp, hs, cs, ws, lens, reverse, w_hr)
                                 else:
                                     for ra in (True, False):
                                         _, _, hs, ws = ops.gru_layer_forward_triton(x, h0, w_ih, w_hh, *b, lens,

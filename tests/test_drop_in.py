@@ -203,7 +203,6 @@ def test_convert_module_itself_and_bad_arguments():
     assert type(snn.convert(MyLSTM(3, 4))) is MyLSTM
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="proj_size lands with the proj14 branch")
 def test_convert_projected_lstm():
     theirs = torch.nn.LSTM(3, 6, proj_size=2, dtype=torch.float64)
     ours = snn.convert(theirs)

@@ -80,14 +80,20 @@ def gru_cell_backward(B=B, I=I, H=H, reset_after=True):
     return [_randn(B, H), x, h, w_ih, w_hh, ws, ra, [True] * 6]
 
 
-def lstm_layer_forward(T=T, B=B, I=I, H=H, reverse=False):
-    return [_randn(T, B, I), _randn(B, H), _randn(B, H), *_weights(4, I, H), _lengths(B, T), reverse]
+def lstm_layer_forward(T=T, B=B, I=I, H=H, reverse=False, P=None):
+    """P: a projected LSTM's (w_hr (P, H) appended; h0 (B, P), w_hh (4H, P))."""
+    if P is None:
+        return [_randn(T, B, I), _randn(B, H), _randn(B, H), *_weights(4, I, H), _lengths(B, T), reverse]
+    w = _weights(4, I, H)
+    w[1] = _randn(4 * H, P) * 0.5
+    return [_randn(T, B, I), _randn(B, P), _randn(B, H), *w, _lengths(B, T), reverse, _randn(P, H) * 0.5]
 
 
-def lstm_layer_backward(T=T, B=B, I=I, H=H, reverse=False):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev = lstm_layer_forward(T, B, I, H, reverse)
-    _, _, _, hs, cs, ws = ops.lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev)
-    return [_randn(T, B, H), _randn(B, H), _randn(B, H), x, w_ih, w_hh, hs, cs, ws, lengths, rev]
+def lstm_layer_backward(T=T, B=B, I=I, H=H, reverse=False, P=None):
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev, *w_hr = lstm_layer_forward(T, B, I, H, reverse, P)
+    _, _, _, hs, cs, ws = ops.lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev, *w_hr)
+    W = H if P is None else P
+    return [_randn(T, B, W), _randn(B, W), _randn(B, H), x, w_ih, w_hh, hs, cs, ws, lengths, rev, *w_hr]
 
 
 def gru_layer_forward(T=T, B=B, I=I, H=H, reverse=False, reset_after=True):
@@ -173,6 +179,9 @@ TRITON_TWINS = {"lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward", "
                 "additive_attention_backward"}
 # The RNN, cross-entropy and attention ops of csrc/ops.cpp (beam_search_topk has its own tests).
 CPP_OPS = sorted(MAKERS)
+# The LSTM layer ops again with a projection (w_hr, torch's proj_size): P = 2 < H.
+PROJ_OPS = ("lstm_layer_forward", "lstm_layer_inference", "lstm_layer_backward")
+PROJ_P = 2
 
 
 def test_every_rnn_and_ce_op_is_covered():
@@ -251,16 +260,16 @@ def _is_valid(op, arg, mutation):
 def _cases():
     """(op, case id, args, expected valid) for every op and mutation; sizes and seeds fixed per case."""
     out = []
-    for op in CPP_OPS:
+    for op, kw, prefix in [(op, {}, "") for op in CPP_OPS] + [(op, {"P": PROJ_P}, "proj-") for op in PROJ_OPS]:
         torch.manual_seed(0)
-        base = MAKERS[op]()
+        base = MAKERS[op](**kw)
         names = _arg_names(op)
         for i, (arg, value) in enumerate(zip(names, base)):
             if isinstance(value, torch.Tensor):
                 for mid, repl in tensor_mutations(value, arg):
                     args = list(base)
                     args[i] = repl
-                    out.append((op, f"{arg}-{mid}", args, _is_valid(op, arg, mid)))
+                    out.append((op, f"{prefix}{arg}-{mid}", args, _is_valid(op, arg, mid)))
         if op.endswith("_backward") and op.startswith(("lstm_cell", "gru_cell")):
             for n in (5, 7):
                 args = list(base)
@@ -347,9 +356,10 @@ def _call_fake(name, args):
 def _active_workspace(op, args, outs):
     """The layer forward ops' workspace (the activated gates backward reads) holds nothing at the steps `lengths`
     leaves out: the C++ ops zero those, the Triton ones leave what they computed. Compare the active steps only."""
-    if op not in ("lstm_layer_forward", "gru_layer_forward") or args[-2 if op[0] == "l" else -3] is None:
+    names = _arg_names(op)
+    if op not in ("lstm_layer_forward", "gru_layer_forward") or args[names.index("lengths")] is None:
         return outs
-    lengths = args[-2] if op[0] == "l" else args[-3]
+    lengths = args[names.index("lengths")]
     T = args[0].shape[0]
     active = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)
     return outs[:-1] + (outs[-1] * active.unsqueeze(2).to(outs[-1].dtype),)
@@ -548,8 +558,9 @@ def _reference_forward(op, args):
     if op == "gru_cell_forward":
         return (R.gru_cell(*args[:6], reset_after=args[6]),)
     if op in ("lstm_layer_forward", "lstm_layer_inference"):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev = args
-        out, (h_n, c_n) = R.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=rev)
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, rev, *w_hr = args
+        out, (h_n, c_n) = R.lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=rev,
+                                       w_hr=w_hr[0] if w_hr else None)
         return out, h_n, c_n
     if op in ("gru_layer_forward", "gru_layer_inference"):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, rev, ra = args
@@ -566,9 +577,13 @@ _CELL_SIZES = [dict(B=0), dict(I=0), dict(H=1), dict(H=0), dict(B=1, I=1, H=1)]
 _LAYER_SIZES = [dict(T=0), dict(B=0), dict(I=0), dict(H=1), dict(H=0), dict(T=1, B=1, I=1, H=1)]
 _CE_SIZES = [dict(B=0), dict(T=0), dict(V=1), dict(B=1, T=1, V=1), dict(B=0, flat=True), dict(V=1, flat=True)]
 _ATT_SIZES = [dict(B=0), dict(S=1), dict(H=0), dict(Hq=0), dict(Dv=0), dict(B=1, S=1, H=1, Hq=1, Dv=1)]
+# Projected LSTM layers: P = 1 and P = H - 1, and empty sizes.
+_PROJ_SIZES = [dict(T=0, P=2), dict(B=0, P=2), dict(I=0, P=2), dict(H=1, P=1), dict(H=2, P=1), dict(H=4, P=3),
+               dict(T=1, B=1, I=1, H=3, P=1)]
 EDGE_CASES = [(op, sizes) for op in CPP_OPS
               for sizes in (_CELL_SIZES if "_cell_" in op else _CE_SIZES if op.startswith("masked_ce")
                             else _ATT_SIZES if op.startswith("additive_attention") else _LAYER_SIZES)]
+EDGE_CASES += [(op, sizes) for op in PROJ_OPS for sizes in _PROJ_SIZES]
 
 
 @pytest.mark.parametrize("op,sizes", EDGE_CASES, ids=[f"{o}-{'-'.join(f'{k}={v}' for k, v in s.items())}"

@@ -133,11 +133,6 @@ def test_state_dict_dropout_and_drop_in(kind):
     assert not torch.equal(a, b), "training mode must apply inter-layer dropout"
 
 
-def test_proj_size_not_implemented():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        snn.LSTM(4, 8, proj_size=3)
-
-
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_gru_reset_before_matches_reference(packed, bidirectional):

@@ -20,11 +20,11 @@ Ported tests (test_nn.py name or module_db check -> here; R/C/T: reference, cpu,
 | test_LSTM_cell_forward_hidden_size                   | ported                                                  |
 | test_lstmcell_backward_only_one_output_grad          | ported (CPU instead of onlyCUDA)                        |
 | test_rnn_args_check                                  | ported (GRU, LSTM; the RNN mode skipped: plain nn.RNN)  |
-| test_projections_lstm_args_check                     | ported, xfail until proj_size lands                     |
+| test_projections_lstm_args_check                     | ported                                                  |
 | test_rnn_check_device                                | skipped: needs two CUDA devices                         |
 | test_projections_lstm_check_device                   | skipped: needs two CUDA devices                         |
 | test_rnn_initial_hidden_state                        | ported (GRU, LSTM)                                      |
-| test_projections_lstm_initial_hidden_state           | ported, xfail until proj_size lands                     |
+| test_projections_lstm_initial_hidden_state           | ported                                                  |
 | test_projections_errors_on_gru_and_rnn               | ported (GRU; RNN skipped: plain nn.RNN)                 |
 | test_RNN_cpu_vs_cudnn_no_dropout                     | ported as ours vs torch's CPU modules (the same grid)   |
 | test_RNN_cpu_vs_cudnn_with_dropout                   | ported as ours vs torch's CPU modules, dropout=1        |
@@ -35,10 +35,10 @@ Ported tests (test_nn.py name or module_db check -> here; R/C/T: reference, cpu,
 | test_RNN_input_size_zero                             | ported (batch of 0)                                     |
 | test_RNN_dropout_state                               | ported with GRU / LSTM instead of nn.RNN, on CPU        |
 | test_RNN_change_dropout                              | ported with GRU / LSTM instead of nn.RNN, on CPU        |
-| test_cudnn_forward_exception                         | ported (LSTM, GRU; proj variant xfail)                  |
+| test_cudnn_forward_exception                         | ported (LSTM, GRU, projected LSTM)                      |
 | test_cudnn_weight_format, test_cudnn_weight_tying    | skipped: cuDNN's flat weight buffer                     |
 | test_cudnn_rnn_dropout_states_device                 | skipped: two CUDA devices, plain nn.RNN                 |
-| test_rnn_weight_norm                                 | ported (proj variant xfail)                             |
+| test_rnn_weight_norm                                 | ported (projected LSTM too)                             |
 | test_variable_sequence                               | ported                                                  |
 | test_LSTM_grad_and_gradgrad, test_GRU_grad_and_gradgrad | ported on CPU (gradcheck + gradgradcheck, float64)   |
 | test_rnn_retain_variables                            | ported                                                  |
@@ -51,13 +51,12 @@ Ported tests (test_nn.py name or module_db check -> here; R/C/T: reference, cpu,
 |   train_and_eval_differ, to / to_empty               |                                                         |
 | module_db: cpu_gpu_parity, multiple_device_transfer  | skipped: needs CUDA                                     |
 
-Counts. PyTorch tests: 26 of test_nn.py's ported (24 passing, 2 proj_size-only ones xfail), 9 skipped with their
+Counts. PyTorch tests: 26 of test_nn.py's ported, all passing (projected LSTMs included), 9 skipped with their
 reason (5 need CUDA / cuDNN internals or two GPUs, 4 a plain nn.RNN); 13 of test_modules.py's generic checks
 ported over module_db's LSTM / GRU / LSTMCell / GRUCell inputs, 2 skipped (need CUDA). As pytest items
-(2026-12-01, torch 2.13.0): 434 = 352 passed, 12 skipped (the reasons above), 70 xfailed (every proj_size case,
-strict: they flip to failures, and their marks are removed, when proj_size lands). On the code before this file
-(7d7bfa9), 25 of them failed (zero-length sequences accepted, ValueError / TypeError where torch raises
-RuntimeError, GRU(proj_size=...) a TypeError).
+(2026-12-01, torch 2.13.0): 434 = 422 passed, 12 skipped (the reasons above). On the code before this file
+(7d7bfa9), 95 of them failed (zero-length sequences accepted, ValueError / TypeError where torch raises
+RuntimeError, GRU(proj_size=...) a TypeError, every proj_size case a NotImplementedError).
 """
 from __future__ import annotations
 
@@ -76,8 +75,6 @@ from tests.helpers import assert_close, device_for
 from tests.helpers import torch_and_ours as pair
 
 BACKENDS = ["reference", "cpu"]
-PROJ_XFAIL = pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                               reason="proj_size lands with the proj14 branch")
 PLAIN_RNN = "needs a plain nn.RNN (tanh/ReLU), which s2s_fused.nn does not offer"
 TWO_GPUS = "needs two CUDA devices"
 
@@ -238,7 +235,6 @@ def test_rnn_args_check_rnn_mode():
     """test_rnn_args_check's mode 'RNN'."""
 
 
-@PROJ_XFAIL
 def test_projections_lstm_args_check():
     model = ours("LSTM", ARGS["input_size"], ARGS["hidden_size"], ARGS["num_layers"], proj_size=2)
     for x, (h, c) in _args_check_cases("LSTM", proj_size=2):
@@ -267,7 +263,6 @@ def test_rnn_initial_hidden_state(backend, kind):
     assert_same((out1, h1), (out2, h2), 0.0)
 
 
-@PROJ_XFAIL
 @pytest.mark.parametrize("bidir", [False, True])
 def test_projections_lstm_initial_hidden_state(bidir):
     rnn = ours("LSTM", 30, 20, 2, bidirectional=bidir, proj_size=10)
@@ -345,7 +340,6 @@ def test_RNN_cudnn_weight_norm(backend):
     assert_same(m(x), expected, 1e-5, "removed")
 
 
-@PROJ_XFAIL
 def test_RNN_cudnn_weight_norm_proj():
     m = ours("LSTM", 10, 6, 2, proj_size=3)
     x = torch.randn(7, 6, 10)
@@ -437,7 +431,6 @@ def test_cudnn_forward_exception(kind):
         rnn(torch.randn(2, 3, 3))
 
 
-@PROJ_XFAIL
 def test_cudnn_forward_exception_proj():
     rnn = ours("LSTM", 10, 20, batch_first=True, proj_size=10)
     with pytest.raises(RuntimeError):
@@ -474,7 +467,6 @@ def test_rnn_weight_norm():
     _check_weight_norm(ours("LSTM", 32, 32), "weight_ih_l0", 4)
 
 
-@PROJ_XFAIL
 def test_rnn_weight_norm_proj():
     _check_weight_norm(ours("LSTM", 32, 32, proj_size=16), "weight_hr_l0", 5)
 
@@ -596,7 +588,7 @@ MODULE_INPUTS = _module_inputs()
 
 
 def _params(cases):
-    return [pytest.param(*c[1:], id=c[0], marks=[PROJ_XFAIL] if c[-1] else []) for c in cases]
+    return [pytest.param(*c[1:], id=c[0]) for c in cases]
 
 
 def _make_inputs(input_shape, states, lengths, dtype=torch.float64, requires_grad=False, seed=1):

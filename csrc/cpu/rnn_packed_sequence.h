@@ -66,7 +66,7 @@ inline float* f32(const Mat& m) { return static_cast<float*>(m.data); }
 inline const float* f32(const CMat& m) { return static_cast<const float*>(m.data); }
 
 inline bool packed_sequence_forward(const Sequence& q) {
-  if (!q.fuse_input || !use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0) return false;
+  if (!q.fuse_input || !use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0 || q.P != q.H) return false;
   const auto& gk = packed_gemm_kernels();
   const auto& pk = rnn_pointwise_kernels();
   const int64_t T = q.T, B = q.B, I = q.I, H = q.H, Wd = gk.width;
@@ -140,7 +140,7 @@ inline bool packed_sequence_forward(const Sequence& q) {
 }
 
 inline bool packed_sequence_backward(const Sequence& q, const SequenceGrads& g) {
-  if (!use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0) return false;
+  if (!use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0 || q.P != q.H) return false;
   const auto& gk = packed_gemm_kernels();
   const auto& pk = rnn_pointwise_kernels();
   const int64_t T = q.T, B = q.B, H = q.H, Wd = gk.width;

@@ -189,7 +189,7 @@ cudaError_t by_dtype(const Sequence& q, int64_t d, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t persistent_sequence(const Sequence& q, int64_t d, cudaStream_t stream) {
-  if (q.B < 1 || q.B > kRows || q.T < 1 || q.H < 1 || q.fuse_input) return cudaErrorNotSupported;
+  if (q.B < 1 || q.B > kRows || q.T < 1 || q.H < 1 || q.P != q.H || q.fuse_input) return cudaErrorNotSupported;
   if (q.kind == CellKind::GRU_RESET_BEFORE) return cudaErrorNotSupported;  // two products per step: per-step path
   return q.kind == CellKind::GRU_RESET_AFTER ? by_dtype<true>(q, d, stream) : by_dtype<false>(q, d, stream);
 }

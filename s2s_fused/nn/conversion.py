@@ -59,9 +59,6 @@ def convert(module: torch.nn.Module, *, backend=None, inplace: bool = False) -> 
 
     def prepare(m, target, check_only):
         if check_only:
-            if getattr(m, "proj_size", 0):
-                raise NotImplementedError(f"convert: {type(m).__name__} with proj_size={m.proj_size}: proj_size > 0 "
-                                          "is not implemented yet by s2s_fused.nn.LSTM")
             return
         m.backend = backend
         if target in (GRU, GRUCell):

@@ -155,7 +155,7 @@ BIDIR_FUSED_BACKENDS = frozenset({"cuda"})
 
 
 def _use_bidir_fused(module, x):
-    if config.NO_BIDIR_FUSED:
+    if config.NO_BIDIR_FUSED or getattr(module, "proj_size", 0) > 0:  # the two-direction ops take no projection
         return False
     return resolve(f"{module._kind.lower()}_layer", module.backend, x.device) in BIDIR_FUSED_BACKENDS
 
@@ -222,17 +222,20 @@ class _FusedRNNBase:
         if x.device != w0.device:
             raise RuntimeError(f"{self._kind}: input: expected device {w0.device} (as the module's parameters), "
                                f"got {x.device}")
+        # h's width: the projection's with proj_size (torch.nn.LSTM's h = W_hr (o * tanh c)), else H; c keeps H.
+        P = getattr(self, "proj_size", 0) or H
         state_shape = (L * D, H) if unbatched else (L * D, B, H)
+        h_shape = (L * D, P) if unbatched else (L * D, B, P)
         lstm = self._kind == "LSTM"
         if hx is None:
-            h0 = x.new_zeros(L * D, B, H)
-            c0 = h0 if lstm else None
+            h0 = x.new_zeros(L * D, B, P)
+            c0 = (h0 if P == H else x.new_zeros(L * D, B, H)) if lstm else None
         else:
             if lstm:
                 if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                     raise TypeError(f"LSTM: hx: expected a tuple (h_0, c_0), got {type(hx).__name__}")
                 h0, c0 = hx
-                self._check_hidden(h0, "hx[0]", state_shape, x)
+                self._check_hidden(h0, "hx[0]", h_shape, x)
                 self._check_hidden(c0, "hx[1]", state_shape, x)
             else:
                 h0, c0 = hx, None
@@ -291,7 +294,8 @@ class LSTM(_FusedRNNBase, torch.nn.RNNBase):
     A ``torch.nn.RNNBase`` (not an ``nn.LSTM``, which Dynamo refuses to compile) with torch's constructor,
     parameter names (``weight_ih_l0``, ``weight_hh_l0_reverse``, ...), initialisation and ``state_dict``; forward(input (T, B, I) / (B, T, I) with batch_first / (T, I) / PackedSequence,
     hx = (h_0, c_0) each (num_layers * num_directions, B, H), or None) -> (output, (h_n, c_n)).
-    ``proj_size > 0`` is not implemented yet.
+    ``proj_size = P > 0``: LSTM with projections as torch's (``weight_hr_l{k}[_reverse]`` (P, H), h = W_hr (o *
+    tanh c)): h_0, h_n are (num_layers * num_directions, B, P), the output D * P wide; c_0, c_n keep H.
     """
 
     __prepare_scriptable__ = _refuse_script
@@ -300,18 +304,17 @@ class LSTM(_FusedRNNBase, torch.nn.RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, backend=None):
-        if proj_size:
-            raise NotImplementedError("s2s_fused.nn.LSTM: proj_size > 0 is not implemented yet; use "
-                                      "torch.nn.LSTM for projected LSTMs")
         super().__init__("LSTM", input_size, hidden_size, num_layers=num_layers, bias=bias,
-                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, proj_size=0,
+                         batch_first=batch_first, dropout=dropout, bidirectional=bidirectional, proj_size=proj_size,
                          device=device, dtype=dtype)
         self.backend = check_backend_arg(backend)
 
     def _layer_call(self, x, h0, c0, weights, lengths, reverse):
-        w_ih, w_hh, *b = weights
-        b_ih, b_hh = b if b else (None, None)
-        out, (h, c) = lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+        # torch's per layer-direction order: w_ih, w_hh, [b_ih, b_hh], [w_hr]
+        w_ih, w_hh, *rest = weights
+        w_hr = rest.pop() if self.proj_size > 0 else None
+        b_ih, b_hh = rest if rest else (None, None)
+        out, (h, c) = lstm_layer(x, (h0, c0), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse, w_hr=w_hr,
                                  backend=self.backend)
         return out, h, c
 

@@ -30,18 +30,21 @@ for _name in ("lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward", 
 
 
 @_library.register_fake("lstm_layer_forward")
-def _lstm_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    T, B, _, H = _op_checks.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+def _lstm_fwd_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr=None):
+    T, B, _, H = _op_checks.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
+    P = h0.shape[1]
     new = input.new_empty
-    return (new(T, B, H), new(B, H), new(B, H), new(T + 1, B, H), new(T + 1, B, H), new(T, B, 4 * H))
+    return (new(T, B, P), new(B, P), new(B, H), new(T + 1, B, P), new(T + 1, B, H), new(T, B, 4 * H))
 
 
 @_library.register_fake("lstm_layer_backward")
-def _lstm_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse):
+def _lstm_bwd_fake(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths, reverse,
+                   w_hr=None):
     _, B, _, H = _op_checks.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs,
-                                                workspace, lengths, reverse)
-    return (input.new_empty(input.shape), hs.new_empty(B, H), hs.new_empty(B, H), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]))
+                                                workspace, lengths, reverse, w_hr)
+    return (input.new_empty(input.shape), hs.new_empty(B, hs.shape[-1]), hs.new_empty(B, H),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), w_ih.new_empty(w_ih.shape[0]),
+            w_ih.new_empty(w_hr.shape if w_hr is not None else (0,)))
 
 
 @_library.register_fake("gru_layer_forward")
@@ -60,10 +63,11 @@ def _gru_bwd_fake(grad_output, grad_h_n, input, w_ih, w_hh, hs, workspace, lengt
 
 
 @_library.register_fake("lstm_layer_inference")
-def _lstm_inf_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
-    T, B, _, H = _op_checks.lstm_layer_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+def _lstm_inf_fake(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr=None):
+    T, B, _, H = _op_checks.lstm_layer_inference(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
+    P = h0.shape[1]
     new = input.new_empty
-    return new(T, B, H), new(B, H), new(B, H)
+    return new(T, B, P), new(B, P), new(B, H)
 
 
 @_library.register_fake("gru_layer_inference")
@@ -83,27 +87,29 @@ def _forward_op(kind: str, backend: str, *tensors) -> str:
 
 
 def _lstm_setup(ctx, inputs, output):
-    input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse = inputs
+    input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr = inputs
     _, _, _, hs, cs, workspace = output
-    ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh)
+    ctx.save_for_backward(input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh, w_hr)
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.reverse = reverse
     ctx.mark_non_differentiable(hs, cs, workspace)
 
 
 def _lstm_backward(backward_op, ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
-    input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh = ctx.saved_tensors
+    input, w_ih, w_hh, hs, cs, workspace, lengths, h0, c0, b_ih, b_hh, w_hr = ctx.saved_tensors
     if grad_output is None and grad_h_n is None and grad_c_n is None:
-        return (None,) * 9
+        return (None,) * 10
     if recording_backward():
-        return reference_vjp(
-            lambda x, h, c, *w: reference.lstm_layer(x, (h, c), *w, lengths=lengths, reverse=ctx.reverse),
-            (input, h0, c0, w_ih, w_hh, b_ih, b_hh), (grad_output, grad_h_n, grad_c_n),
-            ctx.needs_input_grad[:7]) + (None, None)
-    g_in, g_h0, g_c0, g_wih, g_whh, g_b = backward_op(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs,
-                                                      workspace, lengths, ctx.reverse)
+        g = reference_vjp(
+            lambda x, h, c, wi, wh, bi, bh, wr: reference.lstm_layer(x, (h, c), wi, wh, bi, bh, lengths=lengths,
+                                                                     reverse=ctx.reverse, w_hr=wr),
+            (input, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr), (grad_output, grad_h_n, grad_c_n),
+            ctx.needs_input_grad[:7] + ctx.needs_input_grad[9:])
+        return g[:7] + (None, None, g[7])
+    g_in, g_h0, g_c0, g_wih, g_whh, g_b, g_whr = backward_op(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs,
+                                                             cs, workspace, lengths, ctx.reverse, w_hr)
     return (g_in, g_h0, g_c0, g_wih, g_whh, g_b if ctx.has_bias[0] else None, g_b if ctx.has_bias[1] else None,
-            None, None)
+            None, None, g_whr if w_hr is not None else None)
 
 
 def _gru_setup(ctx, inputs, output):
@@ -155,15 +161,24 @@ def check_lengths(lengths, T: int, B: int, device: torch.device, name: str = "le
     return lengths
 
 
-def _check_layer(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, lengths, *, c=None):
+def _check_layer(kind, input, h, w_ih, w_hh, b_ih, b_hh, gates, lengths, *, c=None, w_hr=None):
     hname = _checks.rnn_tensors(kind, input, h, c, w_ih, w_hh, b_ih, b_hh, dims=3, state_dims=2)
     T, B, I = input.shape
     H = h.shape[-1]
     if h.shape[0] != B:
         raise ValueError(f"{hname}: expected batch size {B} (input.shape[1]), got shape {tuple(h.shape)}")
-    if c is not None and c.shape != h.shape:
-        raise ValueError(f"hx[1]: expected shape {tuple(h.shape)} (as hx[0]), got {tuple(c.shape)}")
-    _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H, hname)
+    if w_hr is None:
+        if c is not None and c.shape != h.shape:
+            raise ValueError(f"hx[1]: expected shape {tuple(h.shape)} (as hx[0]), got {tuple(c.shape)}")
+        _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H, hname)
+    else:  # projected: h is (B, P), c (B, H), w_hr (P, H)
+        _checks.tensor(w_hr, "w_hr", dims=2, floating=True)
+        _checks.same_dtype_device(input, "input", w_hr=w_hr)
+        P, H = H, c.shape[-1]
+        if c.shape[0] != B:
+            raise ValueError(f"hx[1]: expected batch size {B} (input.shape[1]), got shape {tuple(c.shape)}")
+        _checks.shape(w_hr, "w_hr", (P, H))
+        _checks.rnn_weights(w_ih, w_hh, b_ih, b_hh, gates, I, H, state_size=P)
     check_lengths(lengths, T, B, input.device)
 
 
@@ -172,23 +187,27 @@ def _check_flag(value, name):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
 
 
-def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, backend=None):
+def lstm_layer(input, hx, w_ih, w_hh, b_ih=None, b_hh=None, *, lengths=None, reverse=False, w_hr=None,
+               backend=None):
     """One fused LSTM layer in one direction over a whole sequence (gate order i, f, g, o as torch).
 
     input (T, B, I); hx = (h0, c0), each (B, H); w_ih (G*H, I); w_hh (G*H, H); b_ih, b_hh (G*H,) or None; G = 4;
     lengths (B,) integer or None; reverse: run t = T-1 .. 0. Returns (output (T, B, H), (h_n, c_n)); output is zero at
     steps t >= lengths[b], and h_n, c_n are each row's state after its own last step.
+    w_hr (P, H) or None: torch's projections (``proj_size``), h = W_hr (o * tanh c); then h0, h_n and output are P
+    wide ((B, P), (T, B, P)), c0, c_n stay (B, H) and w_hh is (G*H, P).
     """
     if not isinstance(hx, (tuple, list)) or len(hx) != 2:
         raise TypeError(f"hx: expected a tuple (h0, c0) of two tensors, got {type(hx).__name__}")
     h, c = hx
-    _check_layer("lstm", input, h, w_ih, w_hh, b_ih, b_hh, 4, lengths, c=c)
+    _check_layer("lstm", input, h, w_ih, w_hh, b_ih, b_hh, 4, lengths, c=c, w_hr=w_hr)
     _check_flag(reverse, "reverse")
     be = resolve("lstm_layer", backend, input.device)
     if be == "reference":
-        return reference.lstm_layer(input, (h, c), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse)
-    op = _library.op(_forward_op("lstm", be, input, h, c, w_ih, w_hh, b_ih, b_hh), be)
-    out, h_n, c_n, *_ = op(input, h, c, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+        return reference.lstm_layer(input, (h, c), w_ih, w_hh, b_ih, b_hh, lengths=lengths, reverse=reverse,
+                                    w_hr=w_hr)
+    op = _library.op(_forward_op("lstm", be, input, h, c, w_ih, w_hh, b_ih, b_hh, w_hr), be)
+    out, h_n, c_n, *_ = op(input, h, c, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
     return out, (h_n, c_n)
 
 

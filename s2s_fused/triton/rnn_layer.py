@@ -15,6 +15,10 @@ grid-wide sync). Both paths write the same buffers, so the backward is shared.
 Backward: per step one pointwise kernel (pre-activation gate gradients, state pass-through of finished rows) and
 the dh GEMM (torch); after the loop the weight gradients as GEMMs over all T*B rows and bias gradients as sums.
 
+Projected LSTMs (w_hr (P, H), torch's proj_size) run a per-step path: the recurrent product h W_hh^T (K = P, not
+the tile code's H) and the projection o * tanh(c) W_hr^T are torch GEMMs around one pointwise kernel per step
+(_proj_step_forward_kernel); backward the same pointwise backward as the other layers, between two GEMMs.
+
 Variable lengths through a (T, B) `active` mask, as the C++ ops; the state history hs / cs (T+1, B, H) in the
 time layout of s2s_fused.ops (rnn_common.step_slots).
 """
@@ -26,7 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .rnn_common import GRU_RESET_BEFORE, LSTM, CellKind, backward_tile, forward_tile, gru_kind
+from .rnn_common import GRU_RESET_BEFORE, LSTM, CellKind, backward_tile, forward_tile, gru_kind, sigmoid, tanh
+from .rnn_common import _bias, _tile_masks
 from .rnn_common import step_slots, step_slots_jit
 from .rnn_common import acc_dtype as _acc
 from .rnn_common import dot_precision as _prec
@@ -121,6 +126,40 @@ def _layer_step_backward_kernel(
     backward_tile(go_ptr, dh_ptr, H, dc_ptr, H, ws_ptr, hx_ptr, cx_ptr, c1_ptr, act_ptr, drh_ptr, dg_ptr, dgh_ptr,
                   dcx_ptr, dhx_ptr, rh_ptr, offs_b, offs_h, B, H, KIND, STAGE, True, HAS_GO, True, HAS_ACT, True,
                   ACC, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def _proj_step_forward_kernel(pre_ptr, b1_ptr, b2_ptr, c_ptr, act_ptr, c1_ptr, ws_ptr, raw_ptr, B, H,
+                              HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_ACT: tl.constexpr, ACC: tl.constexpr,
+                              BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """A projected LSTM's pointwise step: pre (B, 4H) = x W_ih^T + h W_hh^T (without biases); writes the activated
+    gates to ws (B, 4H), c1 (B, H) (finished rows keep c) and raw = o * tanh(c1) (B, H), which the caller
+    projects."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask, bh, keep = _tile_masks(offs_b, offs_h, act_ptr, B, H, HAS_ACT)
+    row = offs_b[:, None].to(tl.int64) * (4 * H) + offs_h[None, :]
+    ty = c1_ptr.dtype.element_ty
+    for gate in tl.static_range(4):  # unrolled: the four values stay in registers
+        p = tl.load(pre_ptr + row + gate * H, mask=mask, other=0.0).to(ACC)
+        p += _bias(b1_ptr, gate, offs_h, H, HAS_B1, ACC) + _bias(b2_ptr, gate, offs_h, H, HAS_B2, ACC)
+        if gate == 2:
+            a = tanh(p)
+        else:
+            a = sigmoid(p)
+        tl.store(ws_ptr + row + gate * H, a.to(ty), mask=mask)
+        if gate == 0:
+            i = a
+        elif gate == 1:
+            f = a
+        elif gate == 2:
+            g = a
+        else:
+            o = a
+    cprev = tl.load(c_ptr + bh, mask=mask, other=0.0).to(ACC)
+    c = f * cprev + i * g
+    tl.store(c1_ptr + bh, tl.where(keep, c, cprev).to(ty), mask=mask)
+    tl.store(raw_ptr + bh, (o * tanh(c)).to(ty), mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------ launchers
@@ -230,18 +269,48 @@ def _contig(t):
     return t.contiguous() if t is not None else None
 
 
+def _projected_forward(gx, hs, cs, w_hh, w_hr, b1, b2, act, out, ws, reverse):
+    """All T steps of a projected LSTM layer-direction (B, H > 0): per step h W_hh^T (torch), the pointwise kernel,
+    then h1 = raw W_hr^T (torch); a finished row keeps h and outputs zeros. hs (T+1, B, P), cs (T+1, B, H)."""
+    T, B, _ = out.shape
+    H = cs.shape[-1]
+    bb, bh, _ = _blocks(B, H)
+    raw = cs.new_empty(B, H)
+    pre = cs.new_empty(B, 4 * H)
+    dummy = ws
+    d = lambda t: t if t is not None else dummy  # noqa: E731  (absent operands: never read)
+    for s in range(T):
+        t, read, write = step_slots(s, T, reverse)
+        torch.addmm(gx[t], hs[read], w_hh.t(), out=pre)
+        a = act[t] if act is not None else None
+        _proj_step_forward_kernel[(triton.cdiv(B, bb), triton.cdiv(H, bh))](
+            pre, d(b1), d(b2), cs[read], d(a), cs[write], ws[t], raw, B, H, HAS_B1=b1 is not None,
+            HAS_B2=b2 is not None, HAS_ACT=a is not None, ACC=_acc(cs.dtype), BLOCK_B=bb, BLOCK_H=bh)
+        h1 = raw @ w_hr.t()
+        if a is not None:
+            keep = a.bool().unsqueeze(1)
+            h1 = torch.where(keep, h1, hs[read])
+            out[t] = torch.where(keep, h1, torch.zeros((), dtype=h1.dtype, device=h1.device))
+        else:
+            out[t] = h1
+        hs[write] = h1
+
+
 def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-                       b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool
+                       b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, w_hr: Optional[Tensor] = None
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    T, B, I, H = _check.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    T, B, I, H = _check.lstm_layer_forward(input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr)
+    P = h0.shape[1]  # the state's width: H, or the projection's
     gx = (input.reshape(T * B, I) @ w_ih.t()).view(T, B, 4 * H).contiguous()
-    hs, cs = input.new_empty(T + 1, B, H), input.new_empty(T + 1, B, H)
-    out, ws = input.new_zeros(T, B, H), input.new_zeros(T, B, 4 * H)
+    hs, cs = input.new_empty(T + 1, B, P), input.new_empty(T + 1, B, H)
+    out, ws = input.new_zeros(T, B, P), input.new_zeros(T, B, 4 * H)
     _first_read(hs, T, reverse).copy_(h0)
     _first_read(cs, T, reverse).copy_(c0)
     act = _active(lengths, T, B, input.device)
     w, b1, b2 = w_hh.contiguous(), _contig(b_ih), _contig(b_hh)
-    if B > 0 and H > 0:
+    if B > 0 and H > 0 and w_hr is not None:
+        _projected_forward(gx, hs, cs, w, w_hr, b1, b2, act, out, ws, reverse)
+    elif B > 0 and H > 0:
         _forward_sequence(CellKind.LSTM, gx, hs, cs, w, b1, b2, act, out, ws, reverse)
     else:
         hs.copy_(_first_read(hs, T, reverse).expand_as(hs))
@@ -250,12 +319,52 @@ def lstm_layer_forward(input: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh
     return out, hs[last].clone(), cs[last].clone(), hs, cs, ws
 
 
+def _lstm_projected_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace, lengths,
+                             reverse, w_hr):
+    """Per step: dh = grad_output[t] + the carried state gradient (P wide; kept, zero on finished rows, as dhp for
+    the W_hr gradient), draw = dh W_hr, the pointwise backward with draw as its dh, then the next state gradient
+    dgates W_hh plus, for finished rows, dh itself."""
+    T, B, I = input.shape
+    P, H = w_hr.shape
+    act = _active(lengths, T, B, input.device)
+    go = _masked_grad_output(grad_output, act)
+    dh = grad_h_n.contiguous().clone() if grad_h_n is not None else input.new_zeros(B, P)
+    dc = grad_c_n.contiguous().clone() if grad_c_n is not None else input.new_zeros(B, H)
+    dgates = input.new_zeros(T, B, 4 * H)
+    dhp = input.new_zeros(T, B, P)
+    ws, hs, cs = workspace.contiguous(), hs.contiguous(), cs.contiguous()
+    if B > 0 and H > 0:
+        dhx = input.new_empty(B, H)  # the kernel's pass-through of finished rows (H wide): unused here
+        for s in range(T - 1, -1, -1):
+            t, read, write = step_slots(s, T, reverse)
+            total = dh + go[t] if go is not None else dh
+            a = act[t] if act is not None else None
+            dhp[t] = total * a.unsqueeze(1).to(total.dtype) if a is not None else total
+            draw = (dhp[t] @ w_hr).contiguous()
+            _step_backward(CellKind.LSTM, 0, None, draw, dc, ws[t], None, cs[read], cs[write], a, None, dgates[t],
+                           None, dc, dhx, None, B, H)
+            dh = dgates[t] @ w_hh
+            if a is not None:
+                dh = dh + total * (a == 0).unsqueeze(1).to(total.dtype)
+    dg2 = dgates.view(T * B, 4 * H)
+    x2 = input.reshape(T * B, I)
+    c1 = cs[:T] if reverse else cs[1:]
+    raw = (ws[..., 3 * H:] * c1.tanh()).reshape(T * B, H)
+    if act is not None:
+        raw = torch.where(act.reshape(T * B, 1).bool(), raw, torch.zeros((), dtype=raw.dtype, device=raw.device))
+    return (dg2.mm(w_ih).view(T, B, I), dh, dc, dg2.t().mm(x2), dg2.t().mm(_states_read(hs, T, reverse)),
+            dg2.sum(0), dhp.view(T * B, P).t().mm(raw))
+
+
 def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor], grad_c_n: Optional[Tensor],
                         input: Tensor, w_ih: Tensor, w_hh: Tensor, hs: Tensor, cs: Tensor, workspace: Tensor,
-                        lengths: Optional[Tensor], reverse: bool
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+                        lengths: Optional[Tensor], reverse: bool, w_hr: Optional[Tensor] = None
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     T, B, I, H = _check.lstm_layer_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace,
-                                            lengths, reverse)
+                                            lengths, reverse, w_hr)
+    if w_hr is not None:
+        return _lstm_projected_backward(grad_output, grad_h_n, grad_c_n, input, w_ih, w_hh, hs, cs, workspace,
+                                        lengths, reverse, w_hr)
     act = _active(lengths, T, B, input.device)
     go = _masked_grad_output(grad_output, act)
     dh = grad_h_n.contiguous().clone() if grad_h_n is not None else input.new_zeros(B, H)
@@ -273,7 +382,7 @@ def lstm_layer_backward(grad_output: Optional[Tensor], grad_h_n: Optional[Tensor
     dg2 = dgates.view(T * B, 4 * H)
     x2 = input.reshape(T * B, I)
     return (dg2.mm(w_ih).view(T, B, I), dh, dc, dg2.t().mm(x2), dg2.t().mm(_states_read(hs, T, reverse)),
-            dg2.sum(0))
+            dg2.sum(0), input.new_empty(0))
 
 
 def gru_layer_forward(input: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
