@@ -212,3 +212,17 @@ def test_without_the_extension_the_package_runs_the_reference_and_says_why():
         "sys.argv = ['s2s_fused', 'info']\n"
         "runpy.run_module('s2s_fused', run_name='__main__')\n")
     assert "not importable" in out and "reference (available), cpu (unavailable)" in out, out
+
+
+def test_gpu_stack_build_can_read_the_test_and_train_extras():
+    """tools/gpu_stack_build.sh installs the TEST and TRAIN extras into its venv by reading setup.py with
+    ast.literal_eval: each must stay a plain literal list (an expression such as ``[...] + OTHER`` breaks it)."""
+    import ast
+
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] in (["TEST"], ["TRAIN"]):
+            found[node.targets[0].id] = ast.literal_eval(node.value)
+    assert set(found) == {"TEST", "TRAIN"}
+    assert all(isinstance(v, list) and v and all(isinstance(x, str) for x in v) for v in found.values())
