@@ -24,6 +24,8 @@ enum class Switch : int {
   NoOnednn,         // CPU: fp32 GEMMs through ATen's BLAS instead of oneDNN
   NoPersistent,     // CUDA: the per-step loop instead of the persistent small-batch kernel
   CheckGemmTails,   // CPU, tests: check what oneDNN's AMX kernels read past each GEMM operand's rows
+  NoBufferCache,    // CPU: large op buffers straight from the system allocator, never reused (csrc/cpu/memory.h)
+  PoisonBuffers,    // CPU, tests: fill every large op buffer with NaN bytes before the op writes it
   Count,
 };
 
@@ -32,6 +34,8 @@ inline constexpr std::array<const char*, static_cast<int>(Switch::Count)> kSwitc
     "S2S_FUSED_NO_ONEDNN",
     "S2S_FUSED_NO_PERSISTENT",
     "S2S_FUSED_CHECK_GEMM_TAILS",
+    "S2S_FUSED_NO_BUFFER_CACHE",
+    "S2S_FUSED_POISON_BUFFERS",
 };
 
 // The CPU GEMM paths of the RNN ops; Auto: chosen per op and shape by measurement (csrc/cpu/cpu_path.h).

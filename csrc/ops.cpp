@@ -11,6 +11,7 @@
 #include "config.h"
 #include "cpu/cpu_path.h"
 #include "cpu/dispatch.h"
+#include "cpu/memory.h"
 
 // The CUDA archs compiled, as setup.py handed them to torch (TORCH_CUDA_ARCH_LIST); empty in a CPU-only build.
 #ifndef S2S_CUDA_ARCH_LIST
@@ -248,6 +249,22 @@ PyObject* clear_cpu_path_state(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// _cpu_buffer_cache_state() -> {"free_blocks", "free_bytes", "live_blocks", "live_bytes", "hits", "misses"}: the CPU
+// buffer cache (csrc/cpu/memory.h).
+PyObject* cpu_buffer_cache_state(PyObject*, PyObject*) {
+  if (!read_switches()) return nullptr;
+  const auto s = s2s_fused::cpu::BufferCache::get().stats();
+  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L}", "free_blocks", (long long)s.free_blocks, "free_bytes",
+                       (long long)s.free_bytes, "live_blocks", (long long)s.live_blocks, "live_bytes",
+                       (long long)s.live_bytes, "hits", (long long)s.hits, "misses", (long long)s.misses);
+}
+
+// _empty_cpu_buffer_cache(): return the CPU buffer cache's free blocks to the system.
+PyObject* empty_cpu_buffer_cache(PyObject*, PyObject*) {
+  s2s_fused::cpu::BufferCache::get().empty();
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"build_info", build_info, METH_NOARGS, "Facts about this build of the extension."},
     {"_set_switch", set_switch, METH_VARARGS, "Set a switch of build_info()['switches']; returns the previous value."},
@@ -255,6 +272,8 @@ PyMethodDef methods[] = {
     {"_set_cpu_path", set_cpu_path, METH_VARARGS, "Set S2S_FUSED_CPU_PATH's setting; returns the previous one."},
     {"_cpu_path_state", cpu_path_state, METH_NOARGS, "The CPU path setting, choices made and packed-weight cache."},
     {"_clear_cpu_path_state", clear_cpu_path_state, METH_NOARGS, "Forget the CPU path choices and packed weights."},
+    {"_cpu_buffer_cache_state", cpu_buffer_cache_state, METH_NOARGS, "The CPU buffer cache's blocks and hit counts."},
+    {"_empty_cpu_buffer_cache", empty_cpu_buffer_cache, METH_NOARGS, "Return the CPU buffer cache's free blocks."},
     {nullptr, nullptr, 0, nullptr},
 };
 

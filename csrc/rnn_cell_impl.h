@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_impl(
   // workspace backward reads: no separate pre-activation tensor is ever written.
   at::Tensor gates = weight_mm(pw, a.input, a.w_ih.t());
   weight_gemm(pw, gates, a.hx, a.w_hh.t(), true);
-  at::Tensor h1 = at::empty_like(a.hx), c1 = at::empty_like(a.hx);
+  at::Tensor h1 = pw.buffer(a.hx.sizes(), a.hx.options()), c1 = pw.buffer(a.hx.sizes(), a.hx.options());
   auto p = step_params<LstmForwardParams>(input, a.H);
   p.g1 = cmat(gates);
   p.b_ih = ptr_or_null(a.b_ih);
@@ -91,8 +91,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_saved(c1, hx.sizes(), input, "c1", " (as hx)");
   const at::Tensor dh = contiguous_or_undefined(grad_h1), dc = contiguous_or_undefined(grad_c1);
   const at::Tensor ws = workspace.contiguous(), c0 = cx.contiguous(), cn = c1.contiguous();
-  at::Tensor dgates = at::empty({B, 4 * H}, input.options());
-  at::Tensor dcx = at::empty_like(a.hx);
+  at::Tensor dgates = pw.buffer({B, 4 * H}, input.options());
+  at::Tensor dcx = pw.buffer(a.hx.sizes(), a.hx.options());
   auto p = backward_params<LstmBackwardParams>(input, H, dh);
   p.dc1 = cmat(dc);
   p.ws = cmat(ws);
@@ -118,7 +118,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
                                                          const std::optional<at::Tensor>& b_hh, bool reset_after) {
   const CellArgs a = check_cell_args(input, hx, w_ih, w_hh, b_ih, b_hh, 3);
   const int64_t B = a.B, H = a.H;
-  at::Tensor h1 = at::empty_like(a.hx);
+  at::Tensor h1 = pw.buffer(a.hx.sizes(), a.hx.options());
   auto p = step_params<GruForwardParams>(input, H);
   p.kind = gru_kind(reset_after);
   p.b_ih = ptr_or_null(a.b_ih);
@@ -129,7 +129,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   p.gi = cmat(gi);
   if (p.kind == CellKind::GRU_RESET_AFTER) {
     const at::Tensor gh = weight_mm(pw, a.hx, a.w_hh.t());
-    at::Tensor ws = at::empty({B, 4 * H}, input.options());
+    at::Tensor ws = pw.buffer({B, 4 * H}, input.options());
     p.gh = cmat(gh);
     p.ws = mat(ws);
     pw.gru_forward(one(p), B);
@@ -137,8 +137,8 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_impl(const PW& pw, const at:
   }
   // Cho et al.: the reset gate scales h before the W_hn product, so the n columns need a second GEMM.
   const at::Tensor gh_rz = weight_mm(pw, a.hx, a.w_hh.narrow(0, 0, 2 * H).t());
-  at::Tensor ws = at::empty({B, 3 * H}, input.options());
-  at::Tensor rh = at::empty_like(a.hx);
+  at::Tensor ws = pw.buffer({B, 3 * H}, input.options());
+  at::Tensor rh = pw.buffer(a.hx.sizes(), a.hx.options());
   p.gh = cmat(gh_rz);
   p.ws = mat(ws);
   p.rh = mat(rh);
@@ -160,8 +160,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   check_saved(grad_h1, hx.sizes(), input, "grad_h1", " (as hx)");
   check_saved(workspace, {B, workspace_gates(kind) * H}, input, "workspace");
   const at::Tensor dh = grad_h1.contiguous(), ws = workspace.contiguous();
-  at::Tensor dgi = at::empty({B, 3 * H}, input.options());
-  at::Tensor dhx = at::empty_like(a.hx);
+  at::Tensor dgi = pw.buffer({B, 3 * H}, input.options());
+  at::Tensor dhx = pw.buffer(a.hx.sizes(), a.hx.options());
   auto p = backward_params<GruBackwardParams>(input, H, dh);
   p.kind = kind;
   p.ws = cmat(ws);
@@ -171,14 +171,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const auto none = [&] { return at::empty({0}, input.options()); };
   at::Tensor dgh = dgi, rh;  // reset_before: gh_n = (r h) W_hn has gradient dn, the same as gi_n's
   if (kind == CellKind::GRU_RESET_AFTER) {
-    dgh = at::empty({B, 3 * H}, input.options());
+    dgh = pw.buffer({B, 3 * H}, input.options());
     p.dgh = mat(dgh);
     pw.gru_backward(one(p), B);
   } else {
     p.dgh = p.dgi;
     pw.gru_backward(one(p), B);
     const at::Tensor drh = weight_mm(pw, dgi.narrow(1, 2 * H, H), a.w_hh.narrow(0, 2 * H, H));
-    rh = at::empty_like(a.hx);
+    rh = pw.buffer(a.hx.sizes(), a.hx.options());
     p.drh = cmat(drh);
     p.rh = mat(rh);
     pw.gru_backward_stage2(one(p), B);  // also the r columns of dgi, needed by every other gradient

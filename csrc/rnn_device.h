@@ -43,7 +43,7 @@ concept RnnDevice = requires(const PW& pw, at::Tensor& out, const at::Tensor& a,
 // a @ b into a new tensor, through the device's GEMM.
 template <class PW>
 at::Tensor mm(const PW& pw, const at::Tensor& a, const at::Tensor& b) {
-  at::Tensor out = at::empty({a.size(0), b.size(1)}, a.options());
+  at::Tensor out = pw.buffer({a.size(0), b.size(1)}, a.options());
   pw.gemm(out, a, b, false);
   return out;
 }
@@ -62,7 +62,7 @@ void weight_gemm(const PW& pw, at::Tensor& out, const at::Tensor& a, const at::T
 // a @ w into a new tensor, for a weight w as above.
 template <class PW>
 at::Tensor weight_mm(const PW& pw, const at::Tensor& a, const at::Tensor& w) {
-  at::Tensor out = at::empty({a.size(0), w.size(1)}, a.options());
+  at::Tensor out = pw.buffer({a.size(0), w.size(1)}, a.options());
   weight_gemm(pw, out, a, w, false);
   return out;
 }
@@ -79,7 +79,7 @@ template <class PW>
 at::Tensor grad_w_hh(const PW& pw, CellKind kind, const at::Tensor& dgh, const at::Tensor& h, const at::Tensor& rh) {
   if (kind != CellKind::GRU_RESET_BEFORE) return mm(pw, dgh.t(), h);
   const int64_t H = h.size(1);
-  at::Tensor g = at::empty({3 * H, H}, h.options());
+  at::Tensor g = pw.buffer({3 * H, H}, h.options());
   at::Tensor g_rz = g.narrow(0, 0, 2 * H), g_n = g.narrow(0, 2 * H, H);
   pw.gemm(g_rz, dgh.narrow(1, 0, 2 * H).t(), h, false);
   pw.gemm(g_n, dgh.narrow(1, 2 * H, H).t(), rh, false);

@@ -472,12 +472,12 @@ BackwardResult backward(const PW& pw, const Layer& L, const at::Tensor& hs, cons
   }
   SequenceGrads g;
   g.go = go.defined() ? go.const_data_ptr() : nullptr;
-  const at::Tensor dh = at::empty({D, 2, B, P}, opts);
+  const at::Tensor dh = pw.buffer({D, 2, B, P}, opts);
   dh.select(1, 0).copy_(grad_state(grad_h_n, L, P, "grad_h_n"));
   g.dh = blocks_of(dh);
   at::Tensor dc, dgates, dgi, dgh, rh, drh;
   if (lstm) {
-    dc = at::empty({D, 1, B, H}, opts);
+    dc = pw.buffer({D, 1, B, H}, opts);
     dc.view({D, B, H}).copy_(grad_state(grad_c_n, L, H, "grad_c_n"));
     g.dc = blocks_of(dc);
     dgates = blocks(pw, g.dgates, D, T, B, 4 * H, opts);
@@ -506,7 +506,7 @@ BackwardResult backward(const PW& pw, const Layer& L, const at::Tensor& hs, cons
   r.grad_h0 = dh.select(1, T % 2).clone();
   r.grad_c0 = lstm ? dc.view({D, B, H}) : at::Tensor();
   const at::Tensor x = a.input.view({T * B, I});
-  r.grad_input = at::empty({T * B, I}, opts);
+  r.grad_input = pw.buffer({T * B, I}, opts);
   for (int64_t d = 0; d < D; ++d) {
     const at::Tensor dg = (lstm ? dgates : dgi).select(0, d).view({T * B, gate_count(kind) * H});
     const at::Tensor dg_h = (lstm ? dgates : dgh).select(0, d).view({T * B, gate_count(kind) * H});

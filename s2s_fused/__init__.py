@@ -4,7 +4,7 @@ Every op takes a keyword-only ``backend=`` ("reference", "cpu", "cuda", "triton"
 "auto" unless changed with :func:`set_backend` / :func:`use_backend`).
 """
 from . import config
-from .backend import available_backends, get_backend, set_backend, use_backend
+from .backend import available_backends, empty_cpu_cache, get_backend, set_backend, use_backend
 
 # ---- rnn_cell
 from .ops.rnn_cell import gru_cell, lstm_cell

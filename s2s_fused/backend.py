@@ -57,6 +57,18 @@ def build_info() -> dict:
     return dict(_BUILD_INFO)
 
 
+def empty_cpu_cache() -> None:
+    """Return the free blocks of the CPU buffer cache to the system (as ``torch.cuda.empty_cache`` does for CUDA).
+
+    The CPU ops take their large buffers and outputs (weight gradients, RNN workspaces, CE gradients) from a cache
+    that keeps up to 256 MiB of freed blocks for the next call, so repeated calls skip the page faults of fresh
+    memory (csrc/cpu/memory.h). ``S2S_FUSED_NO_BUFFER_CACHE=1`` turns it off. Nothing to do without the extension.
+    """
+    ext = _extension()
+    if ext is not None and hasattr(ext, "_empty_cpu_buffer_cache"):
+        ext._empty_cpu_buffer_cache()
+
+
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -115,3 +115,19 @@ def _check_gemm_operand_tails():
     yield
     if ext is not None:
         ext._set_check_gemm_tails(previous)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _poison_cpu_buffers():
+    """Every large CPU op buffer (csrc/cpu/memory.h) is handed out filled with NaN bytes for the whole session
+    (S2S_FUSED_POISON_BUFFERS): the buffer cache gives an op the block an earlier call freed, still holding that
+    call's valid numbers, so without this a kernel that skips a write could read a plausible stale value."""
+    from s2s_fused import backend
+
+    ext = backend._extension()
+    if ext is None or not hasattr(ext, "_cpu_buffer_cache_state"):
+        yield
+        return
+    previous = ext._set_switch("S2S_FUSED_POISON_BUFFERS", True)
+    yield
+    ext._set_switch("S2S_FUSED_POISON_BUFFERS", previous)

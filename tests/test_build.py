@@ -61,7 +61,7 @@ def test_our_cpu_loops_run_in_parallel():
 
 
 COMPILED_SWITCHES = ("S2S_FUSED_NO_PACKED", "S2S_FUSED_NO_ONEDNN", "S2S_FUSED_NO_PERSISTENT",
-                     "S2S_FUSED_CHECK_GEMM_TAILS")
+                     "S2S_FUSED_CHECK_GEMM_TAILS", "S2S_FUSED_NO_BUFFER_CACHE", "S2S_FUSED_POISON_BUFFERS")
 
 
 def _switch_process(script, **switches):
@@ -82,7 +82,8 @@ def test_compiled_switches_are_read_once_with_one_rule():
     switches, previous, now = json.loads(res.stdout)
     assert set(switches) == set(COMPILED_SWITCHES)
     assert switches == {"S2S_FUSED_NO_PACKED": False, "S2S_FUSED_NO_ONEDNN": True, "S2S_FUSED_NO_PERSISTENT": False,
-                        "S2S_FUSED_CHECK_GEMM_TAILS": False}
+                        "S2S_FUSED_CHECK_GEMM_TAILS": False, "S2S_FUSED_NO_BUFFER_CACHE": False,
+                        "S2S_FUSED_POISON_BUFFERS": False}
     assert previous is False and now is True
     with pytest.raises(KeyError, match="S2S_FUSED_NOPE"):
         s2s_fused.backend._extension()._set_switch("S2S_FUSED_NOPE", True)

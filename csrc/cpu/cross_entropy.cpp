@@ -90,8 +90,7 @@ at::Tensor masked_ce_backward_cpu(const at::Tensor& grad_loss, const at::Tensor&
   check_valid_len_values(a);
   check_target_values(a);
   at::Tensor lse = lse_in.contiguous();
-  at::Tensor grad = at::empty(a.logits.sizes(), a.logits.options().memory_format(at::MemoryFormat::Contiguous));
-  advise_huge_pages(grad);
+  at::Tensor grad = empty_buffer(a.logits.sizes(), a.logits.options().memory_format(at::MemoryFormat::Contiguous));
   CeBackwardParams p;
   p.rows = a.rows;
   p.lse = lse.const_data_ptr();

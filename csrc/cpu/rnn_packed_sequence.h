@@ -34,7 +34,7 @@ inline bool use_packed_sequence(Dtype dtype) {
 
 // A packed copy of B (K x N), B[k][n] = src[k * sk + n * sn], packed in parallel over panels.
 inline at::Tensor pack_operand(const PackedLayout& L, const void* src, int64_t sk, int64_t sn) {
-  at::Tensor packed = empty_huge({L.numel()}, at::TensorOptions().dtype(at::kFloat));
+  at::Tensor packed = empty_buffer({L.numel()}, at::TensorOptions().dtype(at::kFloat));
   float* dst = packed.data_ptr<float>();
   const auto& k = packed_gemm_kernels();
   at::parallel_for(0, L.panels, 1, [&](int64_t p0, int64_t p1) {

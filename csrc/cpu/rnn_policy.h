@@ -128,7 +128,7 @@ struct CpuRnnPolicy {
 
   // Sequence-sized buffers (workspaces, states, gradients): huge-page backed where they are large.
   at::Tensor buffer(at::IntArrayRef sizes, const at::TensorOptions& options) const {
-    return empty_huge(sizes, options);
+    return empty_buffer(sizes, options);
   }
 
   // out = a @ b (+ out when accumulate); 3-D operands: one batched product over the leading (direction) dim.
