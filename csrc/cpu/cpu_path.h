@@ -94,10 +94,14 @@ inline double now_us(bool thread_cpu_time) {
 // Runs f(path) -> result with the path S2S_FUSED_CPU_PATH forces, or, under `auto`, the key's measured choice
 // (measuring it on the first call). `candidates` (never empty) are the paths that differ for this call; one
 // candidate is run without measuring. Measuring: one untimed round over the candidates (first-call costs: a
-// oneDNN primitive, the packed-weight cache), then timed rounds, interleaved so that load from other processes
-// hits every candidate alike: at least 2, and up to 5 while the whole stays under 20 ms. Each candidate's best
-// round counts (load only ever adds time), and another candidate displaces the first one (the preferred order:
-// packed, onednn, blas) only when at least 5 % faster, so that noise does not flip a near tie.
+// oneDNN primitive, the packed-weight cache, cold buffers), then timed rounds, interleaved so that load from other
+// processes hits every candidate alike. Each candidate's best round counts (load only ever adds time), but one
+// best is not trusted alone: a burst of load can slow every round of a short measurement (seen on a shared 2-core
+// machine: 12-20 ms rounds of a 0.4 ms op, which fixed a slow path for the whole process). So rounds go on until
+// every candidate's two best rounds agree within 10 % (at least 3 rounds), or 100 ms have passed (at least 2
+// rounds), or 12 rounds. Another candidate displaces the first one (the preferred order: packed, onednn, blas)
+// only when at least 5 % faster, so that noise does not flip a near tie. The choice is then final for the process:
+// a key's calls all round alike, so results repeat bit for bit within a process.
 template <class F>
 auto run_with_path(const std::string& key, const std::vector<CpuPath>& candidates, F&& f) {
   const CpuPath forced = config::cpu_path();
@@ -105,21 +109,31 @@ auto run_with_path(const std::string& key, const std::vector<CpuPath>& candidate
   if (candidates.size() == 1) return f(candidates[0]);
   if (const auto chosen = path_choices().find(key)) return f(*chosen);
   using Result = decltype(f(candidates[0]));
+  constexpr int kMaxRounds = 12;
+  constexpr double kBudgetUs = 100e3;
   std::vector<std::optional<Result>> results(candidates.size());
-  std::vector<double> best(candidates.size(), 1e300);
+  std::vector<double> best(candidates.size(), 1e300), second(candidates.size(), 1e300);
   // One thread: the op runs on this thread alone, so its CPU time is the op's time without the slices other
   // processes took (on a shared machine at load 10, wall time varied 20x between calls of one op). More threads:
   // wall time, which is what the threads' teamwork costs.
   const bool thread_clock = at::get_num_threads() == 1;
   const double start = now_us(false);
-  for (int round = 0; round <= 5; ++round) {
+  for (int round = 0; round <= kMaxRounds; ++round) {
     for (size_t i = 0; i < candidates.size(); ++i) {
       const double t0 = now_us(thread_clock);
       results[i].emplace(f(candidates[i]));
       const double us = now_us(thread_clock) - t0;
-      if (round > 0) best[i] = std::min(best[i], us);
+      if (round == 0) continue;
+      if (us < best[i]) {
+        second[i] = best[i];
+        best[i] = us;
+      } else {
+        second[i] = std::min(second[i], us);
+      }
     }
-    if (round >= 2 && now_us(false) - start > 20e3) break;
+    bool agree = true;
+    for (size_t i = 0; i < candidates.size(); ++i) agree = agree && second[i] <= 1.1 * best[i];
+    if ((round >= 3 && agree) || (round >= 2 && now_us(false) - start > kBudgetUs)) break;
   }
   size_t win = 0;
   PathChoice choice;
