@@ -193,12 +193,13 @@ def _cmd_bench(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device is available here")
-    if args.out is None:
-        import datetime
-
-        tag = "cpu" if device == "cpu" else torch.cuda.get_device_name(0).split()[-1].lower()
-        # The naming of benchmarks/common.py's default_outdir (gitignored: local-*).
-        args.out = script.parent / "results" / f"local-{tag}-{datetime.date.today().isoformat()}"
+    if args.out is None:  # benchmarks/common.py's default: local-<CPU model or GPU>-<date> (gitignored)
+        sys.path.insert(0, str(script.parent))
+        try:
+            from common import default_outdir
+        finally:
+            sys.path.remove(str(script.parent))
+        args.out = default_outdir(torch.device(device))
     cmd = [sys.executable, str(script), "--device", device, "--out", str(args.out)]
     if args.repeats:
         cmd += ["--repeats", str(args.repeats)]

@@ -147,3 +147,13 @@ def test_fork_while_another_thread_uses_the_cache():
     res = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=60,
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr
+
+
+def test_info_reports_the_cache():
+    from s2s_fused.cli import info
+
+    _gru_cell_grads(8, 257)
+    line = info()["CPU buffer cache"]
+    assert "free blocks" in line and "hits" in line, line
+    with compiled_switch("S2S_FUSED_NO_BUFFER_CACHE"):
+        assert info()["CPU buffer cache"].startswith("off"), info()["CPU buffer cache"]

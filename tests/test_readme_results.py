@@ -55,3 +55,26 @@ def test_a_changed_figure_fails_the_check(tmp_path):
 def test_markers_are_required():
     with pytest.raises(ValueError, match="expected one"):
         readme_results.render("no markers here")
+
+
+def test_bench_command_names_its_folder_like_the_benchmarks(monkeypatch):
+    """`python -m s2s_fused bench` without --out writes where the benchmark scripts do: local-<CPU model>-<date>,
+    which names the machine (a bare local-cpu-<date> did not)."""
+    import datetime
+    import subprocess
+
+    import torch
+
+    from s2s_fused import cli
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from common import device_slug
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    calls = []
+    monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert cli.main(["bench", "--device", "cpu", "--smoke", "--no-plot"]) == 0
+    out = Path(calls[0][calls[0].index("--out") + 1])
+    slug = device_slug(torch.device("cpu"))
+    assert slug != "cpu" and out.name == f"local-{slug}-{datetime.date.today().isoformat()}", out
