@@ -144,6 +144,9 @@ print(all(os.waitpid(p, 0)[1] == 0 for p in pids))
 
 
 def test_fork_while_another_thread_uses_the_cache():
+    """Forked children (DataLoader workers) take blocks from their copy of the cache while the parent's other thread
+    keeps using it. (The lock is held for microseconds per call, so a fork inside it is rare: this is a smoke test
+    of the atfork handlers, not a reliable detector of their absence.)"""
     res = subprocess.run([sys.executable, "-c", _FORK_SCRIPT], capture_output=True, text=True, timeout=60,
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0 and res.stdout.strip() == "True", res.stderr
