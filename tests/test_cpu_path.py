@@ -104,6 +104,39 @@ def test_auto_measures_once_per_key_and_keeps_the_choice():
         assert len(_C._cpu_path_state()["choices"]) > len(choices)
 
 
+def test_measuring_a_long_op_costs_about_one_call_per_path():
+    """An op that takes longer than the measuring budget (100 ms) is run once per path, then decided: a first call
+    costs about the paths' sum, not several rounds of it (which made a big layer's first call take seconds)."""
+    import time
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(64, 64, 512, generator=g)
+        w = [t.float() for t in make_cell_params("gru", 512, 512)]
+        h = torch.zeros(64, 512)
+
+        def call():
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                s2s_fused.gru_layer(x, h, *w, backend="cpu")
+            return time.perf_counter() - t0
+
+        each = {}
+        for p in PATHS:
+            with cpu_path(p):
+                call()
+                each[p] = min(call() for _ in range(2))
+        with cpu_path("auto"):
+            first = call()
+            c = next(iter(_C._cpu_path_state()["choices"].values()))
+        assert min(each.values()) > 0.1, each  # the op is long enough for the rule
+        assert first < 2 * sum(each.values()), (first, each, c)
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_auto_measures_layers_too():
     with cpu_path("auto"):
         x = torch.randn(6, 3, 8, requires_grad=True)
