@@ -15,12 +15,9 @@ Providers:
 and A/B variants, each timed only on the shapes where it runs other code than its default:
   s2s_fused-triton-perstep    S2S_FUSED_TRITON_NO_PERSISTENT=1: per-step kernels where the default picks the
                               persistent program
-  s2s_fused-cuda-perdir       bidirectional, S2S_FUSED_NO_BIDIR_FUSED=1: one op per direction
+  s2s_fused-<dev>-perdir      bidirectional, S2S_FUSED_NO_BIDIR_FUSED=1: one op per direction
   s2s_fused-cpu-<path>        S2S_FUSED_CPU_PATH=packed|onednn|blas: each CPU GEMM path forced (s2s_fused-cpu
                               is the path measured fastest here, S2S_FUSED_CPU_PATH=auto)
-  s2s_fused-cpu-bidir-op      bidirectional, 1 layer: the two-direction op called on CPU, where the modules run one
-                              op per direction (the same recurrence over both directions at once: fp32 runs the
-                              packed-weight loop per direction, other dtypes batch both directions' step GEMMs)
 
   PYTHONPATH=. python benchmarks/bench_rnn_layer.py [--smoke] [--device cpu|cuda] [--out DIR]
 
@@ -37,7 +34,6 @@ from common import fill_ratios, interleaved_rows, layer_bench_main, switches
 
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
-from s2s_fused.ops.rnn_layer import gru_layer_bidir, lstm_layer_bidir
 
 CPU_SHAPES = [  # (T, B, I, H, layers, bidirectional[, proj_size: LSTM only])
     (32, 64, 256, 256, 1, False),
@@ -63,7 +59,6 @@ GPU_SHAPES = [
 # The CPU GEMM paths (csrc/cpu/cpu_path.h), each also timed forced, next to the measured choice (s2s_fused-cpu).
 CPU_PATHS = ("packed", "onednn", "blas")
 SMOKE_SHAPES = [(4, 3, 8, 8, 1, False), (4, 3, 8, 8, 1, True), (4, 3, 8, 8, 1, False, 5)]
-LAYER_0 = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 
 
 def _baseline(device):
@@ -71,38 +66,25 @@ def _baseline(device):
 
 
 def _providers(device, B, H, L, bi, P=0):
-    """[(provider, backend or None for torch.nn, A/B switches, whether to call the two-direction op)]."""
-    out = [(_baseline(device), None, {}, False)]
+    """[(provider, backend or None for torch.nn, A/B switches)]."""
+    out = [(_baseline(device), None, {})]
     if device.type == "cpu":
-        out.append(("s2s_fused-cpu", "cpu", {}, False))
-        out += [(f"s2s_fused-cpu-{p}", "cpu", {"S2S_FUSED_CPU_PATH": p}, False) for p in CPU_PATHS]
-        if bi and L == 1 and not P:
-            out.append(("s2s_fused-cpu-bidir-op", "cpu", {}, True))
+        out.append(("s2s_fused-cpu", "cpu", {}))
+        out += [(f"s2s_fused-cpu-{p}", "cpu", {"S2S_FUSED_CPU_PATH": p}) for p in CPU_PATHS]
+        if bi and not P:
+            out.append(("s2s_fused-cpu-perdir", "cpu", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}))
         return out
     if is_available("cuda"):
-        out.append(("s2s_fused-cuda", "cuda", {}, False))
+        out.append(("s2s_fused-cuda", "cuda", {}))
         if bi and not P:
-            out.append(("s2s_fused-cuda-perdir", "cuda", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}, False))
+            out.append(("s2s_fused-cuda-perdir", "cuda", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}))
     if is_available("triton"):
-        out.append(("s2s_fused-triton", "triton", {}, False))
+        out.append(("s2s_fused-triton", "triton", {}))
         from s2s_fused.triton.rnn_layer import use_persistent
 
         if use_persistent(B, H) and not P:
-            out.append(("s2s_fused-triton-perstep", "triton", {"S2S_FUSED_TRITON_NO_PERSISTENT": "1"}, False))
+            out.append(("s2s_fused-triton-perstep", "triton", {"S2S_FUSED_TRITON_NO_PERSISTENT": "1"}))
     return out
-
-
-def _bidir_op(kind, mod, backend):
-    """``x -> (output, h_n or (h_n, c_n))`` of a 1-layer bidirectional module's weights, through the two-direction
-    op called directly."""
-    op = lstm_layer_bidir if kind == "LSTM" else gru_layer_bidir
-
-    def run(x):
-        w = [getattr(mod, n) for n in LAYER_0]
-        w_reverse = [getattr(mod, n + "_reverse") for n in LAYER_0]
-        h0 = x.new_zeros(2, x.shape[1], mod.hidden_size)
-        return op(x, (h0, h0) if kind == "LSTM" else h0, w, w_reverse, backend=backend)
-    return run
 
 
 def bench(device, shapes, dtype, repeats):
@@ -120,15 +102,13 @@ def bench(device, shapes, dtype, repeats):
             shape = (f"T={T} B={B} I={I} H={H}" + (f" P={P}" if P else "") + (f" L={L}" if L > 1 else "")
                      + (" bi" if bi else ""))
             fwd, fwd_bwd = {}, {}
-            for name, backend, env, bidir_op in _providers(device, B, H, L, bi, P):
+            for name, backend, env in _providers(device, B, H, L, bi, P):
                 if backend is None:
                     layer = ref
                 else:
                     layer = getattr(snn, kind)(I, H, L, bidirectional=bi, device=device, dtype=dtype,
                                                backend=backend, **extra)
                     layer.load_state_dict(ref.state_dict())
-                    if bidir_op:
-                        layer = _bidir_op(kind, layer, backend)
 
                 def run_fwd(layer=layer, env=env):
                     with torch.no_grad(), switches(**env):
