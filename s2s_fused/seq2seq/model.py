@@ -120,15 +120,17 @@ def _scratch(buffers: dict, name: str, shape, like: torch.Tensor) -> torch.Tenso
 def output_logits(dense: nn.Linear, out, live=None, buffers=None):
     """The output layer ``dense(out (N, H)) -> (N, V)`` of a decoding step.
 
-    ``live`` (N,) bool (the decoders' ``live_rows``): only the live rows go through the GEMM, the others are 0.
-    Late in a beam search most beams are finished or their sentence done (over a beam-4 decode of a trained default
-    model, 40 % of the rows), and the (N, H) x (H, V) output GEMM is most of a step's time.
+    ``live`` (N,) bool (the decoders' ``live_rows``): when at least a quarter of the rows are not live, only the
+    live rows go through the GEMM and the others are 0; else every row is computed. Late in a beam search most
+    beams are finished or their sentence done (over a beam-4 decode of a trained default model, 40 % of the rows),
+    and the (N, H) x (H, V) output GEMM is most of a step's time; but gathering the live rows and scattering their
+    logits costs two more passes over them, more than a few dead rows' share of the GEMM.
     ``buffers``: a dict kept across the steps of one decode (without autograd), where the logits are written and
     reused by the next step: a fresh (N, V) tensor every step costs its first-touch page faults again (5 MB at
     N=512, V=2,516: its zero fill alone took 1.2 ms a step in the profile; reusing one buffer saved about 5 ms of
     a 68 ms beam-4 decode of 128 sentences, 1 thread)."""
     idx = None if live is None else live.nonzero()[:, 0]
-    all_rows = idx is None or idx.shape[0] == out.shape[0]
+    all_rows = idx is None or 4 * idx.shape[0] > 3 * out.shape[0]
     if torch.is_grad_enabled():  # out= ops record no gradient
         if all_rows:
             return dense(out)
@@ -395,7 +397,7 @@ class Seq2Seq(nn.Module):
 
     def step(self, tokens, state, live=None, *, buffers=None):
         """``tokens (N,)``, batch-first ``state`` -> ``(logits (N, V), state)``. ``live`` (N,) bool or None: the
-        rows whose logits are read (decode's ``live_rows``); the others come out 0. ``buffers``: None, or one dict
+        rows whose logits are read (decode's ``live_rows``); the others come out 0 or as without ``live``. ``buffers``: None, or one dict
         passed to every step of a decode: without autograd the logits are then written into memory kept there,
         which the next step with that dict overwrites."""
         check_live_rows(live, tokens.shape[0])
