@@ -12,7 +12,7 @@ from common import base_parser, fill_ratios, markdown_table, measure, threads_no
 
 from s2s_fused.backend import resolve
 from s2s_fused.seq2seq.model import Seq2Seq, make_loss
-from s2s_fused.seq2seq.train import make_optimizer, train_step
+from s2s_fused.seq2seq.train import train_step
 from s2s_fused.seq2seq.translate import translate_ids
 
 
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
         shape = f"{cell}/{attention} B={B} T={T} H={H} V={V}"
         for name, m in models(cfg, device).items():
             provider = fused_name if name == "fused" else base_name
-            opt = make_optimizer(m.parameters(), 1e-3)
+            opt = torch.optim.Adam(m.parameters(), lr=1e-3)
             loss_fn = make_loss(name)
             batch = (src, lens, tgt, lens)
             rows.append(measure("seq2seq train step", provider, shape, torch.float32, "fwd+bwd+adam",

@@ -1058,20 +1058,3 @@ def test_live_rows_bad_arguments(corpus):
                    lambda **k: greedy_decode(lm.step, init, 0, 1, 4, **k)):
         with pytest.raises(TypeError, match="live_rows: expected a bool, got str"):
             decode(live_rows="yes")
-
-
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_training_optimizer_is_fused_adam_with_the_default_adams_updates(corpus, dtype, tol):
-    """The train loop's Adam (fused, both backends) updates the weights as torch's default Adam does, over steps
-    of the model on real batches (same gradients: the loss is deterministic without dropout)."""
-    from s2s_fused.seq2seq.train import make_optimizer
-
-    models = [model_for(corpus, "fused", attention="bahdanau", bidirectional=True).to(dtype) for _ in range(2)]
-    models[1].load_state_dict(models[0].state_dict())
-    opts = [make_optimizer(models[0].parameters(), 0.01), torch.optim.Adam(models[1].parameters(), lr=0.01)]
-    assert opts[0].param_groups[0]["fused"]
-    for step in range(4):
-        for m, opt in zip(models, opts):
-            train_step(m, make_loss("fused"), opt, batch_of(corpus, 16, start=16 * step), clip=1.0)
-    for (name, p), q in zip(models[0].named_parameters(), models[1].parameters()):
-        assert_close(p, q, tol, name)
