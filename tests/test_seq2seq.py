@@ -1058,3 +1058,24 @@ def test_live_rows_bad_arguments(corpus):
                    lambda **k: greedy_decode(lm.step, init, 0, 1, 4, **k)):
         with pytest.raises(TypeError, match="live_rows: expected a bool, got str"):
             decode(live_rows="yes")
+
+
+def test_decoding_after_an_update_that_keeps_version_counters(corpus):
+    """torch's Adam(fused=True) writes the parameters without moving their version counters: the decoder's
+    input-gate table must still come from the current weights (a table cached per weight version decoded with
+    the previous ones)."""
+    fused, eager = _pair(corpus, torch.float32)
+    src, src_len = corpus.dev.src[:10], corpus.dev.src_len[:10]
+    opt = torch.optim.Adam(fused.parameters(), lr=0.05, fused=True)
+    for update in range(2):
+        eager.load_state_dict(fused.state_dict())
+        for beam in (1, 3):
+            a, b = translate_ids(fused, src, src_len, beam=beam), translate_ids(eager, src, src_len, beam=beam)
+            assert [h[0][0] for h in a] == [h[0][0] for h in b], (update, beam)
+            assert [h[0][1] for h in a] == pytest.approx([h[0][1] for h in b], rel=1e-5)
+        versions = [p._version for p in fused.parameters()]
+        fused.train()
+        torch.manual_seed(4)
+        train_step(fused, make_loss("fused"), opt, batch_of(corpus, 16), clip=1.0)
+        if update == 0:
+            assert [p._version for p in fused.parameters()] == versions  # the premise: no version moved

@@ -252,6 +252,9 @@ class AttentionDecoder(nn.Module):
             # of the context is linear in the attention weights, W_ih_ctx sum_s a_s m_s = sum_s a_s (W_ih_ctx m_s),
             # so a step attends over the projected values instead of running a (N, 2H) x (2H, 3H) GEMM.
             w_ctx = self.rnn.cells[0].weight_ih[:, :self.memory_size]
+            # Each encode starts from a fresh input-gate table (_input_table): version counters do not see every
+            # in-place update (torch's Adam(fused=True) writes the parameters without moving them).
+            self._table_cache = None
             return {"h": h.transpose(0, 1), "keys": self.key_proj(memory).contiguous(),
                     "values_proj": F.linear(memory, w_ctx).contiguous(), "mem_len": mem_len}
         state = {"h": h.transpose(0, 1), "memory": memory, "keys": self.key_proj(memory), "mem_len": mem_len}
@@ -289,8 +292,9 @@ class AttentionDecoder(nn.Module):
 
     def _input_table(self):
         """(V, 3H): every token's embedding through the GRU's input projection, bias included (Devlin et al.
-        2017; OpenNMT's CPU decoder): a decoding step gathers rows instead of multiplying. Rebuilt when a weight
-        changes (its version counter moves) and used only where no gradient is recorded."""
+        2017; OpenNMT's CPU decoder): a decoding step gathers rows instead of multiplying. Built once per encode
+        (init_state drops it) and again when a weight's version counter moves; used only where no gradient is
+        recorded."""
         cell = self.rnn.cells[0]
         params = (self.embedding.weight, cell.weight_ih, cell.bias_ih)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
