@@ -995,7 +995,8 @@ def test_live_rows_are_every_row_the_search_reads(topk, opts):
 
 
 @pytest.mark.parametrize("cfg", [dict(attention="bahdanau", bidirectional=True), dict(attention="none"),
-                                 dict(cell="lstm", attention="luong", score="general")], ids=["fused", "plain", "luong"])
+                                 dict(cell="lstm", attention="luong", score="general")],
+                         ids=["fused", "plain", "luong"])
 def test_model_step_live_rows_and_buffers(corpus, cfg):
     """Seq2Seq.step with ``live``: the live rows' logits are the full step's (float64), the others 0, with and
     without a reused (NaN-poisoned) buffer dict; the decodes of translate_ids (live rows, one buffer per decode)

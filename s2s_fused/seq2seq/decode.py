@@ -12,7 +12,7 @@ index)`` picks rows ``index`` (N,) of it (default: ``index_select`` on dim 0 of 
 expands the initial state from B to B*beam rows with the same function (index = arange(B).repeat_interleave(beam)).
 With ``live_rows=True`` the decoders call ``step_fn(tokens, state, live)`` instead: ``live`` (N,) bool marks the
 rows whose logits the search reads (a beam that is neither finished nor empty, of a row not done yet); the step
-may return any finite logits in the other rows, so it can skip their output layer (the model's ``step(tokens, state, live)``).
+may return any finite logits in the other rows, so it can skip their output layer (``Seq2Seq.step``'s ``live``).
 
 Both decoders return, per input, a list of :class:`Hypothesis` sorted by ``score`` (best first): ``list[list[
 Hypothesis]]`` of length B. Token lists hold neither BOS nor EOS.

@@ -401,9 +401,9 @@ class Seq2Seq(nn.Module):
 
     def step(self, tokens, state, live=None, *, buffers=None):
         """``tokens (N,)``, batch-first ``state`` -> ``(logits (N, V), state)``. ``live`` (N,) bool or None: the
-        rows whose logits are read (decode's ``live_rows``); the others come out 0 or as without ``live``. ``buffers``: None, or one dict
-        passed to every step of a decode: without autograd the logits are then written into memory kept there,
-        which the next step with that dict overwrites."""
+        rows whose logits are read (decode's ``live_rows``); the others come out 0 or as without ``live``.
+        ``buffers``: None, or one dict passed to every step of a decode: without autograd the logits are then
+        written into memory kept there, which the next step with that dict overwrites."""
         check_live_rows(live, tokens.shape[0])
         if buffers is not None and not isinstance(buffers, dict):
             raise TypeError(f"buffers: expected a dict or None, got {type(buffers).__name__}")
