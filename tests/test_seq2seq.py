@@ -950,3 +950,133 @@ def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, 
         runs = [beam_search(m.step, state, 1, 2, 3, 8, reorder_state=r) for r in (m.reorder_state, None)]
     assert [[(h.tokens, h.score) for h in hyps] for hyps in runs[0]] == \
         [[(h.tokens, h.score) for h in hyps] for hyps in runs[1]]
+
+
+# ------------------------------------------------------------------------------------------------ live rows
+class GarbageOffLive:
+    """``ToyLM.step`` taking decode's ``live`` rows: every row the search does not mark live gets huge random
+    logits, so a row marked dead that the search still reads changes the result."""
+
+    def __init__(self, lm, seed=0):
+        self.lm, self.g, self.calls = lm, torch.Generator().manual_seed(seed), []
+
+    def __call__(self, tokens, state, live):
+        self.calls.append(live.clone())
+        logits, state = self.full(tokens, state)
+        noise = torch.randn(logits.shape, generator=self.g, dtype=logits.dtype) * 1e3
+        return torch.where(live[:, None], logits, noise), state
+
+    def full(self, tokens, state):
+        """The step without ``live``: per input row its own bias, so that rows finish at different steps."""
+        logits, _ = self.lm.step(tokens, state)
+        return logits + self.lm.table[state["row"] % self.lm.table.shape[0]].flip(-1), state
+
+
+@TOPK_STEPS
+@pytest.mark.parametrize("opts", [dict(), dict(min_len=3), dict(no_repeat_ngram_size=1, min_len=2),
+                                  dict(length_penalty="gnmt", n_best=2)], ids=["plain", "min_len", "ngram", "gnmt"])
+def test_live_rows_are_every_row_the_search_reads(topk, opts):
+    """Rows the search does not mark live may hold any logits: the results equal a run that computes every row,
+    and the search marks rows dead (finished beams, the empty beams of the first step, done rows)."""
+    lm = ToyLM(6, seed=3)
+    init = {"row": torch.arange(5)}
+    for beam, max_len in ((1, 7), (3, 7), (4, 9)):
+        kw = dict(opts, n_best=min(beam, opts.get("n_best", 1)))
+        step = GarbageOffLive(lm)
+        want = _pairs(beam_search(step.full, init, 0, 1, beam, max_len, topk=topk, **kw))
+        got = _pairs(beam_search(step, init, 0, 1, beam, max_len, topk=topk, live_rows=True, **kw))
+        assert got == want, (beam, kw)
+        assert not step.calls[0].view(5, beam)[:, 1:].any() and step.calls[0].view(5, beam)[:, 0].all()
+        assert any(not c.all() for c in step.calls[1:]) or beam == 1
+    step = GarbageOffLive(lm)
+    got = _pairs(greedy_decode(step, init, 0, 1, 7, topk=topk, live_rows=True))
+    assert got == _pairs(greedy_decode(step.full, init, 0, 1, 7, topk=topk))
+    assert any(not c.all() for c in step.calls)
+
+
+@pytest.mark.parametrize("cfg", [dict(attention="bahdanau", bidirectional=True), dict(attention="none"),
+                                 dict(cell="lstm", attention="luong", score="general")],
+                         ids=["fused", "plain", "luong"])
+def test_model_step_live_rows_and_buffers(corpus, cfg):
+    """Seq2Seq.step with ``live``: the live rows' logits are the full step's (float64), the others 0, with and
+    without a reused (NaN-poisoned) buffer dict; the decodes of translate_ids (live rows, one buffer per decode)
+    give the hypotheses and scores of the plain decoders."""
+    from tests.helpers import poison_
+
+    m = model_for(corpus, "fused", **cfg).to(torch.float64).eval()
+    src, src_len = corpus.dev.src[:7], corpus.dev.src_len[:7]
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        state = m.encode(src, src_len)
+        tok = torch.randint(4, len(corpus.tgt_vocab), (7,), generator=g)
+        full, _ = m.step(tok, state)
+        buffers = {}
+        for live in (torch.tensor([1, 0, 1, 1, 0, 0, 1], dtype=torch.bool), torch.zeros(7, dtype=torch.bool),
+                     torch.ones(7, dtype=torch.bool), torch.tensor([0, 0, 0, 0, 0, 0, 1], dtype=torch.bool),
+                     torch.tensor([1, 1, 1, 1, 0, 1, 1], dtype=torch.bool)):
+            for buf in (None, buffers):
+                if buf is not None:
+                    for t in buf.values():
+                        poison_(t)
+                got, _ = m.step(tok, state, live, buffers=buf)
+                assert_close(got[live], full[live], 1e-12, "live rows")
+                if live.sum() * 4 > 3 * len(live):  # few dead rows: every row computed
+                    assert_close(got, full, 1e-12, "every row")
+                else:
+                    assert torch.equal(got[~live], torch.zeros_like(got[~live]))
+        assert set(buffers) <= {"logits", "live"} and buffers["logits"].shape == full.shape
+        for beam in (1, 3):
+            step_plain = m.step
+            want = (greedy_decode(step_plain, m.encode(src, src_len), 1, 2, 8) if beam == 1 else
+                    beam_search(step_plain, m.encode(src, src_len), 1, 2, beam, 8, reorder_state=m.reorder_state))
+            got = translate_ids(m, src, src_len, beam=beam, max_len=8)
+            assert [h[0] for h in got] == [(h[0].tokens, pytest.approx(h[0].score, rel=1e-12)) for h in want]
+    # With autograd on, the step allocates its outputs (a buffer written by an out= op records no gradient).
+    m.train()
+    state = m.encode(src, src_len)
+    logits, _ = m.step(tok, state, torch.ones(7, dtype=torch.bool), buffers={})
+    logits.sum().backward()
+    assert m.decoder.dense.weight.grad is not None
+
+
+def test_live_rows_bad_arguments(corpus):
+    m = model_for(corpus, "fused", attention="bahdanau").eval()
+    src, src_len = corpus.dev.src[:3], corpus.dev.src_len[:3]
+    tok = torch.ones(3, dtype=torch.long)
+    with torch.no_grad():
+        state = m.encode(src, src_len)
+        with pytest.raises(TypeError, match=r"live: expected a bool tensor of shape \(3,\), got torch.int64"):
+            m.step(tok, state, torch.ones(3, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"live: expected a bool tensor of shape \(3,\), got .*\(4,\)"):
+            m.step(tok, state, torch.ones(4, dtype=torch.bool))
+        with pytest.raises(TypeError, match="live: expected a bool tensor of shape .*got list"):
+            m.step(tok, state, [True, True, True])
+        with pytest.raises(TypeError, match="buffers: expected a dict or None, got list"):
+            m.step(tok, state, None, buffers=[])
+    lm = ToyLM(5)
+    init = {"last": torch.zeros(2, dtype=torch.long)}
+    for decode in (lambda **k: beam_search(lm.step, init, 0, 1, 2, 4, **k),
+                   lambda **k: greedy_decode(lm.step, init, 0, 1, 4, **k)):
+        with pytest.raises(TypeError, match="live_rows: expected a bool, got str"):
+            decode(live_rows="yes")
+
+
+def test_decoding_after_an_update_that_keeps_version_counters(corpus):
+    """torch's Adam(fused=True) writes the parameters without moving their version counters: the decoder's
+    input-gate table must still come from the current weights (a table cached per weight version decoded with
+    the previous ones)."""
+    fused, eager = _pair(corpus, torch.float32)
+    src, src_len = corpus.dev.src[:10], corpus.dev.src_len[:10]
+    opt = torch.optim.Adam(fused.parameters(), lr=0.05, fused=True)
+    for update in range(2):
+        eager.load_state_dict(fused.state_dict())
+        for beam in (1, 3):
+            a, b = translate_ids(fused, src, src_len, beam=beam), translate_ids(eager, src, src_len, beam=beam)
+            assert [h[0][0] for h in a] == [h[0][0] for h in b], (update, beam)
+            assert [h[0][1] for h in a] == pytest.approx([h[0][1] for h in b], rel=1e-5)
+        versions = [p._version for p in fused.parameters()]
+        fused.train()
+        torch.manual_seed(4)
+        train_step(fused, make_loss("fused"), opt, batch_of(corpus, 16), clip=1.0)
+        if update == 0:
+            assert [p._version for p in fused.parameters()] == versions  # the premise: no version moved

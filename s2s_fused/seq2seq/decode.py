@@ -10,6 +10,9 @@ step, logits (N, V) of the next token, N = batch * beams. ``state`` is any pytre
 tuples / lists / dicts of tensors, None leaves allowed) whose tensors have the N rows first; ``reorder_state(state,
 index)`` picks rows ``index`` (N,) of it (default: ``index_select`` on dim 0 of every tensor). Beam search first
 expands the initial state from B to B*beam rows with the same function (index = arange(B).repeat_interleave(beam)).
+With ``live_rows=True`` the decoders call ``step_fn(tokens, state, live)`` instead: ``live`` (N,) bool marks the
+rows whose logits the search reads (a beam that is neither finished nor empty, of a row not done yet); the step
+may return any finite logits in the other rows, so it can skip their output layer (``Seq2Seq.step``'s ``live``).
 
 Both decoders return, per input, a list of :class:`Hypothesis` sorted by ``score`` (best first): ``list[list[
 Hypothesis]]`` of length B. Token lists hold neither BOS nor EOS.
@@ -34,7 +37,7 @@ import torch
 from ..ops.beam import beam_search_topk
 
 __all__ = ["Hypothesis", "greedy_decode", "beam_search", "default_reorder_state", "eager_beam_topk",
-           "length_penalty_factor"]
+           "length_penalty_factor", "check_live_rows"]
 
 NEG_INF = float("-inf")
 LENGTH_PENALTIES = (None, "avg", "gnmt")
@@ -138,6 +141,23 @@ def _setup(step_fn, init_state, bos_id, eos_id, max_len, batch_size):
     return batch_size, device
 
 
+def _check_live_rows(live_rows):
+    if not isinstance(live_rows, bool):
+        raise TypeError(f"live_rows: expected a bool, got {type(live_rows).__name__}")
+    return live_rows
+
+
+def check_live_rows(live, n):
+    """A step's ``live`` argument: None or a (n,) bool tensor (``live_rows=True`` in the decoders)."""
+    if live is None:
+        return
+    if not isinstance(live, torch.Tensor) or live.dtype != torch.bool:
+        got = live.dtype if isinstance(live, torch.Tensor) else type(live).__name__
+        raise TypeError(f"live: expected a bool tensor of shape ({n},), got {got}")
+    if live.shape != (n,):
+        raise ValueError(f"live: expected a bool tensor of shape ({n},), got shape {tuple(live.shape)}")
+
+
 def _check_logits(logits, n, eos_id):
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != n:
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
@@ -189,17 +209,20 @@ def _results(scores, lengths, finished, hist, n_best, length_penalty, alpha):
 
 def greedy_decode(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, max_len: int, *,
                   batch_size: int | None = None, reorder_state: Callable | None = None,
-                  backend: str | None = None, topk: Callable | None = None) -> list[list[Hypothesis]]:
+                  backend: str | None = None, topk: Callable | None = None,
+                  live_rows: bool = False) -> list[list[Hypothesis]]:
     """Greedy decoding: at each step the most likely next token (ties to the lower id), until EOS or max_len.
 
     ``step_fn(tokens (B,), state) -> (logits (B, V), state)``; ``init_state`` the decoder's initial state (batch
     first; ``batch_size=`` when it holds no tensor). Returns ``list[list[Hypothesis]]``: per input one
     hypothesis. ``reorder_state`` is accepted for symmetry with :func:`beam_search` (greedy never reorders rows).
-    ``topk`` / ``backend``: the top-k step (see the module's docstring). The same selection as
-    ``beam_search(..., beam_size=1)`` without penalties, which gives the same result exactly.
+    ``topk`` / ``backend``: the top-k step, ``live_rows``: whether ``step_fn`` takes the live rows (see the
+    module's docstring). The same selection as ``beam_search(..., beam_size=1)`` without penalties, which gives the
+    same result exactly.
     """
     B, device = _setup(step_fn, init_state, bos_id, eos_id, max_len, batch_size)
     select = _topk_step(topk, backend)
+    live_rows = _check_live_rows(live_rows)
     del reorder_state
     tokens = torch.full((B,), bos_id, dtype=torch.long, device=device)
     scores = torch.zeros(B, 1, device=device)
@@ -209,7 +232,10 @@ def greedy_decode(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, 
     state = init_state
     watcher = _DoneWatcher(device)
     for t in range(max_len):
-        logits, state = step_fn(tokens, state)
+        if live_rows:  # a finished row offers only EOS: its logits are never read
+            logits, state = step_fn(tokens, state, ~finished[:, 0])
+        else:
+            logits, state = step_fn(tokens, state)
         _check_logits(logits, B, eos_id)
         scores, _, tok = select(logits.unsqueeze(1), scores, 1, finished=finished, eos_id=eos_id)
         hist[:, :, t] = torch.where(finished, hist[:, :, t], tok)
@@ -238,7 +264,8 @@ def _ban_repeated_ngrams(logits, hist, t, n):
 def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, beam_size: int, max_len: int, *,
                 min_len: int = 0, length_penalty: str | None = None, alpha: float = 0.75, n_best: int = 1,
                 no_repeat_ngram_size: int = 0, reorder_state: Callable | None = None, batch_size: int | None = None,
-                backend: str | None = None, topk: Callable | None = None) -> list[list[Hypothesis]]:
+                backend: str | None = None, topk: Callable | None = None,
+                live_rows: bool = False) -> list[list[Hypothesis]]:
     """Batched beam search.
 
     ``step_fn(tokens (B*beam,), state) -> (logits (B*beam, V), state)``; rows are batch-major (row b*beam + i
@@ -246,8 +273,8 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
     :func:`default_reorder_state`), which then reorders it after every step. ``min_len``: EOS is banned until that
     many tokens were generated. ``length_penalty``: None, ``"avg"`` (log P / L^alpha) or ``"gnmt"`` (log P /
     ((5 + L) / 6)^alpha), L counting EOS; it ranks the final hypotheses. ``no_repeat_ngram_size`` n > 0 bans any
-    token that would repeat an n-gram already in the beam. ``topk`` / ``backend``: the top-k step (see the module's
-    docstring).
+    token that would repeat an n-gram already in the beam. ``topk`` / ``backend``: the top-k step, ``live_rows``:
+    whether ``step_fn`` takes the live rows (see the module's docstring).
 
     Returns ``list[list[Hypothesis]]``: per input up to ``n_best`` (<= beam_size) hypotheses, best first; beams
     cut at ``max_len`` count, with ``finished=False``. ``beam_size=1`` without penalties gives
@@ -263,6 +290,7 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0:
         raise ValueError(f"alpha: expected a number >= 0, got {alpha!r}")
     select = _topk_step(topk, backend)
+    live_rows = _check_live_rows(live_rows)
     reorder = reorder_state or default_reorder_state
     N = B * W
     state = reorder(init_state, torch.arange(B, device=device).repeat_interleave(W))
@@ -278,7 +306,13 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
     lp_max = float(length_penalty_factor(torch.tensor(max_len), length_penalty, alpha))
     watcher = _DoneWatcher(device)
     for t in range(max_len):
-        logits, state = step_fn(tokens, state)
+        if live_rows:
+            # Logits the step below reads: a finished beam offers only itself with EOS, an empty beam (score -inf,
+            # the first step's beams 1..W-1) only -inf candidates, and a done row's step is discarded.
+            live = ~finished & (scores != NEG_INF) & ~done[:, None]
+            logits, state = step_fn(tokens, state, live.reshape(N))
+        else:
+            logits, state = step_fn(tokens, state)
         _check_logits(logits, N, eos_id)
         logits = logits.view(B, W, -1)
         if t < min_len:

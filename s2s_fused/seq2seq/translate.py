@@ -2,6 +2,8 @@
 step is the fused op, or its eager twin for the ``"torch"`` backend."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .data import Vocab, WordSegmenter, to_tensors
@@ -10,10 +12,11 @@ from .model import op_backend
 
 
 def decoder_options(backend: str) -> dict:
-    """The decoders' ``topk`` / ``backend`` keywords for a model backend."""
+    """The decoders' keywords for a model backend: the eager top-k step for ``"torch"``; else the fused op, and
+    the output layer only over the rows the search reads (``live_rows``), the fused output layer + top-k."""
     if backend == "torch":
         return {"topk": eager_beam_topk}
-    return {"backend": op_backend(backend)}
+    return {"backend": op_backend(backend), "live_rows": True}
 
 
 @torch.no_grad()
@@ -27,10 +30,12 @@ def translate_ids(model, src, src_len, *, beam: int = 1, max_len: int | None = N
     try:
         state = model.encode(src, src_len)
         max_len = max_len or model.config["num_steps"] + 2
+        # The search reads each step's logits before the next step: one output buffer serves every step.
+        step = functools.partial(model.step, buffers={}) if kw.get("live_rows") else model.step
         if beam <= 1:
-            res = greedy_decode(model.step, state, Vocab.bos, Vocab.eos, max_len, **kw)
+            res = greedy_decode(step, state, Vocab.bos, Vocab.eos, max_len, **kw)
         else:
-            res = beam_search(model.step, state, Vocab.bos, Vocab.eos, beam, max_len,
+            res = beam_search(step, state, Vocab.bos, Vocab.eos, beam, max_len,
                               length_penalty=length_penalty, alpha=alpha, n_best=n_best,
                               reorder_state=model.reorder_state, **kw)
     finally:
