@@ -12,10 +12,11 @@ from .model import op_backend
 
 
 def decoder_options(backend: str) -> dict:
-    """The decoders' keywords for a model backend: the eager top-k step for ``"torch"``; else the fused op, and
-    the output layer only over the rows the search reads (``live_rows``), the fused output layer + top-k."""
+    """The decoders' keywords for a model backend: the eager top-k step for ``"torch"``, else the fused op; on
+    every backend the output layer only over the rows the search reads (``live_rows``), so that ``--backend
+    torch`` runs the same decoding algorithm and compares kernels only."""
     if backend == "torch":
-        return {"topk": eager_beam_topk}
+        return {"topk": eager_beam_topk, "live_rows": True}
     return {"backend": op_backend(backend), "live_rows": True}
 
 
@@ -31,7 +32,7 @@ def translate_ids(model, src, src_len, *, beam: int = 1, max_len: int | None = N
         state = model.encode(src, src_len)
         max_len = max_len or model.config["num_steps"] + 2
         # The search reads each step's logits before the next step: one output buffer serves every step.
-        step = functools.partial(model.step, buffers={}) if kw.get("live_rows") else model.step
+        step = functools.partial(model.step, buffers={})
         if beam <= 1:
             res = greedy_decode(step, state, Vocab.bos, Vocab.eos, max_len, **kw)
         else:
