@@ -275,6 +275,25 @@ void forward_steps(const PW& pw, const Layer& L, const Forward& f) {
   }
 }
 
+// The device's own whole-sequence loop (run_sequence); a device that keeps prepared copies of the weights across
+// calls (the CPU's packed weights) is given the layer, whose weight tensors identify them.
+template <class PW>
+bool sequence_loop(const PW& pw, const Layer& L, const Sequence& q) {
+  if constexpr (requires { pw.run_sequence(q, L); }) {
+    return pw.run_sequence(q, L);
+  } else {
+    return pw.run_sequence(q);
+  }
+}
+template <class PW>
+bool sequence_loop_backward(const PW& pw, const Layer& L, const Sequence& q, const SequenceGrads& g) {
+  if constexpr (requires { pw.run_sequence_backward(q, g, L); }) {
+    return pw.run_sequence_backward(q, g, L);
+  } else {
+    return pw.run_sequence_backward(q, g);
+  }
+}
+
 // h0, c0: (D, B, H) (c0 LSTM only). training: everything backward needs is kept (hs, cs, workspace).
 // Inference: where the device runs the whole sequence itself from the input (projects_input), the
 // states alternate between two slots and the workspace lives one step at a time; elsewhere the per-step loop
@@ -334,7 +353,7 @@ Forward forward(const PW& pw, const Layer& L, const at::Tensor& h0, const at::Te
   if (projected) f.raw = at::zeros({D, 2, B, H}, opts);
   f.output = pw.buffer({T, B, D * P}, opts);
   q.out = f.output.data_ptr();
-  if (!nonempty(q) || (!projected && pw.run_sequence(q))) return f;
+  if (!nonempty(q) || (!projected && sequence_loop(pw, L, q))) return f;
   TORCH_CHECK(!q.fuse_input, "s2s_fused: internal error: the fused input projection was not computed");
   forward_steps(pw, L, f);
   return f;
@@ -498,7 +517,7 @@ BackwardResult backward(const PW& pw, const Layer& L, const at::Tensor& hs, cons
   // operand, zeros where no step ran); draw (D, 2, B, H) the step's dh for the pointwise kernel and a scratch block.
   const at::Tensor dhp = projected ? at::zeros({D, T, B, P}, opts) : at::Tensor();
   const at::Tensor draw = projected ? at::zeros({D, 2, B, H}, opts) : at::Tensor();
-  if (nonempty(q) && (projected || !pw.run_sequence_backward(q, g))) {
+  if (nonempty(q) && (projected || !sequence_loop_backward(pw, L, q, g))) {
     backward_steps(pw, L, q, g, dh, dgates, dgi, dgh, drh, go, dhp, draw);
   }
 

@@ -1,6 +1,6 @@
 """The CPU GEMM path of the RNN ops (csrc/cpu/cpu_path.h): every path gives the reference's numbers (so the choice
 made on one machine, e.g. ATen's GEMMs on an Intel CPU, where they beat our kernel, can only change speed), the
-measured choice under ``auto``, the S2S_FUSED_CPU_PATH switch, and the packed-weight cache of the cells."""
+measured choice under ``auto``, the S2S_FUSED_CPU_PATH switch, and the packed-weight cache of the cells and layers."""
 from __future__ import annotations
 
 import contextlib
@@ -302,3 +302,87 @@ def test_new_weight_at_a_freed_weights_address_is_not_stale():
             params = [p.float() for p in make_cell_params("gru", 64, 64)]
             assert_close(gru_step(x, h, params), expected(x, h, params), TOL, f"weights {i}")
             del params
+
+
+def layer_reference(kind, x, state, params, lengths=None, reverse=False):
+    d = [p.double() for p in params]
+    fn = s2s_fused.lstm_layer if kind == "lstm" else s2s_fused.gru_layer
+    st = tuple(s.double() for s in state) if kind == "lstm" else state.double()
+    return fn(x.double(), st, *d, lengths=lengths, reverse=reverse, backend="reference")
+
+
+def layer_cpu(kind, x, state, params, lengths=None, reverse=False):
+    fn = s2s_fused.lstm_layer if kind == "lstm" else s2s_fused.gru_layer
+    return fn(x, state, *params, lengths=lengths, reverse=reverse, backend="cpu")
+
+
+def flat(out):
+    o, s = out
+    return [o] + (list(s) if isinstance(s, tuple) else [s])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("T,B,I,H", [(3, 1, 1, 1), (5, 3, 17, 3), (4, 17, 3, 130), (2, 5, 257, 17)])
+def test_layer_packed_weights_are_reused_across_calls(kind, T, B, I, H):
+    """A layer's packed-sequence loop keeps its packed W_ih^T and W_hh^T (and the backward's W_hh) across calls:
+    an evaluation loop packs them once. Each call still gives the reference's numbers, on a poisoned heap."""
+    with cpu_path("packed"):
+        torch.manual_seed(T * 1000 + H)
+        params = [p.float() for p in make_cell_params(kind, I, H)]
+        x = torch.randn(T, B, I)
+        state = (torch.randn(B, H), torch.randn(B, H)) if kind == "lstm" else torch.randn(B, H)
+        lengths = torch.tensor([T] + [max(1, T - 1 - b % T) for b in range(1, B)])
+        ref = flat(layer_reference(kind, x, state, params, lengths))
+        layer_cpu(kind, x, state, params, lengths)
+        before = packed_stats()
+        for i in range(3):
+            poison_heap(T * B * 4 * H)
+            for a, b in zip(flat(layer_cpu(kind, x, state, params, lengths)), ref):
+                assert_close(a, b, TOL, f"call {i}")
+        after = packed_stats()
+        assert after["misses"] == before["misses"] and after["hits"] >= before["hits"] + 6, (before, after)
+
+
+@pytest.mark.parametrize("update", ["no_grad_add_", "data_mul_", "optimizer_step"])
+def test_layer_packed_weights_follow_in_place_updates(update):
+    with cpu_path("packed"):
+        torch.manual_seed(1)
+        rnn = s2s_fused.nn.LSTM(6, 17, backend="cpu")
+        x = torch.randn(4, 3, 6)
+        rnn(x)  # packs and keeps W_ih^T, W_hh^T
+        if update == "no_grad_add_":
+            with torch.no_grad():
+                rnn.weight_hh_l0.add_(0.25)
+        elif update == "data_mul_":  # shares the storage, not the version counter
+            rnn.weight_ih_l0.data.mul_(-2.0)
+        else:
+            opt = torch.optim.SGD(rnn.parameters(), lr=0.5)
+            rnn(x)[0].pow(2).sum().backward()
+            opt.step()
+        params = [getattr(rnn, n).detach() for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+        zeros = (torch.zeros(3, 17), torch.zeros(3, 17))
+        with torch.no_grad():
+            got = rnn(x)[0]
+        assert_close(got, layer_reference("lstm", x, zeros, params)[0], TOL, f"after {update}")
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cell_and_layer_packings_of_one_weight_stay_apart(kind):
+    """A cell and a layer sharing their weights pack the same view W^T in two layouts (the cell's plain panels,
+    the layer's gates of a unit side by side): each must get its own packing, alternating calls included."""
+    with cpu_path("packed"):
+        torch.manual_seed(2)
+        I, H, T, B = 5, 33, 3, 4
+        params = [p.float() for p in make_cell_params(kind, I, H)]
+        x = torch.randn(T, B, I)
+        state = (torch.randn(B, H), torch.randn(B, H)) if kind == "lstm" else torch.randn(B, H)
+        h = state[0] if kind == "lstm" else state
+        layer_ref = flat(layer_reference(kind, x, state, params))
+        cell_state = tuple(s.double() for s in state) if kind == "lstm" else h.double()
+        cell_ref, _ = cell_call(kind, x[0].double(), cell_state, [p.double() for p in params], "reference")
+        for i in range(2):
+            got, _ = cell_call(kind, x[0], state, params, "cpu")
+            for a, b in zip(got, cell_ref):
+                assert_close(a, b, TOL, f"cell, round {i}")
+            for a, b in zip(flat(layer_cpu(kind, x, state, params)), layer_ref):
+                assert_close(a, b, TOL, f"layer, round {i}")

@@ -174,15 +174,17 @@ class PackedWeights {
   struct Key {
     const void* data;
     int64_t K, N, sk, sn, version;
+    int64_t nv, ps;  // the packed layout: a cell's plain W^T and a layer's gated W^T are two packings of one view
     bool operator==(const Key&) const = default;
   };
 
-  // The packed copy of b (K x N, fp32), packing it with pack(b) on a miss. Inference tensors (no version
-  // counter) are packed on every call and never kept.
+  // The packed copy of b (K x N, fp32) in `layout`, packing it with pack(b) on a miss. Inference tensors (no
+  // version counter) are packed on every call and never kept.
   template <class Pack>
-  at::Tensor get(const at::Tensor& b, Pack&& pack) {
+  at::Tensor get(const at::Tensor& b, const PackedLayout& layout, Pack&& pack) {
     if (b.is_inference()) return pack(b);
-    const Key key{b.const_data_ptr(), b.size(0), b.size(1), b.stride(0), b.stride(1), b._version()};
+    const Key key{b.const_data_ptr(), b.size(0), b.size(1), b.stride(0), b.stride(1), b._version(),
+                  layout.nv, layout.ps};
     const std::array<float, kSamples> samples = sample(b);
     const c10::StorageImpl* storage = b.storage().unsafeGetStorageImpl();
     {
@@ -204,7 +206,8 @@ class PackedWeights {
     // backward's and the forward's operands, are different views of one storage and both stay.)
     entries_.remove_if([&](const Entry& e) {
       return e.storage._unsafe_get_target() == storage && e.key.data == key.data && e.key.K == key.K &&
-             e.key.N == key.N && e.key.sk == key.sk && e.key.sn == key.sn;
+             e.key.N == key.N && e.key.sk == key.sk && e.key.sn == key.sn && e.key.nv == key.nv &&
+             e.key.ps == key.ps;
     });
     entries_.push_front(Entry{b.storage().getWeakStorageImpl(), key, samples, packed});
     int64_t bytes = 0;

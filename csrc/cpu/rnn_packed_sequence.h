@@ -65,7 +65,9 @@ inline bool split_units(int64_t B, int64_t panels) {
 inline float* f32(const Mat& m) { return static_cast<float*>(m.data); }
 inline const float* f32(const CMat& m) { return static_cast<const float*>(m.data); }
 
-inline bool packed_sequence_forward(const Sequence& q) {
+// pack(layout, src, sk, sn): the packed operand (pack_operand, or a copy kept across calls: rnn_policy.h).
+template <class Pack>
+bool packed_sequence_forward(const Sequence& q, Pack&& pack) {
   if (!q.fuse_input || !use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0 || q.P != q.H) return false;
   const auto& gk = packed_gemm_kernels();
   const auto& pk = rnn_pointwise_kernels();
@@ -78,9 +80,9 @@ inline bool packed_sequence_forward(const Sequence& q) {
   const PackedLayout Li = PackedLayout::gated(I, G, H, Wd);
   at::Tensor w[2], wn[2], wi[2];
   for (int64_t d = 0; d < q.D; ++d) {
-    w[d] = pack_operand(L, q.w[d].w_hh, 1, H);
-    if (before) wn[d] = pack_operand(Ln, static_cast<const float*>(q.w[d].w_hh) + 2 * H * H, 1, H);
-    wi[d] = pack_operand(Li, q.w[d].w_ih, 1, I);
+    w[d] = pack(L, q.w[d].w_hh, 1, H);
+    if (before) wn[d] = pack(Ln, static_cast<const float*>(q.w[d].w_hh) + 2 * H * H, 1, H);
+    wi[d] = pack(Li, q.w[d].w_ih, 1, I);
   }
 
   // Every step of rows [r0, r1) for the hidden units of panels [p0, p1); `sync` runs where all units of a state
@@ -139,7 +141,8 @@ inline bool packed_sequence_forward(const Sequence& q) {
   return true;
 }
 
-inline bool packed_sequence_backward(const Sequence& q, const SequenceGrads& g) {
+template <class Pack>
+bool packed_sequence_backward(const Sequence& q, const SequenceGrads& g, Pack&& pack) {
   if (!use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0 || q.P != q.H) return false;
   const auto& gk = packed_gemm_kernels();
   const auto& pk = rnn_pointwise_kernels();
@@ -150,8 +153,8 @@ inline bool packed_sequence_backward(const Sequence& q, const SequenceGrads& g) 
   const PackedLayout L = PackedLayout::plain(Gh * H, H, Wd), Ln = PackedLayout::plain(H, H, Wd);
   at::Tensor w[2], wn[2];
   for (int64_t d = 0; d < q.D; ++d) {
-    w[d] = pack_operand(L, q.w[d].w_hh, H, 1);
-    if (before) wn[d] = pack_operand(Ln, static_cast<const float*>(q.w[d].w_hh) + 2 * H * H, H, 1);
+    w[d] = pack(L, q.w[d].w_hh, H, 1);
+    if (before) wn[d] = pack(Ln, static_cast<const float*>(q.w[d].w_hh) + 2 * H * H, H, 1);
   }
 
   at::parallel_for(0, B, 1, [&](int64_t r0, int64_t r1) {

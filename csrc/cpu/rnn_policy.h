@@ -164,7 +164,7 @@ struct CpuRnnPolicy {
     }
     const PackedLayout L = PackedLayout::plain(w.size(0), w.size(1), packed_gemm_kernels().width);
     const at::Tensor packed = packed_weights().get(
-        w, [&](const at::Tensor& b) { return pack_operand(L, b.const_data_ptr(), b.stride(0), b.stride(1)); });
+        w, L, [&](const at::Tensor& b) { return pack_operand(L, b.const_data_ptr(), b.stride(0), b.stride(1)); });
     packed_product(L, packed, a, out, accumulate);
   }
 
@@ -197,9 +197,43 @@ struct CpuRnnPolicy {
   // fp32: the whole time loop with packed weights, each thread over its own rows, computing each step's input
   // projection next to its recurrent product; other dtypes: the per-step loop.
   bool projects_input(Dtype dtype) const { return packed() && use_packed_sequence(dtype); }
-  bool run_sequence(const Sequence& q) const { return packed() && packed_sequence_forward(q); }
+  bool run_sequence(const Sequence& q) const { return packed() && packed_sequence_forward(q, pack_operand); }
   bool run_sequence_backward(const Sequence& q, const SequenceGrads& g) const {
-    return packed() && packed_sequence_backward(q, g);
+    return packed() && packed_sequence_backward(q, g, pack_operand);
+  }
+  // ... given the layer's weight tensors (Layer: csrc/rnn_recurrence.h), whose packed copies are then kept across
+  // calls (PackedWeights): an inference or evaluation loop packs each weight once, not once per call (about 3 % of
+  // an LSTM layer's forward at T=32, B=64, I=H=256).
+  template <class Layer>
+  bool run_sequence(const Sequence& q, const Layer& L) const {
+    return packed() && packed_sequence_forward(q, kept_packing(L));
+  }
+  template <class Layer>
+  bool run_sequence_backward(const Sequence& q, const SequenceGrads& g, const Layer& L) const {
+    return packed() && packed_sequence_backward(q, g, kept_packing(L));
+  }
+
+ private:
+  // pack(layout, src, sk, sn) for packed_sequence_*: src lies in direction d's W_ih or W_hh (found by address),
+  // and the packing of that view is looked up in PackedWeights; a weight that is not a contiguous fp32 tensor
+  // (src then points into a temporary contiguous copy) is packed as is.
+  template <class Layer>
+  static auto kept_packing(const Layer& L) {
+    return [&L](const PackedLayout& layout, const void* src, int64_t sk, int64_t sn) {
+      for (int64_t d = 0; d < L.D; ++d) {
+        for (const at::Tensor* w : {&L.dir[d].w_ih, &L.dir[d].w_hh}) {
+          if (!w->defined() || !w->is_contiguous() || w->scalar_type() != at::kFloat) continue;
+          const float* base = w->const_data_ptr<float>();
+          const int64_t off = static_cast<const float*>(src) - base;
+          if (off < 0 || off >= w->numel()) continue;
+          // The (K x N) view the packing reads: N columns, N = the gate columns (gated) or the segment (plain).
+          const int64_t N = layout.vs > 0 ? layout.nv * layout.vs : layout.len;
+          const at::Tensor b = w->as_strided({layout.K, N}, {sk, sn}, w->storage_offset() + off);
+          return packed_weights().get(b, layout, [&](const at::Tensor&) { return pack_operand(layout, src, sk, sn); });
+        }
+      }
+      return pack_operand(layout, src, sk, sn);
+    };
   }
 };
 
