@@ -249,14 +249,16 @@ PyObject* clear_cpu_path_state(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
-// _cpu_buffer_cache_state() -> {"free_blocks", "free_bytes", "live_blocks", "live_bytes", "hits", "misses"}: the CPU
-// buffer cache (csrc/cpu/memory.h).
+// _cpu_buffer_cache_state() -> {"enabled", "free_blocks", "free_bytes", "live_blocks", "live_bytes", "hits",
+// "misses"}: the CPU buffer cache (csrc/cpu/memory.h); enabled unless S2S_FUSED_NO_BUFFER_CACHE is on.
 PyObject* cpu_buffer_cache_state(PyObject*, PyObject*) {
   if (!read_switches()) return nullptr;
   const auto s = s2s_fused::cpu::BufferCache::get().stats();
-  return Py_BuildValue("{s:L,s:L,s:L,s:L,s:L,s:L}", "free_blocks", (long long)s.free_blocks, "free_bytes",
-                       (long long)s.free_bytes, "live_blocks", (long long)s.live_blocks, "live_bytes",
-                       (long long)s.live_bytes, "hits", (long long)s.hits, "misses", (long long)s.misses);
+  const bool enabled = !s2s_fused::config::on(s2s_fused::config::Switch::NoBufferCache);
+  return Py_BuildValue("{s:O,s:L,s:L,s:L,s:L,s:L,s:L}", "enabled", enabled ? Py_True : Py_False, "free_blocks",
+                       (long long)s.free_blocks, "free_bytes", (long long)s.free_bytes, "live_blocks",
+                       (long long)s.live_blocks, "live_bytes", (long long)s.live_bytes, "hits", (long long)s.hits,
+                       "misses", (long long)s.misses);
 }
 
 // _empty_cpu_buffer_cache(): return the CPU buffer cache's free blocks to the system.

@@ -62,12 +62,18 @@ def _cpu_path_lines() -> dict:
     lines = "; ".join(f"{key}: {c['path']} (" + ", ".join(f"{p} {t:.0f} us" for p, t in c["times_us"].items()) + ")"
                       for key, c in sorted(choices.items()))
     w = state["packed_weights"]
-    cache = _extension()._cpu_buffer_cache_state() if hasattr(_extension(), "_cpu_buffer_cache_state") else None
-    cache_line = "not reported by this build of the extension" if cache is None else (
-        "off (S2S_FUSED_NO_BUFFER_CACHE=1)" if _extension().build_info()["switches"].get("S2S_FUSED_NO_BUFFER_CACHE")
-        else f"{cache['free_blocks']} free blocks ({cache['free_bytes'] / 2**20:.1f} MiB), {cache['live_blocks']} in "
-             f"use ({cache['live_bytes'] / 2**20:.1f} MiB); {cache['hits']} hits, {cache['misses']} misses")
-    return {"CPU buffer cache": cache_line,"CPU GEMM path": policy.get(state["path"], f"{state['path']} (forced by S2S_FUSED_CPU_PATH)"),
+    ext = _extension()
+    cache = ext._cpu_buffer_cache_state() if hasattr(ext, "_cpu_buffer_cache_state") else None
+    if cache is None:
+        cache_line = "not reported by this build of the extension"
+    elif not cache["enabled"]:
+        cache_line = "off (its switch is on)"
+    else:
+        cache_line = (f"{cache['free_blocks']} free blocks ({cache['free_bytes'] / 2**20:.1f} MiB), "
+                      f"{cache['live_blocks']} in use ({cache['live_bytes'] / 2**20:.1f} MiB); "
+                      f"{cache['hits']} hits, {cache['misses']} misses")
+    return {"CPU buffer cache": cache_line,
+            "CPU GEMM path": policy.get(state["path"], f"{state['path']} (forced by S2S_FUSED_CPU_PATH)"),
             "CPU GEMM path choices": lines or "none yet in this process",
             "packed weights cached": f"{w['entries']} ({w['bytes'] / 2**20:.1f} MiB; {w['hits']} hits, "
                                      f"{w['misses']} misses)"}
