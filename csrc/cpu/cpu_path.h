@@ -94,14 +94,16 @@ inline double now_us(bool thread_cpu_time) {
 // Runs f(path) -> result with the path S2S_FUSED_CPU_PATH forces, or, under `auto`, the key's measured choice
 // (measuring it on the first call). `candidates` (never empty) are the paths that differ for this call; one
 // candidate is run without measuring. Measuring: one cold round over the candidates (first-call costs: a oneDNN
-// primitive, the packed-weight cache, cold buffers), then timed rounds, interleaved so that load from other
-// processes hits every candidate alike. Each candidate's best timed round counts (load only ever adds time), but
-// one best is not trusted alone: a burst of load can slow every round of a short measurement (seen on a shared
-// 2-core machine: 12-20 ms rounds of a 0.4 ms op, which fixed a slow path for the whole process). So rounds go on
-// until every candidate's two best rounds agree within 10 % (at least 3 timed rounds), or 12 rounds, or the
-// measurement has taken 100 ms: then it stops after the round under way, deciding from the cold round alone if
-// that was the first (a long op's first-call costs are small beside it), so that measuring costs at most about
-// one round over the candidates more than 100 ms, however long the op. Another candidate displaces the first one (the preferred order: packed, onednn, blas)
+// primitive, the packed-weight cache, buffers not yet in the buffer cache), then timed rounds, interleaved so that
+// load from other processes hits every candidate alike; each candidate's previous result is dropped before it runs
+// again, so its buffers come back from the buffer cache instead of faulting in fresh memory in every round. Each
+// candidate's best timed round counts (load only ever adds time), but one best is not trusted alone: a burst of
+// load can slow every round of a short measurement (seen on a shared 2-core machine: 12-20 ms rounds of a 0.4 ms
+// op, which fixed a slow path for the whole process). So rounds go on until every candidate's two best rounds
+// agree within 10 % (at least 3 timed rounds), or 12 rounds, or, once the measurement has taken 300 ms, after 2
+// timed rounds; when the cold round alone took that long, it decides (a long op's first-call costs are small
+// beside it), so that measuring a long op costs about one call per candidate.
+// Another candidate displaces the first one (the preferred order: packed, onednn, blas)
 // only when at least 5 % faster, so that noise does not flip a near tie. The choice is then final for the process:
 // a key's calls all round alike, so results repeat bit for bit within a process.
 template <class F>
@@ -112,7 +114,7 @@ auto run_with_path(const std::string& key, const std::vector<CpuPath>& candidate
   if (const auto chosen = path_choices().find(key)) return f(*chosen);
   using Result = decltype(f(candidates[0]));
   constexpr int kMaxRounds = 12;
-  constexpr double kBudgetUs = 100e3;
+  constexpr double kBudgetUs = 300e3;
   std::vector<std::optional<Result>> results(candidates.size());
   std::vector<double> best(candidates.size(), 1e300), second(candidates.size(), 1e300), cold(candidates.size());
   // One thread: the op runs on this thread alone, so its CPU time is the op's time without the slices other
@@ -122,6 +124,7 @@ auto run_with_path(const std::string& key, const std::vector<CpuPath>& candidate
   const double start = now_us(false);
   for (int round = 0; round <= kMaxRounds; ++round) {
     for (size_t i = 0; i < candidates.size(); ++i) {
+      results[i].reset();
       const double t0 = now_us(thread_clock);
       results[i].emplace(f(candidates[i]));
       const double us = now_us(thread_clock) - t0;
@@ -136,10 +139,12 @@ auto run_with_path(const std::string& key, const std::vector<CpuPath>& candidate
         second[i] = std::min(second[i], us);
       }
     }
-    if (now_us(false) - start > kBudgetUs) {
-      if (round == 0) best = cold;
+    const double elapsed = now_us(false) - start;
+    if (round == 0 && elapsed > kBudgetUs) {
+      best = cold;
       break;
     }
+    if (round >= 2 && elapsed > kBudgetUs) break;
     bool agree = true;
     for (size_t i = 0; i < candidates.size(); ++i) agree = agree && second[i] <= 1.1 * best[i];
     if (round >= 3 && agree) break;
