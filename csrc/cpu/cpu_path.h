@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "config.h"
+#include "cpu/fork_safe_mutex.h"
 #include "cpu/packed_gemm.h"
 
 namespace s2s_fused::cpu {
@@ -54,26 +55,26 @@ struct PathChoice {
 class PathChoices {
  public:
   std::optional<CpuPath> find(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     const auto it = choices_.find(key);
     if (it == choices_.end()) return std::nullopt;
     return it->second.path;
   }
   void record(const std::string& key, PathChoice c) {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     choices_[key] = std::move(c);
   }
   std::map<std::string, PathChoice> all() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     return choices_;
   }
   void clear() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     choices_.clear();
   }
 
  private:
-  std::mutex mutex_;
+  ForkSafeMutex mutex_{ForkSafeMutex::PathChoices};
   std::map<std::string, PathChoice> choices_;
 };
 
@@ -193,7 +194,7 @@ class PackedWeights {
     const std::array<float, kSamples> samples = sample(b);
     const c10::StorageImpl* storage = b.storage().unsafeGetStorageImpl();
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<ForkSafeMutex> lock(mutex_);
       purge_dead();
       for (auto it = entries_.begin(); it != entries_.end(); ++it) {
         if (it->storage._unsafe_get_target() == storage && it->key == key && !it->storage.expired() &&
@@ -205,7 +206,7 @@ class PackedWeights {
       }
     }
     at::Tensor packed = pack(b);
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     ++misses_;
     // An older packing of the same view (before an in-place update) is stale for good: drop it. (W and W^T, the
     // backward's and the forward's operands, are different views of one storage and both stay.)
@@ -233,14 +234,14 @@ class PackedWeights {
     int64_t entries, bytes, hits, misses;
   };
   Stats stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     purge_dead();
     int64_t bytes = 0;
     for (const Entry& e : entries_) bytes += e.packed.nbytes();
     return {static_cast<int64_t>(entries_.size()), bytes, hits_, misses_};
   }
   void clear() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     entries_.clear();
     hits_ = misses_ = 0;
   }
@@ -268,7 +269,7 @@ class PackedWeights {
     entries_.remove_if([](const Entry& e) { return e.storage.expired(); });
   }
 
-  std::mutex mutex_;
+  ForkSafeMutex mutex_{ForkSafeMutex::PackedWeights};
   std::list<Entry> entries_;
   int64_t hits_ = 0, misses_ = 0;
 };

@@ -15,11 +15,11 @@
 #include <mutex>
 #include <unordered_map>
 #if defined(__linux__)
-#include <pthread.h>
 #include <sys/mman.h>
 #endif
 
 #include "config.h"
+#include "cpu/fork_safe_mutex.h"
 
 namespace s2s_fused::cpu {
 
@@ -54,7 +54,7 @@ inline void advise_huge_pages(const at::Tensor& t) { advise_huge_pages(t.data_pt
 // the system, as at::empty); s2s_fused.empty_cpu_cache() returns the free blocks; `python -m s2s_fused info`
 // reports its state. Under S2S_FUSED_POISON_BUFFERS (the test session) every block is filled with 0xFF bytes (NaN
 // in every floating dtype) when handed out, so a kernel that reads a buffer before writing it fails in tests,
-// cached or not.
+// cached or not. Its lock is fork-safe (cpu/fork_safe_mutex.h).
 class BufferCache final : public c10::Allocator {
  public:
   static constexpr size_t kMinBytes = size_t(128) << 10;
@@ -73,7 +73,7 @@ class BufferCache final : public c10::Allocator {
     const size_t size = round_up(n);
     void* block = nullptr;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<ForkSafeMutex> lock(mutex_);
       const auto it = free_.lower_bound(size);
       if (it != free_.end() && it->first <= size + size / 4) {
         block = it->second;
@@ -88,7 +88,7 @@ class BufferCache final : public c10::Allocator {
     if (block == nullptr) {
       block = c10::alloc_cpu(size);  // ATen's aligned allocation (throws on failure), released by c10::free_cpu
       advise_huge_pages(block, size);
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<ForkSafeMutex> lock(mutex_);
       live_[block] = size;
     }
     poison(block, n);
@@ -104,7 +104,7 @@ class BufferCache final : public c10::Allocator {
   void empty() {
     std::multimap<size_t, void*> blocks;
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<ForkSafeMutex> lock(mutex_);
       blocks.swap(free_);
       free_bytes_ = 0;
     }
@@ -112,7 +112,7 @@ class BufferCache final : public c10::Allocator {
   }
 
   Stats stats() {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<ForkSafeMutex> lock(mutex_);
     int64_t live_bytes = 0;
     for (const auto& [block, size] : live_) live_bytes += static_cast<int64_t>(size);
     return {static_cast<int64_t>(free_.size()), static_cast<int64_t>(free_bytes_), static_cast<int64_t>(live_.size()),
@@ -126,12 +126,7 @@ class BufferCache final : public c10::Allocator {
   }
 
  private:
-  BufferCache() {
-#if defined(__linux__)
-    // A fork (DataLoader workers) while another thread holds the lock would leave the child's copy locked forever.
-    pthread_atfork([] { get().mutex_.lock(); }, [] { get().mutex_.unlock(); }, [] { get().mutex_.unlock(); });
-#endif
-  }
+  BufferCache() = default;
 
   // 64 KB granules below 4 MB, 2 MB (a huge page) above.
   static size_t round_up(size_t n) {
@@ -147,7 +142,7 @@ class BufferCache final : public c10::Allocator {
 
   void give_back(void* block) {
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<ForkSafeMutex> lock(mutex_);
       const auto it = live_.find(block);
       TORCH_INTERNAL_ASSERT(it != live_.end(), "s2s_fused: a block freed twice or not from the buffer cache");
       const size_t size = it->second;
@@ -161,7 +156,7 @@ class BufferCache final : public c10::Allocator {
     c10::free_cpu(block);
   }
 
-  std::mutex mutex_;
+  ForkSafeMutex mutex_{ForkSafeMutex::BufferCache};
   std::multimap<size_t, void*> free_;        // size -> block
   std::unordered_map<void*, size_t> live_;   // blocks handed out -> size
   size_t free_bytes_ = 0;
