@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from common import base_parser, fill_ratios, markdown_table, measure, threads_note, write_results
+from common import base_parser, fill_ratios, interleaved_rows, markdown_table, threads_note, write_results
 
 from s2s_fused.backend import resolve
 from s2s_fused.seq2seq.model import Seq2Seq, make_loss
@@ -44,20 +44,28 @@ def main(argv=None) -> int:
         cfg = dict(cell=cell, attention=attention, embed_size=E, hidden_size=H, num_layers=1, dropout=0.0,
                    num_steps=T, src_vocab_size=V, tgt_vocab_size=V)
         shape = f"{cell}/{attention} B={B} T={T} H={H} V={V}"
-        for name, m in models(cfg, device).items():
-            provider = fused_name if name == "fused" else base_name
+        # Both backends timed in alternation (benchmarks/common.time_interleaved), so load hits them alike.
+        ms = {(fused_name if name == "fused" else base_name): m for name, m in models(cfg, device).items()}
+        train = {}
+        for provider, m in ms.items():
             opt = torch.optim.Adam(m.parameters(), lr=1e-3)
-            loss_fn = make_loss(name)
-            batch = (src, lens, tgt, lens)
-            rows.append(measure("seq2seq train step", provider, shape, torch.float32, "fwd+bwd+adam",
-                                lambda: train_step(m, loss_fn, opt, batch, 1.0), device, repeats=repeats,
-                                throughput_fn=lambda ms: f"{int(lens.sum()) / ms * 1e3:,.0f} tok/s"))
+            loss_fn = make_loss("torch" if provider == base_name else "fused")
+            train[provider] = lambda m=m, loss_fn=loss_fn, opt=opt: train_step(m, loss_fn, opt, (src, lens, tgt, lens),
+                                                                                1.0)
+        got = interleaved_rows("seq2seq train step", shape, torch.float32, {"fwd+bwd+adam": train}, device,
+                               repeats=repeats, label="seq2seq")
+        for r in got:
+            r.throughput = f"{int(lens.sum()) / r.median_ms * 1e3:,.0f} tok/s"
+        rows += got
+        for m in ms.values():
             m.eval()
-            rows.append(measure(f"seq2seq beam-{K} decode", provider, shape.replace(f"B={B}", f"B={n_dec}"),
-                                torch.float32, "inference",
-                                lambda: translate_ids(m, src[:n_dec], lens[:n_dec], beam=K, max_len=T),
-                                device, repeats=max(2, repeats // 2), warmup=1,
-                                throughput_fn=lambda ms: f"{n_dec / ms * 1e3:,.1f} sent/s"))
+        decode = {provider: (lambda m=m: translate_ids(m, src[:n_dec], lens[:n_dec], beam=K, max_len=T))
+                  for provider, m in ms.items()}
+        got = interleaved_rows(f"seq2seq beam-{K} decode", shape.replace(f"B={B}", f"B={n_dec}"), torch.float32,
+                               {"inference": decode}, device, repeats=repeats, label="seq2seq")
+        for r in got:
+            r.throughput = f"{n_dec / r.median_ms * 1e3:,.1f} sent/s"
+        rows += got
     fill_ratios(rows, base_name)
     print(f"# seq2seq ({threads_note()})\n")
     print(markdown_table(rows))
