@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from common import base_parser, fill_ratios, interleaved_rows, markdown_table, threads_note, write_results
+from common import base_parser, parse_args, fill_ratios, interleaved_rows, markdown_table, threads_note, write_results
 
 import s2s_fused
 from s2s_fused.backend import is_available
@@ -65,10 +65,7 @@ def rows_for(device, B, S, H, Hq, Dv, dtype, repeats):
 
 def main(argv=None):
     parser = base_parser(__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     if args.smoke:
         shapes, dtypes, repeats = [(3, 5, 8, 8, 6)], [torch.float32], args.repeats or 3

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from common import base_parser, fill_ratios, markdown_table, measure, write_results
+from common import base_parser, parse_args, fill_ratios, markdown_table, measure, write_results
 
 import s2s_fused
 from s2s_fused.backend import is_available
@@ -89,10 +89,7 @@ def decode_rows(device, B, V, beam, max_len, repeats):
 
 def main(argv=None):
     parser = base_parser(__doc__)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(parser, argv)
     device = torch.device(args.device)
     if args.smoke:
         shapes, dtypes, repeats = [(2, 3, 500)], [torch.float32], args.repeats or 3

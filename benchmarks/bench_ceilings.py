@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from common import base_parser, markdown_table, measure, write_results
+from common import base_parser, parse_args, markdown_table, measure, write_results
 
 
 def main(argv=None) -> int:
-    args = base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    args = parse_args(base_parser(__doc__.splitlines()[0]), argv)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     copy_mib = 1 if args.smoke else (2048 if gpu else 256)

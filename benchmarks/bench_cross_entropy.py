@@ -29,7 +29,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from common import ROOT, Row, base_parser, fill_ratios, measure, markdown_table, threads_note, write_results
+from common import ROOT, Row, base_parser, parse_args, fill_ratios, measure, markdown_table, threads_note, write_results
 
 import s2s_fused  # noqa: E402
 
@@ -175,7 +175,7 @@ def cpu_peak_mb(kind, provider, B, T, V, dtype, mode, H=None):
 def main():
     p = base_parser(__doc__.splitlines()[0])
     p.add_argument("--no-mem", action="store_true", help="skip the CPU peak-memory subprocesses")
-    args = p.parse_args()
+    args = parse_args(p)
     device = torch.device(args.device)
     repeats = args.repeats or (3 if args.smoke else 15)
     on_gpu = device.type == "cuda"

@@ -16,7 +16,8 @@ import itertools
 
 import torch
 
-from common import Row, base_parser, fill_ratios, interleaved_rows, markdown_table, measure, switches, write_results
+from common import (Row, base_parser, parse_args, fill_ratios, interleaved_rows, markdown_table, measure,
+                    switches, write_results)
 
 from s2s_fused.backend import is_available
 from s2s_fused.nn import GRUCell, LSTMCell
@@ -101,10 +102,7 @@ def cpu_rows(kind, B, I, H, dtype, device, repeats):
 
 def main(argv=None):
     p = base_parser(__doc__)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     if device.type == "cpu":
         shapes = [(2, 8, 8)] if args.smoke else [(64, 512, 512), (8, 512, 512), (64, 256, 256)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from common import base_parser, fill_ratios, interleaved_rows, markdown_table, threads_note, write_results
+from common import base_parser, parse_args, fill_ratios, interleaved_rows, markdown_table, threads_note, write_results
 
 from s2s_fused.backend import resolve
 from s2s_fused.seq2seq.model import Seq2Seq, make_loss
@@ -25,7 +25,7 @@ def models(cfg, device):
 
 def main(argv=None) -> int:
     p = base_parser(__doc__.split("\n")[0])
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     if args.smoke:
         B, T, E, H, V, K, n_dec, repeats = 4, 5, 8, 16, 50, 2, 4, args.repeats or 3

@@ -347,7 +347,17 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--out", type=Path, default=None, help="results folder (default: none written unless given)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, then ``torch.set_num_threads(--threads)`` when given (every CPU figure names its
+    thread count)."""
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
 
 
 @contextlib.contextmanager
@@ -400,10 +410,7 @@ def layer_bench_main(doc: str, family: str, bench, shapes: dict, argv=None) -> N
     shapes = {"smoke": [...], "cpu": [...], "cuda": [...]}; bench(device, shapes, dtype, repeats) -> rows."""
     p = base_parser(doc.splitlines()[0])
     p.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU; default: torch's)")
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_args(p, argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     chosen = shapes["smoke"] if args.smoke else shapes["cuda" if device.type == "cuda" else "cpu"]
