@@ -199,6 +199,27 @@ def test_torch_and_fused_backends_same_loss(corpus, cfg, dtype, tol):
     assert_close(losses["fused"], losses["torch"], tol, f"losses {losses}")
 
 
+@pytest.mark.parametrize("steps", [1, 3, 8, 11])
+def test_fused_attention_decoder_any_target_length(corpus, steps):
+    """The fused Bahdanau decoder attends over the projected values (targets at least as long as the source) or
+    projects each step's context (shorter targets): logits and every gradient equal the torch backend's in float64,
+    on both sides of the switch (source: 8 steps)."""
+    cfg = dict(cell="gru", attention="bahdanau", bidirectional=True)
+    src, src_len, tgt, _ = batch_of(corpus, 5)
+    dec_in = torch.cat([tgt, tgt], 1)[:, :steps]
+    grads = {}
+    for backend in ("fused", "torch"):
+        m = model_for(corpus, backend, **cfg).double()
+        logits = m(src, src_len, dec_in)
+        assert logits.shape == (5, steps, m.config["tgt_vocab_size"])
+        (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)).sum() \
+            .backward()
+        grads[backend] = [logits.detach()] + [p.grad for p in m.parameters()]
+    names = ["logits"] + [n for n, _ in model_for(corpus, "torch", **cfg).named_parameters()]
+    for name, a, b in zip(names, grads["fused"], grads["torch"]):
+        assert_close(a, b, 1e-10, name)
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:6], ids=cfg_id)
 def test_tiny_training_lowers_loss(corpus, cfg):
     torch.manual_seed(0)

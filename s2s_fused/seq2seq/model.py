@@ -186,7 +186,7 @@ class PlainDecoder(nn.Module):
         self.rnn = make_layer(cfg["cell"], E + H, H, cfg["num_layers"], cfg["dropout"], False, backend)
         self.dense = nn.Linear(H, cfg["tgt_vocab_size"])
 
-    def init_state(self, memory, mem_len, h, c):
+    def init_state(self, memory, mem_len, h, c, steps=None):
         state = {"h": h.transpose(0, 1), "context": h[-1]}
         if self.lstm:
             state["c"] = c.transpose(0, 1)
@@ -246,17 +246,25 @@ class AttentionDecoder(nn.Module):
         self.fused = (backend != "torch" and self.kind == "bahdanau" and not self.lstm and cfg["num_layers"] == 1
                       and getattr(cell, "reset_after", False) and cell.bias_ih is not None)
 
-    def init_state(self, memory, mem_len, h, c):
+    def init_state(self, memory, mem_len, h, c, steps=None):
+        """``steps``: the number of decoder steps that will run from this state, when known (teacher forcing)."""
         if self.fused:
             # Per source, once: the keys W_k m_s and the values W_ih_ctx m_s (B, S, 3H). The GRU's input projection
             # of the context is linear in the attention weights, W_ih_ctx sum_s a_s m_s = sum_s a_s (W_ih_ctx m_s),
-            # so a step attends over the projected values instead of running a (N, 2H) x (2H, 3H) GEMM.
-            w_ctx = self.rnn.cells[0].weight_ih[:, :self.memory_size]
+            # so a step attends over the projected values instead of running a (N, 2H) x (2H, 3H) GEMM. That pays
+            # off over at least S steps (decoding); a teacher-forced target shorter than the source (most
+            # batches: the target is trimmed to its longest sentence, the source is not) costs fewer FLOPs with
+            # the context projected at each step: T (B, 2H) x (2H, 3H) GEMMs instead of one (B*S, 2H) x (2H, 3H),
+            # and the same in the backward pass (fused_core, "memory" in the state).
             # Each encode starts from a fresh input-gate table (_input_table): version counters do not see every
             # in-place update (torch's Adam(fused=True) writes the parameters without moving them).
             self._table_cache = None
-            return {"h": h.transpose(0, 1), "keys": self.key_proj(memory).contiguous(),
-                    "values_proj": F.linear(memory, w_ctx).contiguous(), "mem_len": mem_len}
+            state = {"h": h.transpose(0, 1), "keys": self.key_proj(memory).contiguous(), "mem_len": mem_len}
+            if steps is not None and steps < memory.shape[1]:
+                state["memory"] = memory.contiguous()
+            else:
+                state["values_proj"] = F.linear(memory, self._context_weight()).contiguous()
+            return state
         state = {"h": h.transpose(0, 1), "memory": memory, "keys": self.key_proj(memory), "mem_len": mem_len}
         if self.lstm:
             state["c"] = c.transpose(0, 1)
@@ -290,6 +298,10 @@ class AttentionDecoder(nn.Module):
 
     # ---- the fused decoder step (self.fused)
 
+    def _context_weight(self):
+        """The GRU's input weights for the context part of its input [context; embedding]: (3H, Dm)."""
+        return self.rnn.cells[0].weight_ih[:, :self.memory_size]
+
     def _input_table(self):
         """(V, 3H): every token's embedding through the GRU's input projection, bias included (Devlin et al.
         2017; OpenNMT's CPU decoder): a decoding step gathers rows instead of multiplying. Built once per encode
@@ -318,9 +330,11 @@ class AttentionDecoder(nn.Module):
         top-layer state (N, H) and the state."""
         cell = self.rnn.cells[0]
         h = state["h"][:, 0]
-        gates_ctx, _ = additive_attention(h, state["keys"], state["values_proj"], self.query_proj.weight,
-                                          self.score_v.weight[0], state["mem_len"], backend=op_backend(self.backend))
-        gi = gates_ctx + gates_emb
+        projected = "values_proj" in state
+        ctx, _ = additive_attention(h, state["keys"], state["values_proj" if projected else "memory"],
+                                    self.query_proj.weight, self.score_v.weight[0], state["mem_len"],
+                                    backend=op_backend(self.backend))
+        gi = ctx + gates_emb if projected else torch.addmm(gates_emb, ctx, self._context_weight().t())
         gh = F.linear(h, cell.weight_hh, cell.bias_hh)
         H = h.shape[-1]
         r, z = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H]).chunk(2, dim=-1)
@@ -388,16 +402,17 @@ class Seq2Seq(nn.Module):
         s = s.view(L2 // 2, 2, B, H)
         return torch.cat([s[:, 0], s[:, 1]], -1)
 
-    def encode(self, src, src_len):
+    def encode(self, src, src_len, steps=None):
+        """The decoder's initial state; ``steps``: how many decoder steps will run from it, if known."""
         memory, h, c = self.encoder(src)
         if self.bidirectional:
             h = torch.tanh(self.bridge_h(self._join(h)))
             if self.lstm:
                 c = self.bridge_c(self._join(c))
-        return self.decoder.init_state(memory, src_len, h, c)
+        return self.decoder.init_state(memory, src_len, h, c, steps)
 
     def forward(self, src, src_len, dec_in):
-        return self.decoder(dec_in, self.encode(src, src_len))
+        return self.decoder(dec_in, self.encode(src, src_len, steps=dec_in.shape[1]))
 
     def step(self, tokens, state, live=None, *, buffers=None):
         """``tokens (N,)``, batch-first ``state`` -> ``(logits (N, V), state)``. ``live`` (N,) bool or None: the
