@@ -41,7 +41,6 @@ inline void advise_huge_pages(void* data, size_t nbytes) {
   (void)nbytes;
 #endif
 }
-inline void advise_huge_pages(const at::Tensor& t) { advise_huge_pages(t.data_ptr(), t.nbytes()); }
 
 // Why a cache: every call of a cell's backward returns fresh weight gradients (3 MB each for a GRUCell at H = 512)
 // and the layers allocate sequence-sized workspaces per call. glibc serves such sizes from mmap or trims them back
