@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -79,7 +80,8 @@ def device_for(backend: str) -> torch.device:
 
 
 __all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "assert_raises", "poison_", "cpu_backends", "backend_params",
-           "device_for", "s2s_fused", "run_python", "run_on_cpu_capability", "CPU_CAPABILITIES"]
+           "device_for", "s2s_fused", "run_python", "run_on_cpu_capability", "check_dtypes_on_cpu_capability",
+           "CPU_CAPABILITIES"]
 
 
 def poison_heap(numel: int, dtype=torch.float32, device="cpu", copies: int = 4) -> None:
@@ -126,7 +128,9 @@ def run_python(code: str, *, timeout: float = 300, **env: str) -> str:
 
 def run_on_cpu_capability(cap: str, code: str, *, timeout: float = 300, **env: str) -> str:
     """`code` run by run_python with ATen's CPU capability forced to `cap` (and so our kernels' copy for it: ours
-    follow ATen's choice, which is checked); skips when this CPU lacks `cap`."""
+    follow ATen's choice, which is checked); skips when the extension is not built or this CPU lacks `cap`."""
+    if not _backend.is_available("cpu"):
+        pytest.skip("needs the compiled CPU extension")
     probe = ("\nimport torch as _t, s2s_fused.backend as _b\n"
              "print('s2s-capability', _t.backends.cpu.get_cpu_capability(), _b.build_info()['cpu_capability'])\n")
     out = run_python(code + probe, timeout=timeout, ATEN_CPU_CAPABILITY=cap, **env)
@@ -135,6 +139,21 @@ def run_on_cpu_capability(cap: str, code: str, *, timeout: float = 300, **env: s
     if aten.lower() != cap:
         pytest.skip(f"this CPU lacks {cap} (ATen chose {aten})")
     return out
+
+
+def check_dtypes_on_cpu_capability(cap: str, body: str, tols: dict | None = None, **env: str) -> str:
+    """Runs `body` by run_on_cpu_capability (capability `cap`) once per dtype, in a child that seeds torch once and
+    binds `torch`, `s2s_fused`, `R` (s2s_fused.reference), `assert_close` (this file's), `dt` (the dtype) and `tol`
+    (its tolerance). `tols`: dtype -> tolerance, in the order run; by default VALUE_TOL's for float32, bfloat16 and
+    float64."""
+    tols = tols or {dt: VALUE_TOL[dt] for dt in (torch.float32, torch.bfloat16, torch.float64)}
+    code = ("import torch, s2s_fused\n"
+            "from s2s_fused import reference as R\n"
+            "from tests.helpers import assert_close\n"
+            "torch.manual_seed(0)\n"
+            f"for dt, tol in ({', '.join(f'({dt}, {tol!r})' for dt, tol in tols.items())},):\n"
+            + textwrap.indent(textwrap.dedent(body), "    "))
+    return run_on_cpu_capability(cap, code, **env)
 
 
 def torch_and_ours(kind: str, *args, backend=None, dtype=torch.float64, seed: int = 0, **kw):

@@ -8,8 +8,8 @@ import torch
 import s2s_fused
 from s2s_fused import reference
 from s2s_fused.backend import is_available, triton_interpret
-from tests.helpers import (CPU_CAPABILITIES, VALUE_TOL, assert_close, assert_raises, backend_params, device_for,
-                           poison_heap, run_on_cpu_capability)
+from tests.helpers import (CPU_CAPABILITIES, VALUE_TOL, assert_close, assert_raises, backend_params,
+                           check_dtypes_on_cpu_capability, device_for, poison_heap)
 
 ops = torch.ops.s2s_fused
 # The Triton twins' checks on CPU tensors, under the interpreter only: on a GPU machine (no interpreter) they are the
@@ -191,28 +191,22 @@ def test_torch_compile_fullgraph(backend):
 # ----------------------------------------------------------------------------------- every CPU capability
 
 
-@pytest.mark.skipif(not is_available("cpu"), reason="extension not built")
 @pytest.mark.parametrize("cap", CPU_CAPABILITIES)
 def test_each_cpu_capability(cap):
-    code = (
-        "import torch, s2s_fused\n"
-        "from s2s_fused import reference as R\n"
-        "torch.manual_seed(0)\n"
-        "for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-10)):\n"
-        "  for S, H, Dv in ((1, 1, 1), (3, 17, 33), (17, 130, 7)):\n"
-        "    shapes = ((4, 5), (4, S, H), (4, S, Dv), (H, 5), (H,))\n"
-        "    xs = [torch.randn(*s, dtype=torch.float64).to(dt) for s in shapes]\n"
-        "    vl = torch.tensor([S, 0, 1, max(S - 1, 0)])\n"
-        "    a = [x.clone().requires_grad_() for x in xs]; r = [x.double().requires_grad_() for x in xs]\n"
-        "    c, w = s2s_fused.additive_attention(*a, vl, backend='cpu')\n"
-        "    rc, rw = R.additive_attention(*r, vl)\n"
-        "    gc = torch.randn(rc.shape, dtype=torch.float64)\n"
-        "    (c * gc.to(dt)).sum().backward(); (rc * gc).sum().backward()\n"
-        "    for o, ref in [(c, rc), (w, rw)] + [(x.grad, y.grad) for x, y in zip(a, r)]:\n"
-        "      e = ((o.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()\n"
-        "      assert e <= tol, (dt, S, H, Dv, e)\n"
-    )
-    run_on_cpu_capability(cap, code)
+    check_dtypes_on_cpu_capability(cap, """
+        for S, H, Dv in ((1, 1, 1), (3, 17, 33), (17, 130, 7)):
+            shapes = ((4, 5), (4, S, H), (4, S, Dv), (H, 5), (H,))
+            xs = [torch.randn(*s, dtype=torch.float64).to(dt) for s in shapes]
+            vl = torch.tensor([S, 0, 1, max(S - 1, 0)])
+            a = [x.clone().requires_grad_() for x in xs]; r = [x.double().requires_grad_() for x in xs]
+            c, w = s2s_fused.additive_attention(*a, vl, backend='cpu')
+            rc, rw = R.additive_attention(*r, vl)
+            gc = torch.randn(rc.shape, dtype=torch.float64)
+            (c * gc.to(dt)).sum().backward(); (rc * gc).sum().backward()
+            names = ["context", "weights", "grad query", "grad keys", "grad values", "grad w_q", "grad v"]
+            for name, o, ref in zip(names, [c, w] + [x.grad for x in a], [rc, rw] + [y.grad for y in r]):
+                assert_close(o, ref, tol, f"{dt} S={S} H={H} Dv={Dv} {name}")
+    """)
 
 
 # --------------------------------------------------------------------------------------------- bad input

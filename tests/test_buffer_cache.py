@@ -64,6 +64,29 @@ def test_blocks_are_handed_out_poisoned_in_tests():
     assert torch.isnan(g[n:]).all()
 
 
+def test_live_bytes_count_the_blocks_in_use():
+    """While an op's output lives, the cache counts its block (at least the bytes asked for) as in use; once freed,
+    the count is back where it was. Twice, so that both ways of handing out a block are counted: from the system
+    into an emptied cache (misses), then the blocks the first call freed (hits)."""
+    w = make_cell_params("gru", 256, 256, dtype=torch.float32)
+    x = torch.randn(4, 256)
+    ws = torch.ops.s2s_fused.gru_cell_forward(x, x, *w, True)[1]
+    s2s_fused.empty_cpu_cache()
+    for way in ("misses", "hits"):
+        before = _state()
+        grads = torch.ops.s2s_fused.gru_cell_backward(x, x, x, w[0], w[1], ws, True,
+                                                      [False, False, True, False, False, False])
+        during = _state()
+        assert grads[2].nbytes >= MIN_BYTES
+        assert during["live_bytes"] >= before["live_bytes"] + grads[2].nbytes, (before, during)
+        assert during["live_blocks"] > before["live_blocks"]
+        assert during[way] > before[way], (before, during)
+        del grads
+        after = _state()
+        assert after["live_bytes"] == before["live_bytes"] and after["live_blocks"] == before["live_blocks"], \
+            (before, after)
+
+
 def test_switch_off_bypasses_the_cache_and_empty_returns_the_blocks():
     s2s_fused.empty_cpu_cache()
     assert _state()["free_blocks"] == 0 and _state()["free_bytes"] == 0

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 
 import s2s_fused
 from s2s_fused import reference
-from s2s_fused.backend import is_available
 from tests.helpers import (ALL_DTYPES, CPU_CAPABILITIES, VALUE_TOL, assert_close, assert_raises, backend_params,
-                           device_for, run_on_cpu_capability)
+                           check_dtypes_on_cpu_capability, device_for)
 
 REDUCTIONS = ("none", "sum", "mean", "per_sequence")
 # Gradient tolerance (vs the float64 reference, relative to the largest gradient): fp32 and fp64 as the value
@@ -351,27 +350,20 @@ def test_torch_compile_fullgraph_linear(reduction):
 # ----------------------------------------------------------------------------------- every CPU capability
 
 
-@pytest.mark.skipif(not is_available("cpu"), reason="extension not built")
 @pytest.mark.parametrize("cap", CPU_CAPABILITIES)
 def test_each_cpu_capability(cap):
-    code = (
-        "import torch, s2s_fused\n"
-        "from s2s_fused import reference as R\n"
-        "torch.manual_seed(0)\n"
-        "for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float64, 1e-10)):\n"
-        "  for V in (1, 7, 17, 130, 257, 3001):\n"
-        "    x = (torch.randn(3, 5, V) * 3).to(dt).requires_grad_(); t = torch.randint(0, V, (3, 5))\n"
-        "    vl = torch.tensor([5, 2, 0])\n"
-        "    out = s2s_fused.masked_softmax_cross_entropy(x, t, vl, label_smoothing=0.1, reduction='none',"
-        " backend='cpu')\n"
-        "    g = torch.randn(3, 5); out.backward(g.to(out.dtype))\n"
-        "    xr = x.detach().double().requires_grad_()\n"
-        "    ref = R.masked_softmax_cross_entropy(xr, t, vl, -100, 0.1, 'none'); ref.backward(g.double())\n"
-        "    e1 = ((out.double() - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()\n"
-        "    e2 = ((x.grad.double() - xr.grad).abs().max() / xr.grad.abs().max().clamp_min(1e-6)).item()\n"
-        "    assert e1 <= tol and e2 <= tol, (dt, V, e1, e2)\n"
-    )
-    run_on_cpu_capability(cap, code)
+    check_dtypes_on_cpu_capability(cap, """
+        for V in (1, 7, 17, 130, 257, 3001):
+            x = (torch.randn(3, 5, V) * 3).to(dt).requires_grad_(); t = torch.randint(0, V, (3, 5))
+            vl = torch.tensor([5, 2, 0])
+            out = s2s_fused.masked_softmax_cross_entropy(x, t, vl, label_smoothing=0.1, reduction='none',
+                                                         backend='cpu')
+            g = torch.randn(3, 5); out.backward(g.to(out.dtype))
+            xr = x.detach().double().requires_grad_()
+            ref = R.masked_softmax_cross_entropy(xr, t, vl, -100, 0.1, 'none'); ref.backward(g.double())
+            assert_close(out, ref, tol, f"{dt} V={V} loss")
+            assert_close(x.grad, xr.grad, tol, f"{dt} V={V} grad")
+    """)
 
 
 # --------------------------------------------------------------------------------------------- bad input

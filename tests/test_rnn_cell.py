@@ -12,8 +12,8 @@ import s2s_fused
 from s2s_fused import reference
 from s2s_fused.nn import GRUCell, LSTMCell
 
-from tests.helpers import (CPU_CAPABILITIES, VALUE_TOL, assert_close, backend_params, device_for, make_cell_params,
-                           poison_heap, run_on_cpu_capability)
+from tests.helpers import (CPU_CAPABILITIES, VALUE_TOL, assert_close, backend_params, check_dtypes_on_cpu_capability,
+                           device_for, make_cell_params, poison_heap)
 
 KINDS = ["lstm", "gru", "gru_rb"]  # gru_rb: reset_before (Cho et al. / d2l)
 BACKENDS = backend_params()
@@ -331,24 +331,19 @@ def test_torch_compile_modules(backend):
 def test_every_cpu_capability_is_exact(cap):
     """Each compiled copy of the CPU kernels (DEFAULT, AVX2, AVX512) against the reference, in a subprocess
     that forces ATen's (and so our) capability choice."""
-    code = (
-        "import torch, s2s_fused\n"
-        "from s2s_fused import reference\n"
-        "torch.manual_seed(0)\n"
-        "for dt, tol in ((torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)):\n"
-        "  x, h, c = (torch.randn(5, n, dtype=torch.float64) for n in (19, 23, 23))\n"
-        "  w_ih, w_hh, b = torch.randn(92, 19).double() / 5, torch.randn(92, 23).double() / 5, torch.randn(92).double()\n"
-        "  cast = lambda *ts: [t.to(dt) for t in ts]\n"
-        "  h1, c1 = s2s_fused.lstm_cell(*cast(x), cast(h, c), *cast(w_ih, w_hh, b, b), backend='cpu')\n"
-        "  r1, rc = reference.lstm_cell(*cast(x), cast(h, c), *cast(w_ih, w_hh, b, b))\n"
-        "  for u, v in ((h1, r1), (c1, rc)):\n"
-        "    e = ((u.double() - v.double()).abs().max() / v.double().abs().max()).item()\n"
-        "    assert e <= tol, (dt, e)\n"
-        "  g = s2s_fused.gru_cell(*cast(x), *cast(h, w_ih[:69], w_hh[:69], b[:69], b[:69]), reset_after=False, backend='cpu')\n"
-        "  gr = reference.gru_cell(*cast(x), *cast(h, w_ih[:69], w_hh[:69], b[:69], b[:69]), reset_after=False)\n"
-        "  assert ((g.double() - gr.double()).abs().max() / gr.double().abs().max()).item() <= tol\n"
-    )
-    run_on_cpu_capability(cap, code)
+    check_dtypes_on_cpu_capability(cap, """
+        x, h, c = (torch.randn(5, n, dtype=torch.float64) for n in (19, 23, 23))
+        w_ih, w_hh, b = torch.randn(92, 19).double() / 5, torch.randn(92, 23).double() / 5, torch.randn(92).double()
+        cast = lambda *ts: [t.to(dt) for t in ts]
+        h1, c1 = s2s_fused.lstm_cell(*cast(x), cast(h, c), *cast(w_ih, w_hh, b, b), backend='cpu')
+        r1, rc = R.lstm_cell(*cast(x), cast(h, c), *cast(w_ih, w_hh, b, b))
+        assert_close(h1, r1, tol, f"{dt} lstm h")
+        assert_close(c1, rc, tol, f"{dt} lstm c")
+        gru_args = cast(x, h, w_ih[:69], w_hh[:69], b[:69], b[:69])
+        g = s2s_fused.gru_cell(*gru_args, reset_after=False, backend='cpu')
+        gr = R.gru_cell(*gru_args, reset_after=False)
+        assert_close(g, gr, tol, f"{dt} gru h")
+    """, tols={torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2})
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -41,7 +41,6 @@ inline void advise_huge_pages(void* data, size_t nbytes) {
   (void)nbytes;
 #endif
 }
-inline void advise_huge_pages(const at::Tensor& t) { advise_huge_pages(t.data_ptr(), t.nbytes()); }
 
 // Why a cache: every call of a cell's backward returns fresh weight gradients (3 MB each for a GRUCell at H = 512)
 // and the layers allocate sequence-sized workspaces per call. glibc serves such sizes from mmap or trims them back
@@ -78,6 +77,7 @@ class BufferCache final : public c10::Allocator {
       if (it != free_.end() && it->first <= size + size / 4) {
         block = it->second;
         live_[block] = it->first;
+        live_bytes_ += it->first;
         free_bytes_ -= it->first;
         free_.erase(it);
         ++hits_;
@@ -90,6 +90,7 @@ class BufferCache final : public c10::Allocator {
       advise_huge_pages(block, size);
       std::lock_guard<ForkSafeMutex> lock(mutex_);
       live_[block] = size;
+      live_bytes_ += size;
     }
     poison(block, n);
     return {block, block, &release, c10::Device(c10::DeviceType::CPU)};
@@ -113,10 +114,8 @@ class BufferCache final : public c10::Allocator {
 
   Stats stats() {
     std::lock_guard<ForkSafeMutex> lock(mutex_);
-    int64_t live_bytes = 0;
-    for (const auto& [block, size] : live_) live_bytes += static_cast<int64_t>(size);
     return {static_cast<int64_t>(free_.size()), static_cast<int64_t>(free_bytes_), static_cast<int64_t>(live_.size()),
-            live_bytes, hits_, misses_};
+            static_cast<int64_t>(live_bytes_), hits_, misses_};
   }
 
   static BufferCache& get() {
@@ -147,6 +146,7 @@ class BufferCache final : public c10::Allocator {
       TORCH_INTERNAL_ASSERT(it != live_.end(), "s2s_fused: a block freed twice or not from the buffer cache");
       const size_t size = it->second;
       live_.erase(it);
+      live_bytes_ -= size;
       if (free_bytes_ + size <= kCapBytes && !config::on(config::Switch::NoBufferCache)) {
         free_.emplace(size, block);
         free_bytes_ += size;
@@ -159,7 +159,8 @@ class BufferCache final : public c10::Allocator {
   ForkSafeMutex mutex_{ForkSafeMutex::BufferCache};
   std::multimap<size_t, void*> free_;        // size -> block
   std::unordered_map<void*, size_t> live_;   // blocks handed out -> size
-  size_t free_bytes_ = 0;
+  size_t free_bytes_ = 0;                    // sum of free_'s sizes
+  size_t live_bytes_ = 0;                    // sum of live_'s sizes, kept so that stats() need not walk live_
   int64_t hits_ = 0, misses_ = 0;
 };
 
