@@ -922,13 +922,35 @@ def test_fused_decoder_step_training_matches_torch_backend(corpus):
         assert_close(out["fused"][1][k], g, 1e-9, f"grad {k}")
 
 
-def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(corpus):
-    """Decoding gathers the embedding's input gates from a table built once per weight version: after an
-    optimiser step changes the weights in place, the table is rebuilt (a stale one would decode with the old
-    embedding and input weights)."""
+def _sgd_step(m, corpus, fused):
+    m.train()
+    torch.manual_seed(4)
+    train_step(m, make_loss("fused" if fused else "torch"), torch.optim.SGD(m.parameters(), lr=0.5),
+               batch_of(corpus, 16), clip=1.0)
+
+
+def _fused_adam_step(m, corpus, fused):
+    """torch's fused Adam writes the parameters without moving their version counters."""
+    m.train()
+    torch.manual_seed(4)
+    opt = torch.optim.Adam(m.parameters(), lr=0.05, fused=True)
+    train_step(m, make_loss("fused" if fused else "torch"), opt, batch_of(corpus, 16), clip=1.0)
+
+
+def _data_write(m, corpus, fused):
+    """Writes through .data bypass the version counter."""
+    m.decoder.embedding.weight.data.mul_(0.5)
+    m.decoder.rnn.cells[0].bias_ih.data.add_(0.25)
+
+
+@pytest.mark.parametrize("update_fn", [_sgd_step, _fused_adam_step, _data_write], ids=["sgd", "fused-adam", "data"])
+def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(corpus, update_fn):
+    """Decoding gathers the embedding's input gates from a table kept while the weights it was built from are
+    unchanged: after an in-place update of the weights (through an optimiser, seen by version counters or not,
+    or through .data) the table is rebuilt (a stale one would decode with the old embedding and input weights)."""
     fused, eager = _pair(corpus)
     src, src_len = corpus.dev.src[:10], corpus.dev.src_len[:10]
-    for update in range(2):
+    for update in range(3):
         for m in (fused, eager):
             m.eval()
         with torch.no_grad():
@@ -943,11 +965,8 @@ def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(
             a, b = translate_ids(fused, src, src_len, beam=beam), translate_ids(eager, src, src_len, beam=beam)
             assert [h[0][0] for h in a] == [h[0][0] for h in b]
             assert [h[0][1] for h in a] == pytest.approx([h[0][1] for h in b], rel=1e-6)  # (float32 scores)
-        for m in (fused, eager):  # the same in-place update of every parameter
-            m.train()
-            opt = torch.optim.SGD(m.parameters(), lr=0.5)
-            torch.manual_seed(4)
-            train_step(m, make_loss("fused" if m is fused else "torch"), opt, batch_of(corpus, 16), clip=1.0)
+        for m in (fused, eager):  # the same in-place update
+            update_fn(m, corpus, m is fused)
 
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[5]], ids=cfg_id)
