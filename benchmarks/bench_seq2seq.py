@@ -12,7 +12,7 @@ from common import base_parser, parse_args, fill_ratios, interleaved_rows, markd
 
 from s2s_fused.backend import resolve
 from s2s_fused.seq2seq.model import Seq2Seq, make_loss
-from s2s_fused.seq2seq.train import train_step
+from s2s_fused.seq2seq.train import Adam, train_step
 from s2s_fused.seq2seq.translate import translate_ids
 
 
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         ms = {(fused_name if name == "fused" else base_name): m for name, m in models(cfg, device).items()}
         train = {}
         for provider, m in ms.items():
-            opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+            opt = Adam(m.parameters(), lr=1e-3)
             loss_fn = make_loss("torch" if provider == base_name else "fused")
             train[provider] = lambda m=m, loss_fn=loss_fn, opt=opt: train_step(m, loss_fn, opt, (src, lens, tgt, lens),
                                                                                 1.0)

@@ -220,6 +220,30 @@ def test_fused_attention_decoder_any_target_length(corpus, steps):
         assert_close(a, b, 1e-10, name)
 
 
+def test_train_optimizer_is_adam_and_moves_version_counters():
+    """The train command's Adam (torch's fused kernel) updates as torch's default Adam does, and moves the version
+    counter of every parameter it updates (the fused kernel alone does not: caches keyed on versions would go
+    stale); a parameter without a gradient is left as it is."""
+    from s2s_fused.seq2seq.train import Adam
+
+    g = torch.Generator().manual_seed(0)
+    init = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g), torch.randn(2, generator=g)]
+    ours = [torch.nn.Parameter(t.clone()) for t in init]
+    ref = [torch.nn.Parameter(t.clone()) for t in init]
+    opt, ref_opt = Adam(ours, lr=0.01), torch.optim.Adam(ref, lr=0.01)
+    for step in range(3):
+        for a, b in zip(ours[:2], ref[:2]):
+            a.grad = torch.randn(a.shape, generator=g)
+            b.grad = a.grad.clone()
+        before = [p._version for p in ours]
+        opt.step()
+        ref_opt.step()
+        assert [p._version > v for p, v in zip(ours, before)] == [True, True, False], step
+        for a, b in zip(ours, ref):
+            assert_close(a.detach(), b.detach(), 1e-6, f"step {step}")
+    assert torch.equal(ours[2].detach(), init[2])
+
+
 @pytest.mark.parametrize("cfg", CONFIGS[:6], ids=cfg_id)
 def test_tiny_training_lowers_loss(corpus, cfg):
     torch.manual_seed(0)

@@ -9,7 +9,7 @@ import torch
 
 from .data import shard_batches
 from .model import Seq2Seq, make_loss
-from .train import train_step, trim_target
+from .train import Adam, train_step, trim_target
 from .translate import translate_ids
 
 
@@ -45,7 +45,7 @@ def compare_training_speed(trained, corpus, args, device, rounds=3):
     runs = {}
     for name, m in _copies(trained, args, device).items():
         m.train()
-        opt = torch.optim.Adam(m.parameters(), lr=args.lr)
+        opt = Adam(m.parameters(), lr=args.lr)
         loss_fn = make_loss("torch" if name == "torch" else "fused")
         for b in batches:  # warm-up: first-call costs, and the CPU GEMM path measured per shape (cpu_path.h)
             train_step(m, loss_fn, opt, b, args.clip)
