@@ -36,8 +36,11 @@ inline AttnArgs attn_args(const at::Tensor& query, const at::Tensor& keys, const
   TORCH_CHECK(valid_len.device() == query.device(), "valid_len: expected device ", query.device(),
               " (as query), got ", valid_len.device());
   check_dim(valid_len, 1, "valid_len");
-  const int64_t B = query.size(0), Hq = query.size(1), S = keys.size(1), H = keys.size(2);
-  check_size(keys, 0, B, "keys");
+  const int64_t N = query.size(0), Hq = query.size(1), B = keys.size(0), S = keys.size(1), H = keys.size(2);
+  // N = R*B with R >= 1 (R query rows per source row), and N = B = 0 for an empty batch
+  TORCH_CHECK(B == 0 ? N == 0 : N >= B && N % B == 0,
+              "keys: expected B rows with query's N = R*B (R >= 1 query rows per source row; N = ", N,
+              "), got shape ", keys.sizes());
   TORCH_CHECK(S >= 1, "keys: expected at least one position (S >= 1), got shape ", keys.sizes());
   check_size(values, 0, B, "values");
   check_size(values, 1, S, "values");
@@ -54,7 +57,9 @@ inline AttnArgs attn_args(const at::Tensor& query, const at::Tensor& keys, const
   a.valid_len = valid_len.contiguous();
   auto& r = a.rows;
   r.dtype = to_dtype(query.scalar_type());
+  r.N = N;
   r.B = B;
+  r.R = B == 0 ? 1 : N / B;
   r.S = S;
   r.H = H;
   r.Dv = values.size(2);
@@ -65,7 +70,7 @@ inline AttnArgs attn_args(const at::Tensor& query, const at::Tensor& keys, const
   return a;
 }
 
-// qp = query W_q^T (B, H), contiguous, in the accumulate type: one GEMM for the whole batch.
+// qp = query W_q^T (N, H), contiguous, in the accumulate type: one GEMM for the whole batch.
 inline at::Tensor attn_query_proj(const AttnArgs& a) {
   const auto acc = attn_acc_dtype(a.query.scalar_type());
   return at::matmul(a.query.to(acc), a.w_q.to(acc).t()).contiguous();
@@ -75,39 +80,42 @@ inline void attn_check_backward(const AttnArgs& a, const at::Tensor& grad_contex
                                 const at::Tensor& grad_weights, const at::Tensor& query_proj) {
   const auto& r = a.rows;
   check_same(grad_context, a.query, "grad_context", "query");
-  TORCH_CHECK(grad_context.dim() == 2 && grad_context.size(0) == r.B && grad_context.size(1) == r.Dv,
-              "grad_context: expected shape [", r.B, ", ", r.Dv, "] (as context), got ", grad_context.sizes());
+  TORCH_CHECK(grad_context.dim() == 2 && grad_context.size(0) == r.N && grad_context.size(1) == r.Dv,
+              "grad_context: expected shape [", r.N, ", ", r.Dv, "] (as context), got ", grad_context.sizes());
   if (grad_weights.defined()) {
     check_same(grad_weights, a.query, "grad_weights", "query");
-    TORCH_CHECK(grad_weights.dim() == 2 && grad_weights.size(0) == r.B && grad_weights.size(1) == r.S,
-                "grad_weights: expected shape [", r.B, ", ", r.S, "] (as weights), got ", grad_weights.sizes());
+    TORCH_CHECK(grad_weights.dim() == 2 && grad_weights.size(0) == r.N && grad_weights.size(1) == r.S,
+                "grad_weights: expected shape [", r.N, ", ", r.S, "] (as weights), got ", grad_weights.sizes());
   }
   const auto acc = attn_acc_dtype(a.query.scalar_type());
   TORCH_CHECK(query_proj.scalar_type() == acc, "query_proj: expected dtype ", acc, ", got ",
               query_proj.scalar_type());
   TORCH_CHECK(query_proj.device() == a.query.device(), "query_proj: expected device ", a.query.device(),
               " (as query), got ", query_proj.device());
-  TORCH_CHECK(query_proj.dim() == 2 && query_proj.size(0) == r.B && query_proj.size(1) == r.H,
-              "query_proj: expected shape [", r.B, ", ", r.H, "] (query W_q^T), got ", query_proj.sizes());
+  TORCH_CHECK(query_proj.dim() == 2 && query_proj.size(0) == r.N && query_proj.size(1) == r.H,
+              "query_proj: expected shape [", r.N, ", ", r.H, "] (query W_q^T), got ", query_proj.sizes());
 }
 
-// The forward's outputs, allocated: context (B, Dv), weights (B, S) in the inputs' dtype.
+// The forward's outputs, allocated: context (N, Dv), weights (N, S) in the inputs' dtype.
 inline std::tuple<at::Tensor, at::Tensor> attn_forward_outputs(const AttnArgs& a) {
   const auto& r = a.rows;
   const auto opts = a.query.options();
-  return {at::empty({r.B, r.Dv}, opts), at::empty({r.B, r.S}, opts)};
+  return {at::empty({r.N, r.Dv}, opts), at::empty({r.N, r.S}, opts)};
 }
 
 struct AttnBackwardOutputs {
   at::Tensor grad_keys, grad_values, grad_qp, grad_v_rows;
 };
 
+// grad_keys / grad_values: the gradients for R = 1, else each query row's share in acc precision (csrc/attention.h),
+// which attn_finish_backward sums.
 inline AttnBackwardOutputs attn_backward_outputs(const AttnArgs& a) {
   const auto& r = a.rows;
   const auto opts = a.query.options();
   const auto acc = opts.dtype(attn_acc_dtype(a.query.scalar_type()));
-  return {at::empty({r.B, r.S, r.H}, opts), at::empty({r.B, r.S, r.Dv}, opts), at::empty({r.B, r.H}, acc),
-          at::empty({r.B, r.H}, acc)};
+  const auto grad_opts = r.R == 1 ? opts : acc;
+  return {at::empty({r.N, r.S, r.H}, grad_opts), at::empty({r.N, r.S, r.Dv}, grad_opts), at::empty({r.N, r.H}, acc),
+          at::empty({r.N, r.H}, acc)};
 }
 
 // The kernels' raw-pointer views of the forward's and the backward's tensors.
@@ -137,16 +145,22 @@ inline cpu::AttnBackwardParams attn_backward_params(const AttnArgs& a, const at:
   return p;
 }
 
-// From the per-row kernels' d loss / d qp and row shares of d loss / d v: (grad_query, grad_w_q, grad_v), two
-// GEMMs and a column sum.
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> attn_finish_backward(const AttnArgs& a,
-                                                                         const AttnBackwardOutputs& o) {
+// From the per-row kernels' outputs: (grad_query, grad_keys, grad_values, grad_w_q, grad_v), two GEMMs, a column
+// sum, and for R > 1 the sums of the query rows' shares of grad_keys and grad_values over each source row.
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attn_finish_backward(
+    const AttnArgs& a, const AttnBackwardOutputs& o) {
+  const auto& r = a.rows;
   const auto dtype = a.query.scalar_type();
   const auto acc = attn_acc_dtype(dtype);
   at::Tensor grad_query = at::matmul(o.grad_qp, a.w_q.to(acc)).to(dtype);
   at::Tensor grad_w_q = at::matmul(o.grad_qp.t(), a.query.to(acc)).to(dtype);
   at::Tensor grad_v = o.grad_v_rows.sum(0).to(dtype);
-  return {grad_query, grad_w_q, grad_v};
+  at::Tensor grad_keys = o.grad_keys, grad_values = o.grad_values;
+  if (r.R > 1) {
+    grad_keys = grad_keys.view({r.B, r.R, r.S, r.H}).sum(1).to(dtype);
+    grad_values = grad_values.view({r.B, r.R, r.S, r.Dv}).sum(1).to(dtype);
+  }
+  return {grad_query, grad_keys, grad_values, grad_w_q, grad_v};
 }
 
 }  // namespace s2s_fused

@@ -120,10 +120,12 @@ TORCH_LIBRARY(s2s_fused, m) {
       "-> (Tensor scores, Tensor beam_index, Tensor token)");
 
   // ---------------------------------------------------------------- attention
-  // Additive (Bahdanau) attention of one decoder step (csrc/attention.h): query (B, Hq), keys (B, S, H) already
-  // projected, values (B, S, Dv), w_q (H, Hq), v (H,), valid_len (B,) int64 in [0, S] (0: uniform weights).
-  // context (B, Dv) and weights (B, S) in the inputs' dtype; query_proj = query W_q^T (B, H) in the accumulate
-  // type (fp32; fp64 for fp64), saved for backward, which recomputes the scores from it.
+  // Additive (Bahdanau) attention of one decoder step (csrc/attention.h): query (N, Hq), keys (B, S, H) already
+  // projected, values (B, S, Dv), w_q (H, Hq), v (H,), valid_len (B,) int64 in [0, S] (0: uniform weights);
+  // N = R*B, R >= 1: query row n attends source row n / R (R beams share one copy of their sentence's keys).
+  // context (N, Dv) and weights (N, S) in the inputs' dtype; query_proj = query W_q^T (N, H) in the accumulate
+  // type (fp32; fp64 for fp64), saved for backward, which recomputes the scores from it. grad_keys and
+  // grad_values sum over the R query rows of each source row.
   m.def(
       "additive_attention_forward(Tensor query, Tensor keys, Tensor values, Tensor w_q, Tensor v, "
       "Tensor valid_len) -> (Tensor context, Tensor weights, Tensor query_proj)");

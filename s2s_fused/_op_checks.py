@@ -475,6 +475,16 @@ def attn_acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def attn_rows_error(N: int, keys: torch.Tensor):
+    """The message for keys' B source rows under N query rows unless N = R*B with R >= 1 (or N = B = 0), else None;
+    the public function raises it as ValueError, the ops as RuntimeError."""
+    B = keys.shape[0]
+    if (N == 0) if B == 0 else (N >= B and N % B == 0):
+        return None
+    return (f"keys: expected B rows with query's N = R*B (R >= 1 query rows per source row; N = {N}), got shape "
+            f"{shape_str(keys)}")
+
+
 def attn_args(query, keys, values, w_q, v, valid_len) -> None:
     """csrc/attention_args.h attn_args, check for check and message for message."""
     for t, name in ((query, "query"), (keys, "keys"), (values, "values"), (w_q, "w_q"), (v, "v"),
@@ -489,9 +499,11 @@ def attn_args(query, keys, values, w_q, v, valid_len) -> None:
         fail("valid_len: expected an int64 tensor, got ", dtype_str(valid_len.dtype))
     same_device(valid_len, query, "valid_len", "query")
     dim(valid_len, 1, "valid_len")
-    B, Hq = query.shape
-    S, H = keys.shape[1], keys.shape[2]
-    size(keys, 0, B, "keys")
+    N, Hq = query.shape
+    B, S, H = keys.shape
+    rows_error = attn_rows_error(N, keys)
+    if rows_error:
+        fail(rows_error)
     if S < 1:
         fail("keys: expected at least one position (S >= 1), got shape ", shape_str(keys))
     size(values, 0, B, "values")
@@ -522,20 +534,20 @@ def additive_attention_backward(grad_context, grad_weights, query, keys, values,
         tensor(grad_weights, "grad_weights")
     tensor(query_proj, "query_proj")
     attn_args(query, keys, values, w_q, v, valid_len)
-    B, S, H, Dv = query.shape[0], keys.shape[1], keys.shape[2], values.shape[2]
+    N, S, H, Dv = query.shape[0], keys.shape[1], keys.shape[2], values.shape[2]
     same(grad_context, query, "grad_context", "query")
-    if grad_context.dim() != 2 or tuple(grad_context.shape) != (B, Dv):
-        fail("grad_context: expected shape [", B, ", ", Dv, "] (as context), got ", shape_str(grad_context))
+    if grad_context.dim() != 2 or tuple(grad_context.shape) != (N, Dv):
+        fail("grad_context: expected shape [", N, ", ", Dv, "] (as context), got ", shape_str(grad_context))
     if grad_weights is not None:
         same(grad_weights, query, "grad_weights", "query")
-        if grad_weights.dim() != 2 or tuple(grad_weights.shape) != (B, S):
-            fail("grad_weights: expected shape [", B, ", ", S, "] (as weights), got ", shape_str(grad_weights))
+        if grad_weights.dim() != 2 or tuple(grad_weights.shape) != (N, S):
+            fail("grad_weights: expected shape [", N, ", ", S, "] (as weights), got ", shape_str(grad_weights))
     acc = attn_acc_dtype(query.dtype)
     if query_proj.dtype != acc:
         fail("query_proj: expected dtype ", dtype_str(acc), ", got ", dtype_str(query_proj.dtype))
     same_device(query_proj, query, "query_proj", "query")
-    if query_proj.dim() != 2 or tuple(query_proj.shape) != (B, H):
-        fail("query_proj: expected shape [", B, ", ", H, "] (query W_q^T), got ", shape_str(query_proj))
+    if query_proj.dim() != 2 or tuple(query_proj.shape) != (N, H):
+        fail("query_proj: expected shape [", N, ", ", H, "] (query W_q^T), got ", shape_str(query_proj))
 
 
 # ----------------------------------------------------------------------------------------------------- end

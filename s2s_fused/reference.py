@@ -190,18 +190,23 @@ def beam_search_topk(logits, beam_scores, k, finished=None, eos_id=None):
 
 
 def additive_attention(query, keys, values, w_q, v, valid_len):
-    """Bahdanau (additive) attention of one decoder step. query (B, Hq), keys (B, S, H) already projected
-    (W_k k_s, once per source), values (B, S, Dv), w_q (H, Hq), v (H,), valid_len (B,) integer in [0, S].
+    """Bahdanau (additive) attention of one decoder step. query (N, Hq), keys (B, S, H) already projected
+    (W_k k_s, once per source), values (B, S, Dv), w_q (H, Hq), v (H,), valid_len (B,) integer in [0, S], with
+    N = R*B: query row n attends source row n // R (the R query rows of a source row are consecutive, as
+    batch-major beams are; R = 1 is one source row per query row).
 
     score_s = v . tanh(W_q q + k_s); weights = softmax over s < valid_len (0 elsewhere); context = sum_s weights_s
     values_s. valid_len = 0 gives uniform weights 1/S over every position, as d2l's -1e6 masking does (its scores
-    are then all equal); they do not depend on query, keys, w_q or v. Returns (context (B, Dv), weights (B, S))."""
-    S = keys.shape[1]
-    scores = torch.tanh(keys + (query @ w_q.t())[:, None, :]) @ v                       # (B, S)
+    are then all equal); they do not depend on query, keys, w_q or v. Returns (context (N, Dv), weights (N, S))."""
+    B, S, H = keys.shape
+    N = query.shape[0]
+    R = N // B if B else 1
+    qp = (query @ w_q.t()).view(B, R, 1, H)
+    scores = torch.tanh(keys[:, None] + qp) @ v                                          # (B, R, S)
     pos = torch.arange(S, device=keys.device)
-    mask = pos[None, :] < valid_len.to(keys.device)[:, None]                             # (B, S)
-    empty = (valid_len.to(keys.device) == 0)[:, None]
+    vl = valid_len.to(keys.device)[:, None, None]
+    mask = pos < vl                                                                      # (B, 1, S)
     # an empty row's scores all become 0, so its softmax is uniform and carries no gradient to the scores
-    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")).masked_fill(empty, 0.0), dim=-1)
-    context = (weights[:, :, None] * values).sum(1)
-    return context, weights
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")).masked_fill(vl == 0, 0.0), dim=-1)
+    context = weights @ values                                                           # (B, R, Dv)
+    return context.reshape(N, values.shape[2]), weights.reshape(N, S)

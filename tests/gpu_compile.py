@@ -290,9 +290,12 @@ def _attention():
     from s2s_fused.triton import attention as tri
     with record_launches(tri) as log:
         for dtype in map(_dt, FLOATS):
-            # S, H, Dv equal to 1 are constexprs; S = 130 takes the widest score tile and the narrowest chunks
-            for B, S, H, Hq, Dv in ((3, 5, 17, 4, 33), (1, 1, 1, 1, 1), (2, 130, 40, 3, 20)):
-                args = [torch.randn(*shape, dtype=dtype) for shape in ((B, Hq), (B, S, H), (B, S, Dv), (H, Hq), (H,))]
+            # S, H, Dv equal to 1 are constexprs; S = 130 takes the widest score tile and the narrowest chunks; R > 1
+            # query rows per source row: R a runtime argument, the backward's per-row grads in the accumulate type
+            for B, S, H, Hq, Dv, R in ((3, 5, 17, 4, 33, 1), (1, 1, 1, 1, 1, 1), (2, 130, 40, 3, 20, 1),
+                                       (3, 5, 17, 4, 33, 4)):
+                args = [torch.randn(*shape, dtype=dtype)
+                        for shape in ((R * B, Hq), (B, S, H), (B, S, Dv), (H, Hq), (H,))]
                 args.append(torch.full((B,), S))
                 ctx, w, qp = tri.additive_attention_forward(*args)
                 for gw in (torch.ones_like(w), None):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import s2s_fused
 from s2s_fused import reference
@@ -22,13 +23,14 @@ GRAD_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, tor
 NAMES = ("query", "keys", "values", "w_q", "v")
 
 
-def _inputs(B, S, H, Hq, Dv, dtype=torch.float64, device="cpu", *, seed=0, valid_len=None):
+def _inputs(B, S, H, Hq, Dv, dtype=torch.float64, device="cpu", *, seed=0, valid_len=None, R=1):
+    """query (R*B, Hq) over B source rows (keys, values, valid_len)."""
     g = torch.Generator().manual_seed(seed)
 
     def r(*shape, scale=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype).to(device)
 
-    tensors = [r(B, Hq), r(B, S, H), r(B, S, Dv), r(H, Hq, scale=0.5), r(H)]
+    tensors = [r(R * B, Hq), r(B, S, H), r(B, S, Dv), r(H, Hq, scale=0.5), r(H)]
     if valid_len is None:
         valid_len = torch.randint(0, S + 1, (B,), generator=g)
         valid_len[0] = S
@@ -137,13 +139,60 @@ def test_valid_len_zero_one_and_full(backend):
     assert torch.isfinite(ctx2[1]).all() and torch.isfinite(w2[1]).all()
 
 
+# ------------------------------------------------------------------------------ grouped source rows (N = R*B)
+# Beam search: R = K beams of a sentence share its keys, values and valid_len (query row n attends source row
+# n // R); the source tensors' gradients are the sums over the R query rows.
+
+GROUPED_SHAPES = [(1, 1, 1, 1, 1), (3, 17, 3, 5, 7), (17, 3, 17, 1, 3), (3, 1, 5, 3, 1)]
+
+
+@pytest.mark.parametrize("backend", backend_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("R", [1, 2, 4, 5])
+@pytest.mark.parametrize("shape", GROUPED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_grouped_rows_match_reference(backend, dtype, R, shape):
+    dev = device_for(backend)
+    if backend == "triton" and dev.type == "cpu" and R * shape[0] > 20 and dtype != torch.float32:
+        pytest.skip("the interpreter runs one program at a time: N > 20 in float32 only")
+    tensors, vl = _inputs(*shape, dtype=dtype, device=dev, seed=sum(shape) + R, R=R)
+    assert int(vl.min()) == (0 if shape[0] > 1 else shape[1]) and int(vl.max()) == shape[1]
+    ctx, w, grads = _run(backend, tensors, vl)
+    rctx, rw, rgrads = _ref(tensors, vl)
+    assert ctx.shape == (R * shape[0], shape[4]) and w.shape == (R * shape[0], shape[1])
+    assert_close(ctx, rctx, VALUE_TOL[dtype], "context")
+    assert_close(w, rw, VALUE_TOL[dtype], "weights")
+    for name, g, r in zip(NAMES, grads, rgrads):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert_close(g, r, GRAD_TOL[dtype], f"grad {name}")
+
+
+@pytest.mark.parametrize("R", [1, 2, 4, 5])
+@pytest.mark.parametrize("shape", GROUPED_SHAPES + [(4, 6, 3, 2, 5)], ids=lambda s: "x".join(map(str, s)))
+def test_grouped_reference_is_the_op_on_repeated_source_rows(R, shape):
+    """The reference's grouped result is the ungrouped one on keys, values and valid_len repeated R times per row
+    (repeat_interleave); its keys' and values' gradients are the repeated rows' gradients summed over each group."""
+    tensors, vl = _inputs(*shape, seed=R, R=R)
+    B = shape[0]
+    ctx, w, grads = _run("reference", tensors, vl)
+    q, k, vals, w_q, v = tensors
+    rep = [q, k.repeat_interleave(R, 0), vals.repeat_interleave(R, 0), w_q, v]
+    ctx1, w1, grads1 = _run("reference", rep, vl.repeat_interleave(R))
+    assert_close(ctx, ctx1, 1e-12, "context")
+    assert_close(w, w1, 1e-12, "weights")
+    for i, (name, g, g1) in enumerate(zip(NAMES, grads, grads1)):
+        if i in (1, 2):
+            g1 = g1.view(B, R, *g1.shape[1:]).sum(1)
+        assert_close(g, g1, 1e-12, f"grad {name}")
+
+
 # ------------------------------------------------------------------------------------ gradcheck / opcheck
 
 
 @pytest.mark.parametrize("backend", backend_params())
-def test_gradcheck_and_gradgradcheck_fp64(backend):
+@pytest.mark.parametrize("R", [1, 3])
+def test_gradcheck_and_gradgradcheck_fp64(backend, R):
     dev = device_for(backend)
-    tensors, vl = _inputs(3, 4, 3, 2, 5, device=dev, seed=3)
+    tensors, vl = _inputs(3, 4, 3, 2, 5, device=dev, seed=3, R=R)
     xs = [t.clone().requires_grad_() for t in tensors]
 
     def f(*x):
@@ -159,8 +208,8 @@ def test_opcheck(backend):
     suffix = "_triton" if backend == "triton" else ""
     fwd = getattr(ops, "additive_attention_forward" + suffix)
     bwd = getattr(ops, "additive_attention_backward" + suffix)
-    for shape in ((3, 4, 3, 2, 5), (1, 1, 2, 1, 1)):
-        tensors, vl = _inputs(*shape, dtype=torch.float32, device=dev)
+    for shape, R in (((3, 4, 3, 2, 5), 1), ((1, 1, 2, 1, 1), 1), ((3, 4, 3, 2, 5), 4), ((2, 3, 5, 1, 3), 3)):
+        tensors, vl = _inputs(*shape, dtype=torch.float32, device=dev, R=R)
         for rg in (False, True):
             torch.library.opcheck(fwd, [t.clone().requires_grad_(rg) for t in tensors] + [vl])
         ctx, w, qp = fwd(*tensors, vl)
@@ -169,9 +218,10 @@ def test_opcheck(backend):
 
 
 @pytest.mark.parametrize("backend", backend_params())
-def test_torch_compile_fullgraph(backend):
+@pytest.mark.parametrize("R", [1, 4])
+def test_torch_compile_fullgraph(backend, R):
     dev = device_for(backend)
-    tensors, vl = _inputs(3, 5, 4, 6, 7, dtype=torch.float32, device=dev, seed=4)
+    tensors, vl = _inputs(3, 5, 4, 6, 7, dtype=torch.float32, device=dev, seed=4, R=R)
 
     def f(*x):
         ctx, w = s2s_fused.additive_attention(*x, vl, backend=backend)
@@ -194,8 +244,8 @@ def test_torch_compile_fullgraph(backend):
 @pytest.mark.parametrize("cap", CPU_CAPABILITIES)
 def test_each_cpu_capability(cap):
     check_dtypes_on_cpu_capability(cap, """
-        for S, H, Dv in ((1, 1, 1), (3, 17, 33), (17, 130, 7)):
-            shapes = ((4, 5), (4, S, H), (4, S, Dv), (H, 5), (H,))
+        for S, H, Dv, G in ((1, 1, 1, 1), (3, 17, 33, 1), (17, 130, 7, 1), (3, 17, 33, 3), (17, 130, 7, 2)):
+            shapes = ((4 * G, 5), (4, S, H), (4, S, Dv), (H, 5), (H,))  # G query rows per source row
             xs = [torch.randn(*s, dtype=torch.float64).to(dt) for s in shapes]
             vl = torch.tensor([S, 0, 1, max(S - 1, 0)])
             a = [x.clone().requires_grad_() for x in xs]; r = [x.double().requires_grad_() for x in xs]
@@ -205,7 +255,7 @@ def test_each_cpu_capability(cap):
             (c * gc.to(dt)).sum().backward(); (rc * gc).sum().backward()
             names = ["context", "weights", "grad query", "grad keys", "grad values", "grad w_q", "grad v"]
             for name, o, ref in zip(names, [c, w] + [x.grad for x in a], [rc, rw] + [y.grad for y in r]):
-                assert_close(o, ref, tol, f"{dt} S={S} H={H} Dv={Dv} {name}")
+                assert_close(o, ref, tol, f"{dt} S={S} H={H} Dv={Dv} G={G} {name}")
     """)
 
 
@@ -225,7 +275,9 @@ def test_bad_input(backend):
     assert_raises(lambda: f([1.0], k, vals, w_q, v, vl), TypeError, "query", "torch.Tensor")
     assert_raises(lambda: f(q, k[0], vals, w_q, v, vl), ValueError, "keys", "3-D")
     assert_raises(lambda: f(q, k.double(), vals, w_q, v, vl), TypeError, "keys", "dtype")
-    assert_raises(lambda: f(q, k[:1], vals, w_q, v, vl), ValueError, "keys", "shape")
+    k3 = torch.cat([k, k[:1]])
+    assert_raises(lambda: f(q, k3, vals, w_q, v, vl), ValueError, "keys", "N = R*B", "N = 2)", "[3, 3, 4]")
+    assert_raises(lambda: f(q, k[:1], vals, w_q, v, vl), ValueError, "values", "(1, 3, 6)")  # keys: R = 2
     assert_raises(lambda: f(q, k[:, :0], vals[:, :0], w_q, v, vl), ValueError, "keys", "S >= 1")
     assert_raises(lambda: f(q, k, vals[:, :2], w_q, v, vl), ValueError, "values", "shape")
     assert_raises(lambda: f(q, k, vals.double(), w_q, v, vl), TypeError, "values", "dtype")
@@ -238,6 +290,54 @@ def test_bad_input(backend):
     assert_raises(lambda: f(q, k, vals, w_q, v, torch.tensor([4, 0])), ValueError, "valid_len", "[0, S=3]", "4")
     assert_raises(lambda: f(q, k, vals, w_q, v, torch.tensor([1, -1])), ValueError, "valid_len", "-1")
     f(q, k, vals, w_q, v, vl.int())  # any integer dtype
+
+
+def _grouped_bad_rows():
+    """(case, args, argument blamed, words of the public function's message, of the ops'): query rows that are not R*B (R >= 1) for keys' B rows, and a
+    valid_len with a row per query row instead of per source row."""
+    (q, k, vals, w_q, v), vl = _inputs(2, 3, 4, 5, 6, dtype=torch.float32, R=3)  # N = 6, B = 2
+    empty = (k[:0], vals[:0], vl[:0])
+    rows = ("N = R*B", "R >= 1")
+    return [
+        ("N%B", [q[:5], k, vals, w_q, v, vl], "keys", rows + ("N = 5)", "[2, 3, 4]"), ()),
+        ("N<B", [q[:1], k, vals, w_q, v, vl], "keys", rows + ("N = 1)", "[2, 3, 4]"), ()),
+        ("N=0<B", [q[:0], k, vals, w_q, v, vl], "keys", rows + ("N = 0)", "[2, 3, 4]"), ()),
+        ("B=0<N", [q, empty[0], empty[1], w_q, v, empty[2]], "keys", rows + ("N = 6)", "[0, 3, 4]"), ()),
+        ("valid_len-N-rows", [q, k, vals, w_q, v, vl.repeat_interleave(3)], "valid_len", ("(2,)", "(6,)"),
+         ("size 2", "[6]")),
+        ("values-N-rows", [q, k, vals.repeat_interleave(3, 0), w_q, v, vl], "values", ("(2, 3, 6)", "(6, 3, 6)"),
+         ("size 2", "[6, 3, 6]")),
+    ]
+
+
+@pytest.mark.parametrize("case,args,arg,words,op_words", _grouped_bad_rows(), ids=[c[0] for c in _grouped_bad_rows()])
+def test_grouped_bad_rows_every_entry_point(case, args, arg, words, op_words):
+    """The public function on every backend (ValueError) and each registered op, its Triton twin and its fake
+    kernel (RuntimeError, one message) refuse query rows that are not R*B, R >= 1, before any kernel runs."""
+    backends = ["reference", "cpu"] + (["triton"] if is_available("triton") and triton_interpret() else [])
+    for be in backends:
+        assert_raises(lambda: s2s_fused.additive_attention(*args, backend=be), ValueError, arg + ":", *words)
+    suffixes = [""] + (["_triton"] if is_available("triton") and triton_interpret() else [])
+    (q, k, vals, w_q, v), vl = _inputs(2, 3, 4, 5, 6, dtype=torch.float32, R=3)
+    ctx, w, qp = ops.additive_attention_forward(q, k, vals, w_q, v, vl)
+    # the backward op with the bad arguments and incoming gradients shaped by the bad query
+    N = args[0].shape[0]
+    bwd_args = [torch.zeros(N, 6), torch.zeros(N, 3), *args, torch.zeros(N, 4)]
+    messages = set()
+    for suffix in suffixes:
+        for name, call_args in (("additive_attention_forward", args), ("additive_attention_backward", bwd_args)):
+            op = getattr(ops, name + suffix)
+            with pytest.raises(RuntimeError) as e:
+                op(*call_args)
+            msg = str(e.value).split("\n")[0]
+            assert msg.startswith(arg + ":") and all(word in msg for word in op_words or words), msg
+            messages.add((name, msg))
+            with FakeTensorMode() as mode:
+                fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in call_args]
+                with pytest.raises(RuntimeError) as e:
+                    op(*fake)
+            messages.add((name, str(e.value).split("\n")[0]))
+    assert len(messages) == 2, messages  # one message per op, whichever implementation raised it
 
 
 @pytest.mark.parametrize("suffix", ["", pytest.param("_triton", marks=TRITON_ON_CPU)])

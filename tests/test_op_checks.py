@@ -154,15 +154,16 @@ def masked_ce_backward(B=B, T=T, V=V, flat=False):
 S_ATT, HQ, DV = 4, 3, 6
 
 
-def additive_attention_forward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV):
+def additive_attention_forward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV, R=1):
+    """R*B query rows over B source rows."""
     valid_len = torch.tensor([S, 0, 1][:B] + [S] * max(0, B - 3), dtype=torch.int64).clamp(max=S)
-    return [_randn(B, Hq), _randn(B, S, H), _randn(B, S, Dv), _randn(H, Hq) * 0.5, _randn(H), valid_len]
+    return [_randn(R * B, Hq), _randn(B, S, H), _randn(B, S, Dv), _randn(H, Hq) * 0.5, _randn(H), valid_len]
 
 
-def additive_attention_backward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV):
-    args = additive_attention_forward(B, S, H, Hq, Dv)
+def additive_attention_backward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV, R=1):
+    args = additive_attention_forward(B, S, H, Hq, Dv, R)
     ctx, w, qp = ops.additive_attention_forward(*args)
-    return [_randn(B, Dv), _randn(B, S), *args, qp]
+    return [_randn(R * B, Dv), _randn(R * B, S), *args, qp]
 
 
 MAKERS = {f.__name__: f for f in (
@@ -576,7 +577,8 @@ def _reference_forward(op, args):
 _CELL_SIZES = [dict(B=0), dict(I=0), dict(H=1), dict(H=0), dict(B=1, I=1, H=1)]
 _LAYER_SIZES = [dict(T=0), dict(B=0), dict(I=0), dict(H=1), dict(H=0), dict(T=1, B=1, I=1, H=1)]
 _CE_SIZES = [dict(B=0), dict(T=0), dict(V=1), dict(B=1, T=1, V=1), dict(B=0, flat=True), dict(V=1, flat=True)]
-_ATT_SIZES = [dict(B=0), dict(S=1), dict(H=0), dict(Hq=0), dict(Dv=0), dict(B=1, S=1, H=1, Hq=1, Dv=1)]
+_ATT_SIZES = [dict(B=0), dict(S=1), dict(H=0), dict(Hq=0), dict(Dv=0), dict(B=1, S=1, H=1, Hq=1, Dv=1), dict(R=2),
+              dict(B=1, S=1, R=3), dict(H=0, R=4), dict(Dv=0, R=2)]
 # Projected LSTM layers: P = 1 and P = H - 1, and empty sizes.
 _PROJ_SIZES = [dict(T=0, P=2), dict(B=0, P=2), dict(I=0, P=2), dict(H=1, P=1), dict(H=2, P=1), dict(H=4, P=3),
                dict(T=1, B=1, I=1, H=3, P=1)]

@@ -1,7 +1,8 @@
 // CPU registration of the additive attention ops: the query projection and weight gradients as ATen GEMMs, the
 // fused per-row part (tanh scores, masked softmax, context; and its backward) in the capability-selected kernels
-// of csrc/cpu/kernels/attention.cpp, parallel over batch rows. valid_len outside [0, S] is an error before any
-// kernel runs (on CPU reading it costs no device sync).
+// of csrc/cpu/kernels/attention.cpp, parallel over source rows: a task runs all R query rows of its source rows back
+// to back, while that row's keys and values are in cache. valid_len outside [0, S] is an error before any kernel
+// runs (on CPU reading it costs no device sync).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -21,8 +22,17 @@ void check_valid_len_values(const AttnArgs& a) {
   }
 }
 
-// Rows per task: about 16K multiply-adds of the score and context loops, so a task outweighs its scheduling.
-int64_t attn_grain(const AttnRows& r) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, r.S * (r.H + r.Dv))); }
+// Source rows per task: about 16K multiply-adds of the score and context loops (R query rows each), so a task
+// outweighs its scheduling.
+int64_t attn_grain(const AttnRows& r) {
+  return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, r.R * r.S * (r.H + r.Dv)));
+}
+
+// fn(n0, n1) over the query rows of whole source rows, in parallel.
+template <typename F>
+void for_source_rows(const AttnRows& r, const F& fn) {
+  at::parallel_for(0, r.B, attn_grain(r), [&](int64_t b0, int64_t b1) { fn(b0 * r.R, b1 * r.R); });
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> additive_attention_forward_cpu(
     const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values, const at::Tensor& w_q,
@@ -32,8 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> additive_attention_forward_cpu(
   at::Tensor qp = attn_query_proj(a);
   auto [context, weights] = attn_forward_outputs(a);
   const auto p = attn_forward_params(a, qp, context, weights);
-  at::parallel_for(0, p.rows.B, attn_grain(p.rows),
-                   [&](int64_t b0, int64_t b1) { attention_kernels().forward(p, b0, b1); });
+  for_source_rows(p.rows, [&](int64_t n0, int64_t n1) { attention_kernels().forward(p, n0, n1); });
   return {context, weights, qp};
 }
 
@@ -48,10 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> additive_
   const at::Tensor g = grad_context.contiguous(), qp = query_proj.contiguous();
   AttnBackwardOutputs o = attn_backward_outputs(a);
   const auto p = attn_backward_params(a, g, gw, qp, o);
-  at::parallel_for(0, p.rows.B, attn_grain(p.rows),
-                   [&](int64_t b0, int64_t b1) { attention_kernels().backward(p, b0, b1); });
-  auto [grad_query, grad_w_q, grad_v] = attn_finish_backward(a, o);
-  return {grad_query, o.grad_keys, o.grad_values, grad_w_q, grad_v};
+  for_source_rows(p.rows, [&](int64_t n0, int64_t n1) { attention_kernels().backward(p, n0, n1); });
+  return attn_finish_backward(a, o);
 }
 
 }  // namespace

@@ -48,8 +48,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> additive_
   AttnBackwardOutputs o = attn_backward_outputs(a);
   const auto p = attn_backward_params(a, g, gw, qp, o);
   check_launch(additive_attention_backward_launch(p, current_stream(query)), "additive_attention_backward");
-  auto [grad_query, grad_w_q, grad_v] = attn_finish_backward(a, o);
-  return {grad_query, o.grad_keys, o.grad_values, grad_w_q, grad_v};
+  return attn_finish_backward(a, o);
 }
 
 }  // namespace

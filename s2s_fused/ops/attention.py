@@ -4,10 +4,11 @@ Public: :func:`additive_attention`. The ops ``torch.ops.s2s_fused.additive_atten
 and CPU / CUDA kernels in csrc/) and their Triton twins ``..._triton`` (kernels in s2s_fused/triton/attention.py)
 get their fake kernels and autograd here; the ``reference`` backend is plain torch (s2s_fused.reference).
 
-Per row, the fused kernel reads keys[:valid_len] once (tanh and the v-dot together) and values[:valid_len] once;
-the query projection (B, Hq) x (Hq, H) is one GEMM before it, the weight gradients two GEMMs after the backward
-kernel. Forward saves only query W_q^T (B, H): backward recomputes the tanh scores from it rather than keeping a
-(B, S, H) activation.
+Per query row, the fused kernel reads its source row's keys[:valid_len] once (tanh and the v-dot together) and
+values[:valid_len] once; the query projection (N, Hq) x (Hq, H) is one GEMM before it, the weight gradients two
+GEMMs after the backward kernel. Forward saves only query W_q^T (N, H): backward recomputes the tanh scores from it
+rather than keeping an (N, S, H) activation. The source tensors may have fewer rows than the query (B with
+N = R*B: R beams of one sentence share its keys and values, one copy of them in memory).
 
 valid_len outside [0, S]: the CPU ops (C++, and Triton's under the interpreter) raise RuntimeError naming the
 value; on a GPU the CUDA and Triton kernels cannot raise without a device sync, so they never read out of bounds
@@ -29,9 +30,9 @@ for _name in ("additive_attention_forward", "additive_attention_backward"):
 @_library.register_fake("additive_attention_forward")
 def _forward_fake(query, keys, values, w_q, v, valid_len):
     _op_checks.additive_attention_forward(query, keys, values, w_q, v, valid_len)
-    B, S, H = keys.shape
-    return (query.new_empty(B, values.shape[2]), query.new_empty(B, S),
-            query.new_empty(B, H, dtype=_op_checks.attn_acc_dtype(query.dtype)))
+    N, (_, S, H) = query.shape[0], keys.shape
+    return (query.new_empty(N, values.shape[2]), query.new_empty(N, S),
+            query.new_empty(N, H, dtype=_op_checks.attn_acc_dtype(query.dtype)))
 
 
 @_library.register_fake("additive_attention_backward")
@@ -76,9 +77,11 @@ def check_args(query, keys, values, w_q, v, valid_len):
     _checks.tensor(valid_len, "valid_len", dims=1, integer=True)
     _checks.same_dtype_device(query, "query", keys=keys, values=values, w_q=w_q, v=v)
     _checks.same_device(query, "query", valid_len=valid_len)
-    B, Hq = query.shape
-    S, H = keys.shape[1], keys.shape[2]
-    _checks.shape(keys, "keys", (B, S, H))
+    N, Hq = query.shape
+    B, S, H = keys.shape
+    rows_error = _op_checks.attn_rows_error(N, keys)
+    if rows_error:
+        raise ValueError(rows_error)
     if S < 1:
         raise ValueError(f"keys: expected at least one position (S >= 1), got shape {tuple(keys.shape)}")
     _checks.shape(values, "values", (B, S, values.shape[2]))
@@ -101,16 +104,20 @@ def check_valid_len_eagerly(valid_len, S):
 def additive_attention(query, keys, values, w_q, v, valid_len, *, backend=None):
     """Additive (Bahdanau) attention of one decoder step, forward and backward.
 
-    query (B, Hq); keys (B, S, H) already projected (W_k k_s, computed once per source sentence); values
-    (B, S, Dv); w_q (H, Hq); v (H,); valid_len (B,) integer in [0, S], S >= 1. All floating tensors one dtype
-    (fp32/fp64/fp16/bf16; fp32 accumulation for the half types) on one device, any strides.
+    query (N, Hq); keys (B, S, H) already projected (W_k k_s, computed once per source sentence); values
+    (B, S, Dv); w_q (H, Hq); v (H,); valid_len (B,) integer in [0, S], S >= 1. N = R*B, R >= 1: query row n
+    attends source row n // R, so the R consecutive query rows of a source row (batch-major beams: row b*K + i is
+    beam i of sentence b) share one copy of its keys, values and valid_len; R = 1 is one source row per query row
+    (B = 0 needs N = 0). All floating tensors one dtype (fp32/fp64/fp16/bf16; fp32 accumulation for the half
+    types) on one device, any strides.
 
     score_s = v . tanh(W_q q + k_s); weights = softmax over s < valid_len, 0 at s >= valid_len; context =
     sum_s weights_s values_s. valid_len = 0 gives uniform weights 1/S over all S positions, as d2l's masked
     softmax (fill -1e6) does; they then carry no gradient to query, keys, w_q or v.
 
-    Returns ``(context (B, Dv), weights (B, S))`` in the inputs' dtype. Gradients flow to query, keys, values,
-    w_q and v; second order goes through the reference (s2s_fused/ops/_autograd.py).
+    Returns ``(context (N, Dv), weights (N, S))`` in the inputs' dtype. Gradients flow to query, keys, values,
+    w_q and v (keys' and values' summed over the R query rows sharing a source row); second order goes through
+    the reference (s2s_fused/ops/_autograd.py).
     """
     valid_len = check_args(query, keys, values, w_q, v, valid_len)
     be = resolve("attention", backend, query.device)

@@ -1,4 +1,4 @@
-"""Triton additive (Bahdanau) attention: one program per batch row (csrc/attention.h has the formulas and layout).
+"""Triton additive (Bahdanau) attention: one program per query row (csrc/attention.h has the formulas and layout).
 
 The kernels of the ops torch.ops.s2s_fused.additive_attention_{forward,backward}_triton (defined, with their fake
 kernels and autograd, in s2s_fused/ops/attention.py):
@@ -7,7 +7,8 @@ kernels and autograd, in s2s_fused/ops/attention.py):
       -> (grad_query, grad_keys, grad_values, grad_w_q, grad_v)
 
 The query projection and the weight gradients are GEMMs in torch around the kernels; a program holds its row's
-S scores in one tile and walks H and Dv in chunks. Positions s >= valid_len are never read. A valid_len outside
+S scores in one tile and walks H and Dv in chunks. Query row n attends source row n // R (N = R*B); with R > 1 the
+backward writes each query row's share of grad_keys / grad_values in fp32 (fp64 for fp64), summed in torch. Positions s >= valid_len are never read. A valid_len outside
 [0, S] cannot raise on a GPU without a device sync: its row's outputs are NaN instead, and nothing is read out
 of bounds; on CPU tensors (the interpreter) it raises before any launch, as the CPU op does. Argument checks:
 s2s_fused/_op_checks.py (the C++ ops' messages).
@@ -25,9 +26,9 @@ from .rnn_common import tanh
 
 
 @triton.jit
-def _row_weights(keys_ptr, qp_ptr, v_ptr, b, L, S, H, offs_s, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """The row's attention weights (BLOCK_S,): softmax of the scores over s < L, 0 elsewhere, 1/S everywhere
-    when L = 0."""
+def _row_weights(keys_ptr, qp_ptr, v_ptr, n, b, L, S, H, offs_s, ACC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Query row n's attention weights (BLOCK_S,) over source row b: softmax of the scores over s < L, 0
+    elsewhere, 1/S everywhere when L = 0."""
     live = offs_s < L
     sc = tl.zeros(offs_s.shape, ACC)
     for h0 in range(0, H, BLOCK_H):
@@ -35,7 +36,7 @@ def _row_weights(keys_ptr, qp_ptr, v_ptr, b, L, S, H, offs_s, ACC: tl.constexpr,
         hm = offs_h < H
         k = tl.load(keys_ptr + (b * S + offs_s[:, None]) * H + offs_h[None, :], mask=live[:, None] & hm[None, :],
                     other=0.0).to(ACC)
-        q = tl.load(qp_ptr + b * H + offs_h, mask=hm, other=0.0).to(ACC)
+        q = tl.load(qp_ptr + n * H + offs_h, mask=hm, other=0.0).to(ACC)
         vv = tl.load(v_ptr + offs_h, mask=hm, other=0.0).to(ACC)
         sc += tl.sum(tanh(k + q[None, :]) * vv[None, :], axis=1)
     sc = tl.where(live, sc, float("-inf"))
@@ -48,16 +49,17 @@ def _row_weights(keys_ptr, qp_ptr, v_ptr, b, L, S, H, offs_s, ACC: tl.constexpr,
 
 @triton.jit
 def additive_attention_forward_kernel(keys_ptr, values_ptr, v_ptr, qp_ptr, valid_len_ptr, context_ptr,
-                                      weights_ptr, S, H, Dv, ACC: tl.constexpr, BLOCK_S: tl.constexpr,
+                                      weights_ptr, R, S, H, Dv, ACC: tl.constexpr, BLOCK_S: tl.constexpr,
                                       BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+    n = tl.program_id(0).to(tl.int64)
+    b = n // R
     L = tl.load(valid_len_ptr + b)
     bad = (L < 0) | (L > S)
     L = tl.where(bad, 0, L)
     offs_s = tl.arange(0, BLOCK_S)
-    w = _row_weights(keys_ptr, qp_ptr, v_ptr, b, L, S, H, offs_s, ACC, BLOCK_H)
+    w = _row_weights(keys_ptr, qp_ptr, v_ptr, n, b, L, S, H, offs_s, ACC, BLOCK_H)
     w = tl.where(bad, float("nan"), w)
-    tl.store(weights_ptr + b * S + offs_s, w.to(weights_ptr.dtype.element_ty), mask=offs_s < S)
+    tl.store(weights_ptr + n * S + offs_s, w.to(weights_ptr.dtype.element_ty), mask=offs_s < S)
     used = tl.where(L == 0, S, L)
     for d0 in range(0, Dv, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -65,37 +67,39 @@ def additive_attention_forward_kernel(keys_ptr, values_ptr, v_ptr, qp_ptr, valid
         vals = tl.load(values_ptr + (b * S + offs_s[:, None]) * Dv + offs_d[None, :],
                        mask=(offs_s[:, None] < used) & dm[None, :], other=0.0).to(ACC)
         ctx = tl.sum(w[:, None] * vals, axis=0)
-        tl.store(context_ptr + b * Dv + offs_d, ctx.to(context_ptr.dtype.element_ty), mask=dm)
+        tl.store(context_ptr + n * Dv + offs_d, ctx.to(context_ptr.dtype.element_ty), mask=dm)
 
 
 @triton.jit
 def additive_attention_backward_kernel(grad_context_ptr, grad_weights_ptr, keys_ptr, values_ptr, v_ptr, qp_ptr,
                                        valid_len_ptr, grad_keys_ptr, grad_values_ptr, grad_qp_ptr, grad_v_rows_ptr,
-                                       S, H, Dv, HAS_GRAD_WEIGHTS: tl.constexpr, ACC: tl.constexpr,
+                                       R, S, H, Dv, HAS_GRAD_WEIGHTS: tl.constexpr, ACC: tl.constexpr,
                                        BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+    """Query row n's gradients; grad_keys / grad_values rows are per query row (the caller sums them for R > 1)."""
+    n = tl.program_id(0).to(tl.int64)
+    b = n // R
     L = tl.load(valid_len_ptr + b)
     bad = (L < 0) | (L > S)
     L = tl.where(bad, 0, L)
     nan_if_bad = tl.where(bad, float("nan"), 0.0)
     offs_s = tl.arange(0, BLOCK_S)
     sm = offs_s < S
-    w = _row_weights(keys_ptr, qp_ptr, v_ptr, b, L, S, H, offs_s, ACC, BLOCK_H)
+    w = _row_weights(keys_ptr, qp_ptr, v_ptr, n, b, L, S, H, offs_s, ACC, BLOCK_H)
     used = tl.where(L == 0, S, L)
     # d loss / d weights_s = g . values_s (+ grad_weights_s); grad_values_s = weights_s g
     dw = tl.zeros([BLOCK_S], ACC)
     for d0 in range(0, Dv, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
         dm = offs_d < Dv
-        g = tl.load(grad_context_ptr + b * Dv + offs_d, mask=dm, other=0.0).to(ACC)
+        g = tl.load(grad_context_ptr + n * Dv + offs_d, mask=dm, other=0.0).to(ACC)
         vals = tl.load(values_ptr + (b * S + offs_s[:, None]) * Dv + offs_d[None, :],
                        mask=(offs_s[:, None] < used) & dm[None, :], other=0.0).to(ACC)
         dw += tl.sum(vals * g[None, :], axis=1)
         gv = w[:, None] * g[None, :] + nan_if_bad
-        tl.store(grad_values_ptr + (b * S + offs_s[:, None]) * Dv + offs_d[None, :],
+        tl.store(grad_values_ptr + (n * S + offs_s[:, None]) * Dv + offs_d[None, :],
                  gv.to(grad_values_ptr.dtype.element_ty), mask=sm[:, None] & dm[None, :])
     if HAS_GRAD_WEIGHTS:
-        dw += tl.load(grad_weights_ptr + b * S + offs_s, mask=offs_s < L, other=0.0).to(ACC)
+        dw += tl.load(grad_weights_ptr + n * S + offs_s, mask=offs_s < L, other=0.0).to(ACC)
     sigma = tl.sum(w * dw, axis=0)
     ds = tl.where(offs_s < L, w * (dw - sigma), 0.0)  # d loss / d score_s; none when L = 0 (constant weights)
     for h0 in range(0, H, BLOCK_H):
@@ -103,14 +107,14 @@ def additive_attention_backward_kernel(grad_context_ptr, grad_weights_ptr, keys_
         hm = offs_h < H
         k = tl.load(keys_ptr + (b * S + offs_s[:, None]) * H + offs_h[None, :],
                     mask=(offs_s[:, None] < L) & hm[None, :], other=0.0).to(ACC)
-        q = tl.load(qp_ptr + b * H + offs_h, mask=hm, other=0.0).to(ACC)
+        q = tl.load(qp_ptr + n * H + offs_h, mask=hm, other=0.0).to(ACC)
         vv = tl.load(v_ptr + offs_h, mask=hm, other=0.0).to(ACC)
         t = tanh(k + q[None, :])
         dpre = ds[:, None] * vv[None, :] * (1.0 - t * t) + nan_if_bad
-        tl.store(grad_keys_ptr + (b * S + offs_s[:, None]) * H + offs_h[None, :],
+        tl.store(grad_keys_ptr + (n * S + offs_s[:, None]) * H + offs_h[None, :],
                  dpre.to(grad_keys_ptr.dtype.element_ty), mask=sm[:, None] & hm[None, :])
-        tl.store(grad_qp_ptr + b * H + offs_h, tl.sum(dpre, axis=0), mask=hm)
-        tl.store(grad_v_rows_ptr + b * H + offs_h, tl.sum(ds[:, None] * t, axis=0) + nan_if_bad, mask=hm)
+        tl.store(grad_qp_ptr + n * H + offs_h, tl.sum(dpre, axis=0), mask=hm)
+        tl.store(grad_v_rows_ptr + n * H + offs_h, tl.sum(ds[:, None] * t, axis=0) + nan_if_bad, mask=hm)
 
 
 def _acc(dtype):
@@ -132,18 +136,24 @@ def _prepare(query, keys, values, w_q, v, valid_len):
     return keys.contiguous(), values.contiguous(), v.contiguous(), valid_len.contiguous()
 
 
+def _grouping(query, keys):
+    """(N, B, R): N = R*B query rows over B source rows (checked before)."""
+    N, B = query.shape[0], keys.shape[0]
+    return N, B, N // B if B else 1
+
+
 def additive_attention_forward(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, w_q: torch.Tensor,
                                v: torch.Tensor, valid_len: torch.Tensor):
     _check.additive_attention_forward(query, keys, values, w_q, v, valid_len)
     keys, values, v, valid_len = _prepare(query, keys, values, w_q, v, valid_len)
     acc = _check.attn_acc_dtype(query.dtype)
-    B, S, H = keys.shape
-    Dv = values.shape[2]
+    N, _, R = _grouping(query, keys)
+    S, H, Dv = keys.shape[1], keys.shape[2], values.shape[2]
     qp = (query.to(acc) @ w_q.to(acc).t()).contiguous()
-    context = query.new_empty(B, Dv)
-    weights = query.new_empty(B, S)
-    if B > 0:
-        additive_attention_forward_kernel[(B,)](keys, values, v, qp, valid_len, context, weights, S, H, Dv,
+    context = query.new_empty(N, Dv)
+    weights = query.new_empty(N, S)
+    if N > 0:
+        additive_attention_forward_kernel[(N,)](keys, values, v, qp, valid_len, context, weights, R, S, H, Dv,
                                                 ACC=_acc(query.dtype), **_blocks(S, H, Dv))
     return context, weights, qp
 
@@ -155,18 +165,23 @@ def additive_attention_backward(grad_context: torch.Tensor, grad_weights: Option
                                        query_proj)
     keys, values, v, valid_len = _prepare(query, keys, values, w_q, v, valid_len)
     acc = _check.attn_acc_dtype(query.dtype)
-    B, S, H = keys.shape
-    Dv = values.shape[2]
-    grad_keys = torch.empty_like(keys)
-    grad_values = torch.empty_like(values)
-    grad_qp = query.new_empty(B, H, dtype=acc)
-    grad_v_rows = query.new_empty(B, H, dtype=acc)
-    if B > 0:
+    N, B, R = _grouping(query, keys)
+    S, H, Dv = keys.shape[1], keys.shape[2], values.shape[2]
+    # R > 1: each query row's share, in the accumulate type, summed over the R rows below (one rounding)
+    grad_dtype = query.dtype if R == 1 else acc
+    grad_keys = keys.new_empty(N, S, H, dtype=grad_dtype)
+    grad_values = values.new_empty(N, S, Dv, dtype=grad_dtype)
+    grad_qp = query.new_empty(N, H, dtype=acc)
+    grad_v_rows = query.new_empty(N, H, dtype=acc)
+    if N > 0:
         gw = grad_weights.contiguous() if grad_weights is not None else grad_context
-        additive_attention_backward_kernel[(B,)](
+        additive_attention_backward_kernel[(N,)](
             grad_context.contiguous(), gw, keys, values, v, query_proj.contiguous(), valid_len, grad_keys,
-            grad_values, grad_qp, grad_v_rows, S, H, Dv, HAS_GRAD_WEIGHTS=grad_weights is not None,
+            grad_values, grad_qp, grad_v_rows, R, S, H, Dv, HAS_GRAD_WEIGHTS=grad_weights is not None,
             ACC=_acc(query.dtype), **_blocks(S, H, Dv))
     dtype = query.dtype
+    if R > 1:
+        grad_keys = grad_keys.view(B, R, S, H).sum(1).to(dtype)
+        grad_values = grad_values.view(B, R, S, Dv).sum(1).to(dtype)
     return (grad_qp.mm(w_q.to(acc)).to(dtype), grad_keys, grad_values, grad_qp.t().mm(query.to(acc)).to(dtype),
             grad_v_rows.sum(0).to(dtype))

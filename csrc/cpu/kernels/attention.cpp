@@ -1,9 +1,10 @@
-// Additive attention, forward and backward, over batch rows [b0, b1) (see csrc/attention.h). Compiled once per
+// Additive attention, forward and backward, over query rows [n0, n1) (see csrc/attention.h). Compiled once per
 // CPU capability by setup.py.
 //
-// Per row, forward reads keys[:L] once (tanh and the v-dot fused, vectorised over H) and values[:L] once; the
-// masked positions s >= L are never read. Backward recomputes tanh into a per-row scratch of L*H, then reads
-// values[:L] once and writes grad_keys and grad_values once.
+// Per query row, forward reads its source row's keys[:L] once (tanh and the v-dot fused, vectorised over H) and
+// values[:L] once; the masked positions s >= L are never read. The R query rows of a source row are consecutive,
+// so the R - 1 after the first find its keys and values in cache. Backward recomputes tanh into a per-row scratch
+// of L*H, then reads values[:L] once and writes the row's slice of grad_keys and grad_values once.
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -20,15 +21,15 @@ inline T zero() {
   return static_cast<T>(0.0f);
 }
 
-// tanh(qp + k_s) for s < L into t (L, H), scores into sc (L); returns nothing. A: accumulate type.
+// Query row n's tanh(qp + k_s) for s < L into t (L, H) (if not null), scores into sc (L). A: accumulate type.
 template <typename T>
-void scores_of_row(const AttnRows& p, int64_t b, int64_t L, acc_t<T>* t, acc_t<T>* sc) {
+void scores_of_row(const AttnRows& p, int64_t n, int64_t L, acc_t<T>* t, acc_t<T>* sc) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
   const int64_t H = p.H;
-  const T* keys = static_cast<const T*>(p.keys) + b * p.S * H;
-  const A* qp = static_cast<const A*>(p.qp) + b * H;
+  const T* keys = static_cast<const T*>(p.keys) + n / p.R * p.S * H;
+  const A* qp = static_cast<const A*>(p.qp) + n * H;
   const T* v = static_cast<const T*>(p.v);
   for (int64_t s = 0; s < L; ++s) {
     Vec acc(A(0));
@@ -57,37 +58,38 @@ void softmax_in_place(A* sc, int64_t L) {
 }
 
 template <typename T>
-void forward_impl(const AttnForwardParams& prm, int64_t b0, int64_t b1) {
+void forward_impl(const AttnForwardParams& prm, int64_t n0, int64_t n1) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
   const AttnRows& p = prm.rows;
   const int64_t S = p.S, Dv = p.Dv;
   std::vector<A> w(S), ctx(Dv);
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t L = p.valid_len[b];
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t b = n / p.R, L = p.valid_len[b];
     if (L == 0) {
       std::fill(w.begin(), w.end(), A(1) / A(S));
     } else {
-      scores_of_row<T>(p, b, L, nullptr, w.data());
+      scores_of_row<T>(p, n, L, nullptr, w.data());
       softmax_in_place(w.data(), L);
       std::fill(w.begin() + L, w.end(), A(0));
     }
     const int64_t used = L == 0 ? S : L;
     const T* values = static_cast<const T*>(p.values) + b * S * Dv;
     for (int64_t d = 0; d < Dv; d += W) {
-      const int64_t n = std::min<int64_t>(W, Dv - d);
+      const int64_t k = std::min<int64_t>(W, Dv - d);
       Vec acc(A(0));
-      for (int64_t s = 0; s < used; ++s) acc = at::vec::fmadd(Vec(w[s]), vload(values + s * Dv + d, n), acc);
-      vstore(static_cast<T*>(prm.context) + b * Dv + d, acc, n);
+      for (int64_t s = 0; s < used; ++s) acc = at::vec::fmadd(Vec(w[s]), vload(values + s * Dv + d, k), acc);
+      vstore(static_cast<T*>(prm.context) + n * Dv + d, acc, k);
     }
-    T* wout = static_cast<T*>(prm.weights) + b * S;
+    T* wout = static_cast<T*>(prm.weights) + n * S;
     for (int64_t s = 0; s < S; ++s) wout[s] = static_cast<T>(w[s]);
   }
 }
 
-template <typename T>
-void backward_impl(const AttnBackwardParams& prm, int64_t b0, int64_t b1) {
+// G: the type of grad_keys / grad_values, T for R = 1, acc_t<T> for R > 1 (csrc/attention.h).
+template <typename T, typename G>
+void backward_impl(const AttnBackwardParams& prm, int64_t n0, int64_t n1) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
@@ -95,82 +97,88 @@ void backward_impl(const AttnBackwardParams& prm, int64_t b0, int64_t b1) {
   const int64_t S = p.S, H = p.H, Dv = p.Dv;
   std::vector<A> t, w(S), ds(S);
   const T* vvec = static_cast<const T*>(p.v);
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t L = p.valid_len[b];
-    const T* g = static_cast<const T*>(prm.grad_context) + b * Dv;
-    const T* gw = prm.grad_weights ? static_cast<const T*>(prm.grad_weights) + b * S : nullptr;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int64_t b = n / p.R, L = p.valid_len[b];
+    const T* g = static_cast<const T*>(prm.grad_context) + n * Dv;
+    const T* gw = prm.grad_weights ? static_cast<const T*>(prm.grad_weights) + n * S : nullptr;
     const T* values = static_cast<const T*>(p.values) + b * S * Dv;
-    T* gk = static_cast<T*>(prm.grad_keys) + b * S * H;
-    T* gv = static_cast<T*>(prm.grad_values) + b * S * Dv;
-    A* gqp = static_cast<A*>(prm.grad_qp) + b * H;
-    A* gvr = static_cast<A*>(prm.grad_v_rows) + b * H;
+    G* gk = static_cast<G*>(prm.grad_keys) + n * S * H;
+    G* gv = static_cast<G*>(prm.grad_values) + n * S * Dv;
+    A* gqp = static_cast<A*>(prm.grad_qp) + n * H;
+    A* gvr = static_cast<A*>(prm.grad_v_rows) + n * H;
     if (L == 0) {
       // constant weights 1/S: only the values get a gradient
       const Vec inv(A(1) / A(S));
       for (int64_t s = 0; s < S; ++s) {
         for (int64_t d = 0; d < Dv; d += W) {
-          const int64_t n = std::min<int64_t>(W, Dv - d);
-          vstore(gv + s * Dv + d, vload(g + d, n) * inv, n);
+          const int64_t k = std::min<int64_t>(W, Dv - d);
+          vstore(gv + s * Dv + d, vload(g + d, k) * inv, k);
         }
       }
-      std::fill(gk, gk + S * H, zero<T>());
+      std::fill(gk, gk + S * H, zero<G>());
       std::fill(gqp, gqp + H, A(0));
       std::fill(gvr, gvr + H, A(0));
       continue;
     }
     t.resize(L * H);
-    scores_of_row<T>(p, b, L, t.data(), w.data());
+    scores_of_row<T>(p, n, L, t.data(), w.data());
     softmax_in_place(w.data(), L);
     // d loss / d weights_s = g . values_s (+ grad_weights_s); grad_values_s = weights_s g
     A sigma = 0;
     for (int64_t s = 0; s < L; ++s) {
       Vec acc(A(0));
       for (int64_t d = 0; d < Dv; d += W) {
-        const int64_t n = std::min<int64_t>(W, Dv - d);
-        const Vec gd = vload(g + d, n);
-        acc = at::vec::fmadd(gd, vload(values + s * Dv + d, n), acc);
-        vstore(gv + s * Dv + d, gd * Vec(w[s]), n);
+        const int64_t k = std::min<int64_t>(W, Dv - d);
+        const Vec gd = vload(g + d, k);
+        acc = at::vec::fmadd(gd, vload(values + s * Dv + d, k), acc);
+        vstore(gv + s * Dv + d, gd * Vec(w[s]), k);
       }
       ds[s] = hsum<A>(acc) + (gw ? static_cast<A>(gw[s]) : A(0));
       sigma += w[s] * ds[s];
     }
-    std::fill(gv + L * Dv, gv + S * Dv, zero<T>());
+    std::fill(gv + L * Dv, gv + S * Dv, zero<G>());
     for (int64_t s = 0; s < L; ++s) ds[s] = w[s] * (ds[s] - sigma);  // d loss / d score_s
     // d loss / d (qp + k_s)_h = ds_s v_h (1 - t_sh^2); summed over s it is d loss / d qp
     for (int64_t h = 0; h < H; h += W) {
-      const int64_t n = std::min<int64_t>(W, H - h);
-      const Vec vh = vload(vvec + h, n);
+      const int64_t k = std::min<int64_t>(W, H - h);
+      const Vec vh = vload(vvec + h, k);
       Vec aq(A(0)), av(A(0));
       for (int64_t s = 0; s < L; ++s) {
-        const Vec th = Vec::loadu(t.data() + s * H + h, n);
+        const Vec th = Vec::loadu(t.data() + s * H + h, k);
         const Vec dss(ds[s]);
         const Vec dpre = dss * vh * (Vec(A(1)) - th * th);
-        vstore(gk + s * H + h, dpre, n);
+        vstore(gk + s * H + h, dpre, k);
         aq = aq + dpre;
         av = at::vec::fmadd(dss, th, av);
       }
-      aq.store(gqp + h, n);
-      av.store(gvr + h, n);
+      aq.store(gqp + h, k);
+      av.store(gvr + h, k);
     }
-    std::fill(gk + L * H, gk + S * H, zero<T>());
+    std::fill(gk + L * H, gk + S * H, zero<G>());
   }
 }
 
-void attn_forward(const AttnForwardParams& p, int64_t b0, int64_t b1) {
+void attn_forward(const AttnForwardParams& p, int64_t n0, int64_t n1) {
   switch (p.rows.dtype) {
-    case Dtype::Float32: return forward_impl<float>(p, b0, b1);
-    case Dtype::Float64: return forward_impl<double>(p, b0, b1);
-    case Dtype::Float16: return forward_impl<c10::Half>(p, b0, b1);
-    case Dtype::BFloat16: return forward_impl<c10::BFloat16>(p, b0, b1);
+    case Dtype::Float32: return forward_impl<float>(p, n0, n1);
+    case Dtype::Float64: return forward_impl<double>(p, n0, n1);
+    case Dtype::Float16: return forward_impl<c10::Half>(p, n0, n1);
+    case Dtype::BFloat16: return forward_impl<c10::BFloat16>(p, n0, n1);
   }
 }
 
-void attn_backward(const AttnBackwardParams& p, int64_t b0, int64_t b1) {
+template <typename T>
+void backward_of(const AttnBackwardParams& p, int64_t n0, int64_t n1) {
+  if (p.rows.R == 1) return backward_impl<T, T>(p, n0, n1);
+  backward_impl<T, acc_t<T>>(p, n0, n1);
+}
+
+void attn_backward(const AttnBackwardParams& p, int64_t n0, int64_t n1) {
   switch (p.rows.dtype) {
-    case Dtype::Float32: return backward_impl<float>(p, b0, b1);
-    case Dtype::Float64: return backward_impl<double>(p, b0, b1);
-    case Dtype::Float16: return backward_impl<c10::Half>(p, b0, b1);
-    case Dtype::BFloat16: return backward_impl<c10::BFloat16>(p, b0, b1);
+    case Dtype::Float32: return backward_of<float>(p, n0, n1);
+    case Dtype::Float64: return backward_of<double>(p, n0, n1);
+    case Dtype::Float16: return backward_of<c10::Half>(p, n0, n1);
+    case Dtype::BFloat16: return backward_of<c10::BFloat16>(p, n0, n1);
   }
 }
 
