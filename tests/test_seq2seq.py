@@ -995,8 +995,9 @@ def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[5]], ids=cfg_id)
 def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, cfg):
-    """The model's beam reorder copies the per-hypothesis entries only; beam search gives the same hypotheses
-    as with decode's default reorder, which copies every entry."""
+    """The model's beam reorder copies the per-hypothesis entries only (the fused decoder step's attention takes
+    the source side grouped, one row per sentence: not even expanded); beam search gives the same hypotheses as
+    with decode's default reorder, which copies every entry."""
     from s2s_fused.seq2seq.decode import beam_search, default_reorder_state
 
     m = model_for(corpus, "fused", **cfg).eval()
@@ -1005,7 +1006,10 @@ def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, 
         state = m.encode(src, src_len)
         expanded = m.reorder_state(state, torch.arange(6).repeat_interleave(3))
         for key, value in default_reorder_state(state, torch.arange(6).repeat_interleave(3)).items():
-            assert torch.equal(expanded[key], value), key
+            if getattr(m.decoder, "fused", False) and key in m.SOURCE_SIDE:
+                assert expanded[key] is state[key], key
+            else:
+                assert torch.equal(expanded[key], value), key
         within = torch.tensor([2, 0, 1, 3, 3, 5, 8, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17])
         again = m.reorder_state(expanded, within)
         for key in m.SOURCE_SIDE:
@@ -1014,6 +1018,28 @@ def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, 
         runs = [beam_search(m.step, state, 1, 2, 3, 8, reorder_state=r) for r in (m.reorder_state, None)]
     assert [[(h.tokens, h.score) for h in hyps] for hyps in runs[0]] == \
         [[(h.tokens, h.score) for h in hyps] for hyps in runs[1]]
+
+
+def test_fused_reorder_across_sentences_gathers_the_source_side(corpus):
+    """A reorder that changes the number of rows and does not keep each sentence's rows together (not beam
+    search's expansion) gathers the fused decoder's source side per row: the next steps equal those of a model
+    given every entry gathered."""
+    from s2s_fused.seq2seq.decode import default_reorder_state
+
+    fused, eager = _pair(corpus)
+    fused.eval(), eager.eval()
+    src, src_len = corpus.dev.src[:4], corpus.dev.src_len[:4]
+    with torch.no_grad():
+        sf, se = fused.encode(src, src_len), eager.encode(src, src_len)
+        grow = torch.arange(4).repeat_interleave(2)
+        sf, se = fused.reorder_state(sf, grow), default_reorder_state(se, grow)
+        assert sf["keys"].shape[0] == 4  # grouped: 2 rows per sentence
+        for index in (torch.tensor([7, 0, 3, 5, 1, 2]), torch.tensor([1, 5, 2]), torch.tensor([2, 0, 0, 1])):
+            sf, se = fused.reorder_state(sf, index), default_reorder_state(se, index)
+            tok = torch.arange(len(index)) + 4
+            lf, sf = fused.step(tok, sf)
+            le, se = eager.step(tok, se)
+            assert_close(lf, le, 1e-9, f"logits after reorder {index.tolist()}")
 
 
 # ------------------------------------------------------------------------------------------------ live rows
