@@ -4,7 +4,10 @@ side in one run, forward and forward+backward, timed interleaved.
 
 Shapes: the default train model's decoder step (H=128 attention units, values = the bidirectional encoder's
 2H = 256, or the GRU's input gates 3H = 384 as the fused decoder step attends over them) at training (B=64) and
-beam-4 decoding (N=128) sizes, source length 10 (d2l) and 50; a small-batch decode (N=4).
+beam-4 decoding (N=128) sizes, source length 10 (d2l) and 50; a small-batch decode (N=4); and beam-4 decoding of
+128 sentences as the fused decoder runs it, N=512 query rows over keys and values kept once per sentence (R=4
+rows per source row), against the eager chain over the keys and values expanded to N rows (the torch model's
+decoding state).
 
     PYTHONPATH=. python benchmarks/bench_attention.py [--smoke] [--device cuda] [--threads N] [--out DIR]
 """
@@ -36,29 +39,36 @@ def providers(device):
     return out
 
 
-def rows_for(device, B, S, H, Hq, Dv, dtype, repeats):
+def rows_for(device, B, S, H, Hq, Dv, dtype, repeats, R=1):
+    """B source rows; R > 1: B*R query rows, R per source row (the eager chain gets the sources expanded)."""
     g = torch.Generator().manual_seed(0)
     mk = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
-    tensors = [mk(B, Hq), mk(B, S, H), mk(B, S, Dv), mk(H, Hq) * 0.1, mk(H)]
+    tensors = [mk(B * R, Hq), mk(B, S, H), mk(B, S, Dv), mk(H, Hq) * 0.1, mk(H)]
     valid_len = torch.randint(max(1, S // 2), S + 1, (B,), generator=g).to(device)
-    gc = mk(B, Dv)
-    leaves = [t.clone().requires_grad_() for t in tensors]
+    gc = mk(B * R, Dv)
+    expanded = [tensors[0]] + [t.repeat_interleave(R, 0) for t in tensors[1:3]] + tensors[3:]
+    inputs = {"torch-eager": (expanded, valid_len.repeat_interleave(R))}
 
-    def fwd(fn):
+    def fwd(name, fn):
+        xs, vl = inputs.get(name, (tensors, valid_len))
+
         def run():
             with torch.no_grad():
-                return fn(*tensors, valid_len)
+                return fn(*xs, vl)
         return run
 
-    def fwd_bwd(fn):
+    def fwd_bwd(name, fn):
+        xs, vl = inputs.get(name, (tensors, valid_len))
+        leaves = [t.clone().requires_grad_() for t in xs]
+
         def run():
-            ctx, _ = fn(*leaves, valid_len)
+            ctx, _ = fn(*leaves, vl)
             return torch.autograd.grad(ctx, leaves, gc)
         return run
 
-    by_mode = {"fwd": {n: fwd(f) for n, f in providers(device).items()},
-               "fwd+bwd": {n: fwd_bwd(f) for n, f in providers(device).items()}}
-    shape = f"B={B} S={S} H={H} Hq={Hq} Dv={Dv}"
+    by_mode = {"fwd": {n: fwd(n, f) for n, f in providers(device).items()},
+               "fwd+bwd": {n: fwd_bwd(n, f) for n, f in providers(device).items()}}
+    shape = f"B={B} S={S} H={H} Hq={Hq} Dv={Dv}" if R == 1 else f"N={B * R} (R={R}) S={S} H={H} Hq={Hq} Dv={Dv}"
     return interleaved_rows("additive_attention", shape, dtype, by_mode, device, repeats=repeats,
                             label="attention")
 
@@ -68,17 +78,17 @@ def main(argv=None):
     args = parse_args(parser, argv)
     device = torch.device(args.device)
     if args.smoke:
-        shapes, dtypes, repeats = [(3, 5, 8, 8, 6)], [torch.float32], args.repeats or 3
+        shapes, dtypes, repeats = [(3, 5, 8, 8, 6), (3, 5, 8, 8, 6, 2)], [torch.float32], args.repeats or 3
     else:
         shapes = [(64, 10, 128, 128, 256), (128, 10, 128, 128, 384), (64, 50, 128, 128, 256), (4, 10, 128, 128, 384),
-                  (64, 10, 256, 256, 512)]
+                  (64, 10, 256, 256, 512), (128, 10, 128, 128, 384, 4)]
         dtypes, repeats = [torch.float32], args.repeats or 50
         if device.type == "cuda":
             dtypes.append(torch.bfloat16)
     rows = []
-    for shape in shapes:
+    for B, S, H, Hq, Dv, *R in shapes:
         for dtype in dtypes:
-            rows += rows_for(device, *shape, dtype, repeats)
+            rows += rows_for(device, B, S, H, Hq, Dv, dtype, repeats, *R)
     rows = fill_ratios(rows, "torch-eager")
     print(f"# attention ({threads_note()})\n")
     print(markdown_table(rows))
