@@ -946,19 +946,18 @@ def test_fused_decoder_step_training_matches_torch_backend(corpus):
         assert_close(out["fused"][1][k], g, 1e-9, f"grad {k}")
 
 
-def _sgd_step(m, corpus, fused):
-    m.train()
-    torch.manual_seed(4)
-    train_step(m, make_loss("fused" if fused else "torch"), torch.optim.SGD(m.parameters(), lr=0.5),
-               batch_of(corpus, 16), clip=1.0)
+def _optimizer_step(make_optimizer):
+    def update(m, corpus, fused):
+        m.train()
+        torch.manual_seed(4)
+        train_step(m, make_loss("fused" if fused else "torch"), make_optimizer(m.parameters()),
+                   batch_of(corpus, 16), clip=1.0)
+    return update
 
 
-def _fused_adam_step(m, corpus, fused):
-    """torch's fused Adam writes the parameters without moving their version counters."""
-    m.train()
-    torch.manual_seed(4)
-    opt = torch.optim.Adam(m.parameters(), lr=0.05, fused=True)
-    train_step(m, make_loss("fused" if fused else "torch"), opt, batch_of(corpus, 16), clip=1.0)
+_sgd_step = _optimizer_step(lambda params: torch.optim.SGD(params, lr=0.5))
+# torch's fused Adam writes the parameters without moving their version counters.
+_fused_adam_step = _optimizer_step(lambda params: torch.optim.Adam(params, lr=0.05, fused=True))
 
 
 def _data_write(m, corpus, fused):

@@ -3,10 +3,11 @@
 // passes raw pointers and the stream.
 //
 // One block of kThreads per query row n, over source row b = n / R; the row's S scores (and in backward their
-// gradients) live in dynamic shared memory. Backward writes the row's own slice of grad_keys / grad_values (of type G:
-// T for R = 1, the accumulate type for R > 1, summed over the R rows by the binding), so no two blocks write the same
-// memory and no atomics are needed. Scores: one warp per position, lanes over H (coalesced), a warp reduction. Context and grad_values:
-// threads over Dv (coalesced). grad_keys and the row's d qp / d v shares: threads over H, looping over positions.
+// gradients) live in dynamic shared memory. Backward writes the row's own slice of grad_keys / grad_values (of
+// type G: T for R = 1, the accumulate type for R > 1, summed over the R rows by the binding), so no two blocks
+// write the same memory and no atomics are needed. Scores: one warp per position, lanes over H (coalesced), a
+// warp reduction. Context and grad_values: threads over Dv (coalesced). grad_keys and the row's d qp / d v
+// shares: threads over H, looping over positions.
 // Positions s >= valid_len are never read. A valid_len outside [0, S] cannot raise without a host sync: the row's
 // outputs are NaN instead, and nothing is read out of bounds.
 #include <cuda_bf16.h>

@@ -8,9 +8,9 @@ kernels and autograd, in s2s_fused/ops/attention.py):
 
 The query projection and the weight gradients are GEMMs in torch around the kernels; a program holds its row's
 S scores in one tile and walks H and Dv in chunks. Query row n attends source row n // R (N = R*B); with R > 1 the
-backward writes each query row's share of grad_keys / grad_values in fp32 (fp64 for fp64), summed in torch. Positions s >= valid_len are never read. A valid_len outside
-[0, S] cannot raise on a GPU without a device sync: its row's outputs are NaN instead, and nothing is read out
-of bounds; on CPU tensors (the interpreter) it raises before any launch, as the CPU op does. Argument checks:
+backward writes each query row's share of grad_keys / grad_values in fp32 (fp64 for fp64), summed in torch.
+Positions s >= valid_len are never read. A valid_len outside [0, S] cannot raise on a GPU without a device sync:
+its row's outputs are NaN instead, and nothing is read out of bounds; on CPU tensors (the interpreter) it raises before any launch, as the CPU op does. Argument checks:
 s2s_fused/_op_checks.py (the C++ ops' messages).
 """
 from __future__ import annotations
