@@ -1128,6 +1128,33 @@ def test_model_step_live_rows_and_buffers(corpus, cfg):
     assert m.decoder.dense.weight.grad is not None
 
 
+def test_decodes_of_a_model_reuse_its_step_buffers(corpus, monkeypatch):
+    """translate_ids hands one decode's step buffers to the model's next decode (same memory, same results, also
+    when the buffers were poisoned in between); a decode running meanwhile (another thread) gets its own dict;
+    buffers above the size limit are not kept."""
+    from tests.helpers import poison_
+
+    tr = sys.modules[translate_ids.__module__]  # the module (the package exports a function of the same name)
+    m = model_for(corpus, "fused")
+    src, src_len = corpus.dev.src[:9], corpus.dev.src_len[:9]
+    first = translate_ids(m, src, src_len, beam=3)
+    kept = tr._KEPT_BUFFERS[m]
+    ptr = kept["logits"].data_ptr()
+    for t in kept.values():
+        poison_(t)
+    assert translate_ids(m, src, src_len, beam=3) == first
+    assert tr._KEPT_BUFFERS[m] is kept and kept["logits"].data_ptr() == ptr
+    taken = tr._take_buffers(m)  # a decode under way elsewhere holds them
+    assert taken is kept and tr._take_buffers(m) == {}
+    assert translate_ids(m, src, src_len, beam=3) == first
+    tr._give_back_buffers(m, taken)  # the first decode to finish keeps its dict, the other is dropped
+    assert tr._KEPT_BUFFERS[m] is not kept
+    monkeypatch.setattr(tr, "_KEEP_BYTES", kept["logits"].numel())
+    tr._KEPT_BUFFERS.pop(m)
+    assert translate_ids(m, src, src_len, beam=3) == first
+    assert m not in tr._KEPT_BUFFERS
+
+
 def test_live_rows_bad_arguments(corpus):
     m = model_for(corpus, "fused", attention="bahdanau").eval()
     src, src_len = corpus.dev.src[:3], corpus.dev.src_len[:3]
