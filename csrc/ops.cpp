@@ -251,6 +251,32 @@ PyObject* clear_cpu_path_state(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// _load_cpu_path_choices({key: path}) -> how many were taken: choices kept from earlier processes
+// (s2s_fused/_cpu_path_cache.py). A key this process has already chosen keeps its choice; an entry whose path is
+// not packed / onednn / blas is skipped (a hand-edited or newer file), so a bad file can cost speed, never a crash.
+PyObject* load_cpu_path_choices(PyObject*, PyObject* arg) {
+  if (!PyDict_Check(arg)) {
+    PyErr_Format(PyExc_TypeError, "choices: expected a dict {key: path name}, got %s", Py_TYPE(arg)->tp_name);
+    return nullptr;
+  }
+  using s2s_fused::config::CpuPath;
+  auto& choices = s2s_fused::cpu::path_choices();
+  long long taken = 0;
+  PyObject *key = nullptr, *value = nullptr;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(arg, &pos, &key, &value)) {
+    if (!PyUnicode_Check(key) || !PyUnicode_Check(value)) continue;
+    const char* k = PyUnicode_AsUTF8(key);
+    const char* v = PyUnicode_AsUTF8(value);
+    if (k == nullptr || v == nullptr) return nullptr;
+    const CpuPath p = s2s_fused::config::find_cpu_path(v);
+    if (p == CpuPath::Count || p == CpuPath::Auto || choices.find(k)) continue;
+    choices.record(k, {p, {}});
+    ++taken;
+  }
+  return PyLong_FromLongLong(taken);
+}
+
 // _cpu_buffer_cache_state() -> {"enabled", "free_blocks", "free_bytes", "live_blocks", "live_bytes", "hits",
 // "misses"}: the CPU buffer cache (csrc/cpu/memory.h); enabled unless S2S_FUSED_NO_BUFFER_CACHE is on.
 PyObject* cpu_buffer_cache_state(PyObject*, PyObject*) {
@@ -276,6 +302,7 @@ PyMethodDef methods[] = {
     {"_set_cpu_path", set_cpu_path, METH_VARARGS, "Set S2S_FUSED_CPU_PATH's setting; returns the previous one."},
     {"_cpu_path_state", cpu_path_state, METH_NOARGS, "The CPU path setting, choices made and packed-weight cache."},
     {"_clear_cpu_path_state", clear_cpu_path_state, METH_NOARGS, "Forget the CPU path choices and packed weights."},
+    {"_load_cpu_path_choices", load_cpu_path_choices, METH_O, "Take CPU path choices {key: path} made earlier."},
     {"_cpu_buffer_cache_state", cpu_buffer_cache_state, METH_NOARGS, "The CPU buffer cache's blocks and hit counts."},
     {"_empty_cpu_buffer_cache", empty_cpu_buffer_cache, METH_NOARGS, "Return the CPU buffer cache's free blocks."},
     {nullptr, nullptr, 0, nullptr},

@@ -7,6 +7,7 @@ CPU tensors get ``cpu``.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -39,6 +40,11 @@ def _load_extension():
 # torch.compile traces without graph breaks (no C calls, no caches inside a traced region).
 _C, _EXTENSION_ERROR = _load_extension()
 _BUILD_INFO: dict = _C.build_info() if _C is not None else {}
+if _C is not None and hasattr(_C, "_load_cpu_path_choices"):
+    from . import _cpu_path_cache
+
+    _cpu_path_cache.load(_C)
+    atexit.register(_cpu_path_cache.save, _C)
 _TRITON_INSTALLED: bool = importlib.util.find_spec("triton") is not None
 
 

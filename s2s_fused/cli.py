@@ -59,7 +59,8 @@ def _cpu_path_lines() -> dict:
         return {"CPU GEMM path": f"not reported ({e})" if isinstance(e, ValueError) else "not reported by this build of the extension"}
     policy = {"auto": "auto (the fastest of packed / onednn / blas, measured per op and shape on first use)"}
     choices = state["choices"]
-    lines = "; ".join(f"{key}: {c['path']} (" + ", ".join(f"{p} {t:.0f} us" for p, t in c["times_us"].items()) + ")"
+    lines = "; ".join(f"{key}: {c['path']} (" + (", ".join(f"{p} {t:.0f} us" for p, t in c["times_us"].items())
+                                                 or "kept from an earlier process") + ")"
                       for key, c in sorted(choices.items()))
     w = state["packed_weights"]
     ext = _extension()
@@ -72,9 +73,15 @@ def _cpu_path_lines() -> dict:
         cache_line = (f"{cache['free_blocks']} free blocks ({cache['free_bytes'] / 2**20:.1f} MiB), "
                       f"{cache['live_blocks']} in use ({cache['live_bytes'] / 2**20:.1f} MiB); "
                       f"{cache['hits']} hits, {cache['misses']} misses")
+    from . import _cpu_path_cache
+
+    kept = _cpu_path_cache.state()
+    kept_line = (f"off ({config.CPU_PATH_CACHE_VARIABLE}=0)" if kept["file"] is None else
+                 f"{kept['file']} ({kept['loaded']} choices taken at import; delete it to measure again)")
     return {"CPU buffer cache": cache_line,
             "CPU GEMM path": policy.get(state["path"], f"{state['path']} (forced by S2S_FUSED_CPU_PATH)"),
             "CPU GEMM path choices": lines or "none yet in this process",
+            "CPU GEMM path choices kept in": kept_line,
             "packed weights cached": f"{w['entries']} ({w['bytes'] / 2**20:.1f} MiB; {w['hits']} hits, "
                                      f"{w['misses']} misses)"}
 

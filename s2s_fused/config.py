@@ -2,8 +2,9 @@
 
 One parsing rule (the C++ side reads its own switches with the same rule): a switch is on when its variable is
 ``1``, off when it is unset, empty or ``0``; any other value is an error (a ``ValueError`` naming the variable),
-so that a typo never leaves a switch silently off. ``python -m s2s_fused info`` shows the switches of both sides
-(the C++ ones as ``s2s_fused._C.build_info()["switches"]`` reports them).
+so that a typo never leaves a switch silently off. ``SETTINGS`` lists the variables that are not switches (a
+folder). ``python -m s2s_fused info`` shows the switches of both sides (the C++ ones as
+``s2s_fused._C.build_info()["switches"]`` reports them).
 
 The values are module attributes, read by the code at each call (torch.compile guards on them). To change one for
 a block, e.g. an A/B benchmark: ``with s2s_fused.config.override(TRITON_NO_PERSISTENT=True): ...``.
@@ -34,6 +35,29 @@ def parse_switch(name: str, environ=os.environ) -> bool:
 
 TRITON_NO_PERSISTENT: bool = parse_switch("S2S_FUSED_TRITON_NO_PERSISTENT")
 NO_BIDIR_FUSED: bool = parse_switch("S2S_FUSED_NO_BIDIR_FUSED")
+
+
+# The variables that are not on/off switches: name -> what it sets.
+CPU_PATH_CACHE_VARIABLE = "S2S_FUSED_CPU_PATH_CACHE"
+SETTINGS = {
+    CPU_PATH_CACHE_VARIABLE: "the folder where the CPU GEMM path choices are kept across processes "
+                             "(s2s_fused/_cpu_path_cache.py); 0: keep none",
+}
+
+
+def cpu_path_cache_dir(environ=os.environ) -> str | None:
+    """The folder of the kept CPU path choices: ``S2S_FUSED_CPU_PATH_CACHE`` (``0``: keep none; unset or empty:
+    ``$XDG_CACHE_HOME/s2s_fused``, else ``~/.cache/s2s_fused``)."""
+    value = environ.get(CPU_PATH_CACHE_VARIABLE, "")
+    if value == "0":
+        return None
+    if value:
+        return value
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "s2s_fused")
+
+
+CPU_PATH_CACHE: str | None = cpu_path_cache_dir()
 
 
 def switches() -> dict[str, bool]:

@@ -13,11 +13,22 @@
   error, or at the launch of a Triton kernel (which only CPU tensors can reach here). Only the tests that can
   reach a GPU backend run (_reaching_gpu_backends); ``=all`` runs every test.
 """
+import atexit
 import inspect
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
+
+# The CPU GEMM path choices that the test process and its subprocesses measure are kept in a folder of this
+# session's own (s2s_fused/_cpu_path_cache.py), never in the user's cache, so that no earlier run decides a path
+# here; it is set before s2s_fused is imported (the choices are read then) and removed at exit, after s2s_fused
+# has saved into it (atexit runs the later registration first).
+_PATH_CACHE = tempfile.mkdtemp(prefix="s2s_fused_test_cpu_paths-")
+os.environ["S2S_FUSED_CPU_PATH_CACHE"] = _PATH_CACHE
+atexit.register(shutil.rmtree, _PATH_CACHE, ignore_errors=True)
 
 SIMULATE_GPU_ENV = "S2S_FUSED_TEST_SIMULATE_GPU"
 SIMULATE_GPU = os.environ.get(SIMULATE_GPU_ENV, "0") in ("1", "all")

@@ -208,6 +208,70 @@ def test_info_reports_the_cpu_path():
     assert "gru_cell_forward" in got["CPU GEMM path choices"]
 
 
+# ------------------------------------------------------------------ choices kept across processes
+_MEASURE = """
+import torch, s2s_fused
+from s2s_fused import _cpu_path_cache
+torch.set_num_threads(1)
+_C = s2s_fused.backend._extension()
+print("kept", _cpu_path_cache.state()["file"], _cpu_path_cache.state()["loaded"])
+before = _C._cpu_path_state()["choices"]
+print("before", {k: c["path"] for k, c in before.items() if k.startswith("gru_cell_forward")})
+s2s_fused.gru_cell(torch.randn(3, 5), torch.randn(3, 7), *[torch.randn(*s) for s in ((21, 5), (21, 7), (21,), (21,))])
+after = _C._cpu_path_state()["choices"]
+print("after", {k: (c["path"], bool(c["times_us"])) for k, c in after.items() if k.startswith("gru_cell_forward")})
+"""
+
+
+def _kept(out, tag):
+    import ast
+
+    return ast.literal_eval(next(line for line in out.splitlines() if line.startswith(tag + " "))[len(tag) + 1:])
+
+
+def test_choices_are_kept_for_the_next_process(tmp_path):
+    """A process keeps its measured choices in the cache folder at exit; the next one takes them at import and runs
+    them without measuring, also a choice it would not have made (a hand-edited file: the file decides); lines that
+    are not key<TAB>path are skipped; S2S_FUSED_CPU_PATH_CACHE=0 keeps nothing."""
+    first = run_python(_MEASURE, S2S_FUSED_CPU_PATH_CACHE=str(tmp_path))
+    assert _kept(first, "before") == {}
+    (key, (path, measured)), = _kept(first, "after").items()
+    assert measured and path in PATHS
+    files = sorted(p for p in tmp_path.iterdir() if p.suffix == ".tsv")
+    assert len(files) == 1 and f"{key}\t{path}\n" in files[0].read_text()
+    other = next(p for p in PATHS if p != path)
+    text = files[0].read_text().replace(f"{key}\t{path}\n", f"{key}\t{other}\n")
+    files[0].write_text(text + "a line without a tab\nsome key\tnot_a_path\n\tblas\n")
+    second = run_python(_MEASURE, S2S_FUSED_CPU_PATH_CACHE=str(tmp_path))
+    assert f"kept {files[0]} " in second
+    assert _kept(second, "before") == {key: other}
+    assert _kept(second, "after") == {key: (other, False)}  # taken, not measured again
+    off = tmp_path / "off"
+    third = run_python(_MEASURE + "print('file', _cpu_path_cache.cache_file(_C, '{}'))".format(off),
+                       S2S_FUSED_CPU_PATH_CACHE="0")
+    assert "kept None 0" in third and _kept(third, "before") == {}
+    assert not off.exists()
+
+
+def test_kept_choices_are_per_machine_and_build(tmp_path, monkeypatch):
+    """The file's name hashes what the choices depend on (CPU model, logical CPUs, capability, torch, build): a
+    machine or build that differs reads another file. Saving merges: a key already in the file stays as it is."""
+    from s2s_fused import _cpu_path_cache as kept
+
+    name = kept.cache_file(_C, str(tmp_path))
+    sig = kept.signature(_C)
+    assert "cpu=" in sig and "capability=" in sig and "torch=" in sig
+    monkeypatch.setattr(kept, "_cpu_model", lambda: "another CPU")
+    assert kept.cache_file(_C, str(tmp_path)) != name
+    monkeypatch.undo()
+    monkeypatch.setitem(kept._state, "file", name)
+    with open(name, "w") as f:
+        f.write("# made by hand\nop one\tblas\n")
+    monkeypatch.setattr(kept, "_measured_here", lambda ext: {"op one": "packed", "op two": "onednn"})
+    kept.save(_C)
+    assert kept.read(name) == {"op one": "blas", "op two": "onednn"}
+
+
 # ------------------------------------------------------------------ packed weights kept across calls
 def packed_stats():
     return _C._cpu_path_state()["packed_weights"]

@@ -150,14 +150,15 @@ def test_importing_the_package_registers_every_triton_twin():
 
 def test_every_switch_is_read_in_the_config_module_only():
     """Outside s2s_fused/config.py no module of the package reads an S2S_FUSED_* variable (it reads config's
-    attributes), and config knows every one it reads."""
+    attributes), and config knows every one it reads (the switches, and the settings that are not on/off)."""
     readers = {}
     for path in PACKAGE.rglob("*.py"):
         for name in re.findall(r"""["'](S2S_FUSED_[A-Z0-9_]+)["']""", path.read_text()):
             readers.setdefault(name, set()).add(path.relative_to(ROOT).as_posix())
     outside = {n: sorted(p) for n, p in readers.items() if p != {"s2s_fused/config.py"}}
     assert not outside, outside
-    assert set(readers) == set(config.SWITCHES)
+    assert set(readers) == set(config.SWITCHES) | set(config.SETTINGS)
+    assert not set(config.SWITCHES) & set(config.SETTINGS)
     for name in config.SWITCHES:
         assert isinstance(getattr(config, name[len(config.PREFIX):]), bool)
 

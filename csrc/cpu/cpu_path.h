@@ -51,7 +51,8 @@ struct PathChoice {
   std::vector<std::pair<CpuPath, double>> times_us;
 };
 
-// The choices made so far in this process (in memory only), keyed by "op dtype shape threads".
+// The choices made so far in this process, keyed by "op dtype shape threads"; s2s_fused/_cpu_path_cache.py loads
+// the ones earlier processes made on this machine (_load_cpu_path_choices) and saves new ones at exit.
 class PathChoices {
  public:
   std::optional<CpuPath> find(const std::string& key) {
