@@ -338,10 +338,12 @@ class AttentionDecoder(nn.Module):
         emb = F.dropout(self.embedding(tokens), self.dropout, self.training)
         return F.linear(emb, cell.weight_ih[:, self.memory_size:], cell.bias_ih)
 
-    def fused_core(self, gates_emb, state):
+    def fused_core(self, gates_emb, state, context_weight_t=None):
         """One fused step: attention over the projected values gives the context's input gates directly, plus the
         embedding's (``gates_emb`` (N, 3H)), then the GRU update (reset after W_hn h, as torch). Returns the new
-        top-layer state (N, H) and the state."""
+        top-layer state (N, H) and the state. ``context_weight_t``: ``_context_weight().t()``, taken once for all
+        the steps of a sequence (a slice per step is a slice backward per step: a zero (3H, E + Dm) gradient
+        filled and copied into at every step)."""
         cell = self.rnn.cells[0]
         h = state["h"][:, 0]
         projected = "values_proj" in state
@@ -350,14 +352,16 @@ class AttentionDecoder(nn.Module):
                                     backend=op_backend(self.backend))
         gh = F.linear(h, cell.weight_hh, cell.bias_hh)
         H = h.shape[-1]
+        if not projected and context_weight_t is None:
+            context_weight_t = self._context_weight().t()
         if torch.is_grad_enabled():
-            gi = ctx + gates_emb if projected else torch.addmm(gates_emb, ctx, self._context_weight().t())
+            gi = ctx + gates_emb if projected else torch.addmm(gates_emb, ctx, context_weight_t)
             r, z = torch.sigmoid(gi[:, :2 * H] + gh[:, :2 * H]).chunk(2, dim=-1)
             n = torch.tanh(torch.addcmul(gi[:, 2 * H:], r, gh[:, 2 * H:]))
         else:
             # The same operations in place on the op's fresh output: at beam-4 decoding sizes each fresh
             # temporary is 0.25-0.75 MB, which the allocator maps and page-faults anew at every step.
-            gi = ctx.add_(gates_emb) if projected else torch.addmm(gates_emb, ctx, self._context_weight().t())
+            gi = ctx.add_(gates_emb) if projected else torch.addmm(gates_emb, ctx, context_weight_t)
             rz = gi[:, :2 * H].add_(gh[:, :2 * H]).sigmoid_()
             r, z = rz[:, :H], rz[:, H:]
             n = gi[:, 2 * H:].addcmul_(r, gh[:, 2 * H:]).tanh_()
@@ -369,9 +373,10 @@ class AttentionDecoder(nn.Module):
     def forward(self, tokens, state):
         if self.fused:
             gates_emb = self._embedding_gates(tokens)  # (B, T, 3H): one GEMM for every step
+            wct = None if "values_proj" in state else self._context_weight().t()
             outs = []
             for t in range(tokens.shape[1]):
-                out, state = self.fused_core(gates_emb[:, t], state)
+                out, state = self.fused_core(gates_emb[:, t], state, wct)
                 outs.append(out)
             return self.dense(F.dropout(torch.stack(outs, 1), self.dropout, self.training))
         emb = F.dropout(self.embedding(tokens), self.dropout, self.training)     # (B, T, E)
