@@ -22,10 +22,11 @@ def decoder_options(backend: str) -> dict:
 
 
 # Per model, the step buffers of its last decode, handed to the next one. A decode's (N, V) logits buffers are
-# written at every step; fresh ones cost first-touch page faults at every decode (beam-4 over 128 sentences of
-# the default model: 10 MB, 58 vs 62 ms a decode, AMD EPYC, 1 thread). A decode takes the dict out while it runs,
-# so a concurrent decode of the same model (another thread) gets its own; buffers above _KEEP_BYTES in all are
-# not kept (a large vocabulary's would hold that much memory for the model's lifetime).
+# written at every step; fresh ones are mapped and page-faulted anew at every decode under glibc's default
+# settings (beam-4 over 128 sentences of the default model: 10 MB, 59.0 vs 64.0 ms a decode, AMD EPYC, 1 thread).
+# A decode takes the dict out while it runs, so a concurrent decode of the same model (another thread) gets its
+# own; buffers above _KEEP_BYTES in all are not kept (a large vocabulary's would hold that much memory for the
+# model's lifetime).
 _KEPT_BUFFERS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 _KEEP_BYTES = 64 << 20
 
