@@ -253,6 +253,21 @@ def test_choices_are_kept_for_the_next_process(tmp_path):
     assert not off.exists()
 
 
+def test_a_kept_choice_the_call_cannot_take_is_measured_again(tmp_path):
+    """A kept choice naming a path that is not a candidate of the call (here packed, with S2S_FUSED_NO_PACKED on)
+    is not taken: the key is measured again among the candidates, and the file keeps its entry."""
+    first = run_python(_MEASURE, S2S_FUSED_CPU_PATH_CACHE=str(tmp_path))
+    (key, _), = _kept(first, "after").items()
+    file, = (p for p in tmp_path.iterdir() if p.suffix == ".tsv")
+    lines = [line for line in file.read_text().splitlines() if not line.startswith(key + "\t")]
+    file.write_text("\n".join(lines + [f"{key}\tpacked"]) + "\n")
+    out = run_python(_MEASURE, S2S_FUSED_CPU_PATH_CACHE=str(tmp_path), S2S_FUSED_NO_PACKED="1")
+    assert _kept(out, "before") == {key: "packed"}
+    path, measured = _kept(out, "after")[key]
+    assert path != "packed" and measured
+    assert f"{key}\tpacked\n" in file.read_text()
+
+
 def test_kept_choices_are_per_machine_and_build(tmp_path, monkeypatch):
     """The file's name hashes what the choices depend on (CPU model, logical CPUs, capability, torch, build): a
     machine or build that differs reads another file. Saving merges: a key already in the file stays as it is."""

@@ -17,6 +17,7 @@
 #include <ATen/Parallel.h>
 #include <c10/core/StorageImpl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <cstring>
@@ -113,7 +114,12 @@ auto run_with_path(const std::string& key, const std::vector<CpuPath>& candidate
   const CpuPath forced = config::cpu_path();
   if (forced != CpuPath::Auto) return f(forced);
   if (candidates.size() == 1) return f(candidates[0]);
-  if (const auto chosen = path_choices().find(key)) return f(*chosen);
+  // A choice is taken only while it is a candidate: one kept from another process (or made before a switch such
+  // as S2S_FUSED_NO_PACKED changed) may name a path this call cannot take; the key is then measured again.
+  if (const auto chosen = path_choices().find(key);
+      chosen && std::find(candidates.begin(), candidates.end(), *chosen) != candidates.end()) {
+    return f(*chosen);
+  }
   using Result = decltype(f(candidates[0]));
   constexpr int kMaxRounds = 12;
   constexpr double kBudgetUs = 300e3;
