@@ -102,7 +102,9 @@ def save(ext) -> None:
         return
     try:
         import fcntl
-
+    except ImportError:  # no POSIX file locks (Windows): nothing is kept
+        return
+    try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path + ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

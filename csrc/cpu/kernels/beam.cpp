@@ -203,8 +203,9 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
     Vec acc(A(0));
     int64_t j = c0;
     if constexpr (std::is_same_v<A, float>) {
-      // exp_u20 (a few ulp more error per term than Sleef's exp, 2x its speed) clamps NaN to a finite value, so
-      // NaN lanes are flagged on the side: a NaN logit must still poison the row.
+      // exp_u20: a few ulp more error per term than Sleef's exp, and the op 14-17 % faster at the beam-4 decoding
+      // shape (benchmarks/NOTES.md, beam). It clamps its input, which may turn NaN into a finite value, so NaN
+      // lanes are flagged on the side: a NaN logit must still poison the row.
       Vec nan_lanes(A(0));
       for (; j + W <= c1; j += W) {
         const Vec xv = Vec::loadu(xc + (j - c0));
