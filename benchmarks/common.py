@@ -77,19 +77,11 @@ def device_name(device: torch.device) -> str:
     return f"CPU {cpu_description()} x{torch.get_num_threads()} threads"
 
 
-def _cpuinfo() -> dict:
-    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
-    out = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break
-                key, _, value = line.partition(":")
-                out[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return out
+def _cpu_info() -> dict:
+    # imported here: the scripts set their switches before s2s_fused is first imported
+    from s2s_fused._cpu_path_cache import cpu_info
+
+    return cpu_info()
 
 
 def cpu_description() -> str:
@@ -97,7 +89,7 @@ def cpu_description() -> str:
     (AuthenticAMD family 25 model 17; ISA AVX512)": CPU results differ between vendors and generations (MKL takes a
     generic path on AMD; Intel's AMX speeds up oneDNN), so a figure is never quoted without them. ISA: ATen's CPU
     capability, which our kernels follow, plus AMX where the CPU has it."""
-    info = _cpuinfo()
+    info = _cpu_info()
     model = info.get("model name") or platform.processor() or platform.machine()
     isa = torch.backends.cpu.get_cpu_capability()
     if "amx_tile" in info.get("flags", "").split():
@@ -111,7 +103,7 @@ def device_slug(device: torch.device) -> str:
     """The device part of a results folder's name: cpu-<vendor and model>, or the GPU's model (h200)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).split()[-1].lower()
-    model = _cpuinfo().get("model name") or platform.machine()
+    model = _cpu_info().get("model name") or platform.machine()
     return "cpu-" + re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor|\d+-core", "", model.lower())).strip("-")
 
 

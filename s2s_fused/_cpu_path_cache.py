@@ -27,15 +27,24 @@ _PATHS = ("packed", "onednn", "blas")
 _state = {"file": None, "loaded": 0}
 
 
-def _cpu_model() -> str:
+def cpu_info() -> dict:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none); the benchmarks name their CPU
+    from it too."""
+    out = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                out[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
+
+
+def _cpu_model() -> str:
+    return cpu_info().get("model name") or platform.processor() or platform.machine()
 
 
 def signature(ext) -> str:
