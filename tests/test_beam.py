@@ -46,9 +46,11 @@ def make_case(B, K, V, dtype, seed, *, ties=True, special=True, device="cpu"):
     return x.to(dtype).to(device), s.float().to(device)
 
 
-def assert_topk_equal(out, ref, what=""):
+def assert_topk_equal(out, ref, what="", inputs=None):
     """Exactly equal indices; scores within fp32 rounding of the reference's. Candidates whose reference scores
-    differ by less than that rounding (not exact ties: those are exact here) may come in either order."""
+    differ by less than that rounding (not exact ties: those are exact here) may come in either order.
+    ``inputs``: the call's (logits, beam_scores, finished, eos_id), to also accept such a near tie where one of
+    the two candidates lies just outside the top k (without them only neighbours in the output may swap)."""
     s, b, t = (o.cpu() for o in out)
     rs, rb, rt = (r.cpu() for r in ref)
     assert s.dtype == torch.float32 and b.dtype == torch.int64 and t.dtype == torch.int64, what
@@ -67,6 +69,18 @@ def assert_topk_equal(out, ref, what=""):
     near[:, 1:] |= gap
     near[:, :-1] |= gap
     bad = ~same & ~near
+    if inputs is not None and bad.any():
+        # The reference's score of each candidate we returned, from its full ranking: a returned candidate that
+        # is not the expected one must score within the rounding of the expected one, and none may repeat.
+        x, bs, fin_, eos = inputs
+        K, V = x.shape[1], x.shape[2]
+        all_s, all_b, all_t = (r.cpu() for r in reference.beam_search_topk(x, bs, K * V, fin_, eos))
+        full = torch.empty(all_s.shape, dtype=all_s.dtype).scatter_(1, all_b * V + all_t, all_s)
+        ours = full.gather(1, b * V + t)
+        close = (ours - rs).abs() <= 8e-6 * rs.abs().clamp(min=1.0)
+        flat = b * V + t
+        assert all(len(set(row.tolist())) == len(row) for row in flat), f"{what}: a candidate repeats"
+        bad &= ~(close & torch.isfinite(rs))
     assert not bad.any(), f"{what}: indices differ at {bad.nonzero().tolist()[:5]}: got {b[bad][:5].tolist()}/" \
                           f"{t[bad][:5].tolist()}, expected {rb[bad][:5].tolist()}/{rt[bad][:5].tolist()}"
 
@@ -102,11 +116,12 @@ GRID = [(K, V, k) for K in (1, 2, 5, 8) for V in (1, 5, 7, 1000, 32003) for k in
 def test_cpu_matches_reference(K, V, k, dtype):
     B = 3 if V < 32003 else 2
     x, s = make_case(B, K, V, dtype, seed=K * 1000 + V + k)
-    assert_topk_equal(run("cpu", x, s, k), reference.beam_search_topk(x, s, k), f"K={K} V={V} k={k} {dtype}")
+    assert_topk_equal(run("cpu", x, s, k), reference.beam_search_topk(x, s, k), f"K={K} V={V} k={k} {dtype}",
+                      (x, s, None, None))
     fin = torch.rand(B, K, generator=torch.Generator().manual_seed(k)) < 0.4
     eos = V // 2
     assert_topk_equal(run("cpu", x, s, k, fin, eos), reference.beam_search_topk(x, s, k, fin, eos),
-                      f"finished K={K} V={V} k={k} {dtype}")
+                      f"finished K={K} V={V} k={k} {dtype}", (x, s, fin, eos))
 
 
 @pytest.mark.parametrize("k", [65, 100, 999, 5000])
@@ -118,9 +133,9 @@ def test_cpu_exact_path_large_k(k):
 
 
 def test_cpu_exact_path_memory_is_bounded():
-    """The exact path (k > 64, and the single-pass path's fallback when logits tie at the top-k cut) keeps O(k)
-    candidates a row, not O(V) a thread. Every logit of two 2^23-long rows ties, so k = 2 falls back for both rows,
-    on two threads at once, and so does k = 100; the peak RSS of a subprocess over what it held before the calls
+    """The exact path (k > 64) and the single-pass path's rescan (when logits tie at the top-k cut) keep O(k)
+    candidates a row, not O(V) a thread. Every logit of two 2^23-long rows ties, so k = 2 rescans both rows, on
+    two threads at once, and k = 100 takes the exact path; the peak RSS of a subprocess over what it held before the calls
     (16 bytes x V per row took 256 MiB here) must stay small."""
     code = (
         "import resource, torch, s2s_fused\n"
@@ -152,6 +167,29 @@ def test_cpu_rounding_collisions_are_exact():
     base[0, :, 20:40] = torch.nextafter(torch.tensor(2.0), torch.tensor(3.0))
     base[0, :, 5:15] = 2.0
     assert_topk_equal(run("cpu", base, torch.zeros(1, 2), 12), reference.beam_search_topk(base, torch.zeros(1, 2), 12))
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_cpu_equal_logit_rows_rank_by_index(dtype):
+    """Rows of equal logits (a decoder zeroes the logits of rows it does not read) on the single-pass kernel
+    (k <= 64): every candidate of such a row scores the same, so index order decides, and a smaller logit at a
+    lower index whose score rounds to the same value comes first."""
+    B, K, V = 3, 4, 1000
+    x = torch.randn(B, K, V, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x[0] = 0.0                     # a whole sentence of zeroed rows
+    x[1, 2] = 7.5                  # one constant row among random ones
+    x[2, 1] = 0.0
+    x[2, 1, :3] = -1e-18 if dtype == torch.float64 else -1e-30  # rounds into the same score as the zeros
+    x = x.to(dtype)
+    s = torch.tensor([[0.0, -1.0, -2.0, -3.0], [-0.5, -0.25, -1.0, -2.0], [-1.0, -0.1, -3.0, NEG_INF]])
+    for k in (1, 4, 5, 64):
+        out = run("cpu", x, s, k)
+        assert_topk_equal(out, reference.beam_search_topk(x, s, k), f"k={k}", (x, s, None, None))
+    out = run("cpu", x[2:, 1:2], s[2:, 1:2], 5)
+    assert out[2].tolist() == [[0, 1, 2, 3, 4]], out[2]
+    fin = torch.tensor([[False, True, False, False]] * 3)
+    assert_topk_equal(run("cpu", x, s, 8, fin, 5), reference.beam_search_topk(x, s, 8, fin, 5), "finished",
+                      (x, s, fin, 5))
 
 
 def test_cpu_non_contiguous_logits():

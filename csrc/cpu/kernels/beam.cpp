@@ -8,7 +8,8 @@
 // Exactness: the selection ranks raw logits, but the op ranks the rounded scores (ties to the lower index). Two
 // different logits can round to the same score (neighbouring floats, or x - max for tiny x next to a huge max),
 // so a dropped logit could tie the last kept one and win on index. The list therefore keeps one extra entry, the
-// best dropped logit: if its score equals the last kept one's, the row is redone exactly (rare on real data).
+// best dropped logit: if its score equals the last kept one's, the row is ranked again by its rounded scores
+// (rescan_row; rows of equal logits, such as a decoder's zeroed rows, always take it).
 //
 // Non-finite values (the rule in beam_topk.h): NaN never passes the "beats the k-th best" compare, so the
 // selection itself ignores it, but the pass still tells a poisoned row (NaN or +inf logit, or only -inf) from
@@ -60,8 +61,7 @@ struct Candidate {
 // The exact path: every score of the row, selected in a buffer of O(kk) candidates (the caller's `buf`, reused
 // across rows): a candidate that does not beat the kk-th best seen so far is dropped at once, the others are
 // appended, and a full buffer is cut back to its best kk with nth_element, so each candidate costs O(1) amortised
-// and the memory stays O(kk) whatever V is. Used for k > kBeamFastMaxK, for NaN / +inf beam scores, and as the
-// fast path's fallback.
+// and the memory stays O(kk) whatever V is. Used for k > kBeamFastMaxK and for NaN / +inf beam scores.
 template <typename T>
 void exact_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi,
                std::vector<Candidate>& buf) {
@@ -133,9 +133,83 @@ inline bool collides(const A* xs, int64_t kk, A s, A m, A log_d) {
   return false;
 }
 
+// x[c0:c1] as accumulate-type values: x itself for float / double, else converted once into buf (kChunk long).
 template <typename T>
-void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi,
-              std::vector<Candidate>& exact_buf) {
+inline const acc_t<T>* chunk_values(const T* x, int64_t c0, int64_t c1, acc_t<T>* buf) {
+  using Vec = VecOf<T>;
+  constexpr int64_t W = Vec::size();
+  if constexpr (std::is_same_v<T, acc_t<T>>) {
+    return x + c0;
+  } else {
+    int64_t j = c0;
+    for (; j + W <= c1; j += W) {
+      Vec xv;
+      at::vec::load_to_float(x + j, xv);
+      xv.store(buf + (j - c0));
+    }
+    for (; j < c1; ++j) buf[j - c0] = static_cast<acc_t<T>>(x[j]);
+    return buf;
+  }
+}
+
+// The single-pass path's fallback when a dropped logit may tie the last kept one's score (`collides`): the row
+// again, ranked by the rounded scores themselves, computed as the pass computed the kept ones (its max and log of
+// the sum). Scanning in index order, a candidate enters only with a score strictly above the kk-th best (an equal
+// score has the higher index and loses), so this is the logit pass's vectorized compare-and-insert on scores: a
+// row of equal logits (a decoder's zeroed dead rows) costs one compare per vector instead of the exact path's
+// scalar double-precision pass.
+template <typename T>
+void rescan_row(const T* x, int64_t V, int64_t kk, acc_t<T> s, acc_t<T> m, acc_t<T> log_d, int64_t base,
+                double* os, int64_t* oi) {
+  using A = acc_t<T>;
+  using Vec = VecOf<T>;
+  constexpr int64_t W = Vec::size();
+  A ss[kBeamFastMaxK];
+  int64_t vs[kBeamFastMaxK];
+  int64_t n = 0;
+  auto insert = [&](A sc, int64_t v) {  // below the kept scores >= sc (they have lower indices)
+    int64_t pos = n < kk ? n++ : kk - 1;
+    while (pos > 0 && ss[pos - 1] < sc) {
+      ss[pos] = ss[pos - 1];
+      vs[pos] = vs[pos - 1];
+      --pos;
+    }
+    ss[pos] = sc;
+    vs[pos] = v;
+  };
+  alignas(64) A buf[std::is_same_v<T, A> ? 1 : kChunk];
+  alignas(64) A sc[W];
+  const Vec sv(s), mv(m), lv(log_d);
+  for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
+    const int64_t c1 = std::min(V, c0 + kChunk);
+    const A* xc = chunk_values(x, c0, c1, buf);
+    int64_t v = c0;
+    for (; v < c1 && n < kk; ++v) insert(row_score<A>(s, xc[v - c0], m, log_d), v);  // the first kk enter
+    Vec thr(ss[kk - 1]);
+    for (; v + W <= c1; v += W) {
+      const Vec scv = sv + ((Vec::loadu(xc + (v - c0)) - mv) - lv);  // row_score, lane by lane
+      uint32_t beats = gt_bits(scv, thr);
+      if (!beats) continue;
+      scv.store(sc);
+      for (; beats; beats &= beats - 1) {
+        const int64_t l = std::countr_zero(beats);
+        if (sc[l] > ss[kk - 1]) insert(sc[l], v + l);
+      }
+      thr = Vec(ss[kk - 1]);
+    }
+    for (; v < c1; ++v) {
+      const A scl = row_score<A>(s, xc[v - c0], m, log_d);
+      if (scl > ss[kk - 1]) insert(scl, v);
+    }
+  }
+  for (int64_t j = 0; j < kk; ++j) {
+    os[j] = ss[j];
+    oi[j] = base + vs[j];
+  }
+}
+
+template <typename T>
+void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, double* os, int64_t* oi) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
@@ -164,25 +238,16 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
   alignas(64) A buf[std::is_same_v<T, A> ? 1 : kChunk];  // half / bfloat16 chunks, converted once
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t c1 = std::min(V, c0 + kChunk);
-    const A* xc;  // the chunk as accumulate-type values: xc[v - c0] = x[v]
-    if constexpr (std::is_same_v<T, A>) {
-      xc = x + c0;
-    } else {
-      int64_t j = c0;
-      for (; j + W <= c1; j += W) {
-        Vec xv;
-        at::vec::load_to_float(x + j, xv);
-        xv.store(buf + (j - c0));
-      }
-      for (; j < c1; ++j) buf[j - c0] = static_cast<A>(x[j]);
-      xc = buf;
-    }
+    const A* xc = chunk_values(x, c0, c1, buf);  // xc[v - c0] = x[v]
     int64_t v = std::max(c0, v0);
     Vec thr(xs[cap - 1]);
     for (; v + W <= c1; v += W) {
-      const Vec xv = Vec::loadu(xc + (v - c0));
-      if ((xv > thr).zero_mask() == kAllLanes) continue;  // no lane beats the k-th best: the common case
-      for (int64_t l = 0; l < W; ++l) {
+      uint32_t beats = gt_bits(Vec::loadu(xc + (v - c0)), thr);
+      if (!beats) continue;  // no lane beats the k-th best: the common case
+      // Only the lanes that beat the threshold at the compare, in index order, each against the list as the
+      // earlier ones left it (a one-mask-instruction test: scanning all W lanes took a third of the op's time).
+      for (; beats; beats &= beats - 1) {
+        const int64_t l = std::countr_zero(beats);
         const A xl = xc[v - c0 + l];
         if (xl > xs[cap - 1]) insert(xl, v + l);
       }
@@ -206,12 +271,20 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
       // exp_u20: a few ulp more error per term than Sleef's exp, and the op 14-17 % faster at the beam-4 decoding
       // shape (benchmarks/NOTES.md, beam). It clamps its input, which may turn NaN into a finite value, so NaN
       // lanes are flagged on the side: a NaN logit must still poison the row.
-      Vec nan_lanes(A(0));
+      // Two accumulators: one add chain per vector was the loop's critical path.
+      Vec nan_lanes(A(0)), acc2(A(0));
+      for (; j + 2 * W <= c1; j += 2 * W) {
+        const Vec xv = Vec::loadu(xc + (j - c0)), xv2 = Vec::loadu(xc + (j - c0) + W);
+        nan_lanes = nan_lanes | (xv != xv) | (xv2 != xv2);
+        acc = acc + (xv - mv).exp_u20();
+        acc2 = acc2 + (xv2 - mv).exp_u20();
+      }
       for (; j + W <= c1; j += W) {
         const Vec xv = Vec::loadu(xc + (j - c0));
         nan_lanes = nan_lanes | (xv != xv);
         acc = acc + (xv - mv).exp_u20();
       }
+      acc = acc + acc2;
       nan_unsummed |= nan_lanes.zero_mask() != kAllLanes;
     } else {
       for (; j + W <= c1; j += W) acc = acc + (Vec::loadu(xc + (j - c0)) - mv).exp();
@@ -230,7 +303,7 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
   const A s = static_cast<A>(s_in);
   // Collision check (see the file comment): only when some logits were dropped.
   if (V > kk && collides<T>(xs, kk, s, m, log_d)) {
-    exact_row<T>(x, V, kk, s_in, base, os, oi, exact_buf);
+    rescan_row<T>(x, V, kk, s, m, log_d, base, os, oi);
     return;
   }
   for (int64_t j = 0; j < kk; ++j) {
@@ -283,7 +356,7 @@ void beam_rows_impl(const BeamRowParams& p, int64_t r0, int64_t r1) {
     if (p.exact || !std::isfinite(s)) {
       exact_row<T>(x, p.V, p.kk, s, base, os, oi, exact_buf);
     } else {
-      fast_row<T>(x, p.V, p.kk, s, base, os, oi, exact_buf);
+      fast_row<T>(x, p.V, p.kk, s, base, os, oi);
     }
   }
 }

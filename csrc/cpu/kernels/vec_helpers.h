@@ -8,6 +8,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <type_traits>
 
@@ -50,6 +51,26 @@ inline void vstore(T* p, const VecOf<T>& v, int64_t n) {
     v.store(buf);
     for (int64_t k = 0; k < n; ++k) p[k] = static_cast<T>(buf[k]);
   }
+}
+
+// Bit l set where lane l of a > b (ordered: false for NaN). One mask instruction on AVX-512 / AVX2; the scalar
+// build compares lane by lane.
+template <typename V>
+inline uint32_t gt_bits(const V& a, const V& b) {
+  using S = typename V::value_type;
+#if defined(CPU_CAPABILITY_AVX512)
+  if constexpr (std::is_same_v<S, float>) return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ);
+  if constexpr (std::is_same_v<S, double>) return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ);
+#elif defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<S, float>) return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
+  if constexpr (std::is_same_v<S, double>) return uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)));
+#endif
+  alignas(64) S av[V::size()], bv[V::size()];
+  a.store(av);
+  b.store(bv);
+  uint32_t bits = 0;
+  for (int64_t l = 0; l < V::size(); ++l) bits |= uint32_t(av[l] > bv[l]) << l;
+  return bits;
 }
 
 // Sum of the lanes.
