@@ -17,15 +17,6 @@ namespace {
 // Elements per block of the forward: 8 KB of fp32, so the second sweep over a block hits L1.
 constexpr int64_t kBlock = 2048;
 
-template <typename A>
-inline at::vec::Vectorized<A> vexp(const at::vec::Vectorized<A>& v) {
-  if constexpr (std::is_same_v<A, float>) {
-    return v.exp_u20();  // ~20 ulp (about 1e-6 relative): far inside the fp32 loss tolerance (1e-5)
-  } else {
-    return v.exp();
-  }
-}
-
 // Load n (<= size) elements; missing lanes read as `fill`.
 template <typename T>
 inline VecOf<T> vload_fill(const T* p, int64_t n, acc_t<T> fill) {
