@@ -327,7 +327,9 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
             dead = (logits == NEG_INF).all(dim=-1) & ~finished
             live_scores = scores.masked_fill(dead, NEG_INF)
             logits = logits.masked_fill(dead[..., None], 0.0)
-        new_scores, parent, tok = select(logits, live_scores, W, finished=finished, eos_id=eos_id)
+        # A done row's selection is discarded below, so its beams go in as finished: the top-k then skips their
+        # logits (for rows the step did not compute, filler that ties everywhere).
+        new_scores, parent, tok = select(logits, live_scores, W, finished=finished | done[:, None], eos_id=eos_id)
         parent_fin = finished.gather(1, parent)
         new_hist = hist.gather(1, parent[..., None].expand(B, W, max_len))
         new_hist[:, :, t] = torch.where(parent_fin, new_hist[:, :, t], tok)
