@@ -243,12 +243,13 @@ def test_cpu_capability_copies(cap):
     code = (
         "import torch, s2s_fused\n"
         "from s2s_fused import reference\n"
-        "from tests.test_beam import make_case, assert_topk_equal\n"
+        "from tests.test_beam import make_case, assert_topk_equal, test_cpu_equal_logit_rows_rank_by_index\n"
         "for dt in (torch.float32, torch.float64, torch.bfloat16):\n"
         "    for K, V, k in ((5, 1000, 10), (2, 37, 64), (8, 3001, 16)):\n"
         "        x, s = make_case(3, K, V, dt, seed=V)\n"
         "        assert_topk_equal(s2s_fused.beam_search_topk(x, s, k, backend='cpu'),\n"
-        "                          reference.beam_search_topk(x, s, k))\n"
+        "                          reference.beam_search_topk(x, s, k), '', (x, s, None, None))\n"
+        "    test_cpu_equal_logit_rows_rank_by_index(dt)  # the rescan of tied rows\n"
     )
     run_on_cpu_capability(cap, code)
 
