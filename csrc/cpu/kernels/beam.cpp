@@ -133,6 +133,27 @@ inline bool collides(const A* xs, int64_t kk, A s, A m, A log_d) {
   return false;
 }
 
+// At most `cap` (<= kBeamFastMaxK + 1) (value, index) pairs, sorted by value descending, ties by index ascending.
+// Values come in index order, so a new one goes below every kept value >= it; when full, the last one drops.
+template <typename A>
+struct Ranked {
+  A val[kBeamFastMaxK + 1];
+  int64_t idx[kBeamFastMaxK + 1];
+  int64_t n = 0;
+  const int64_t cap;
+  explicit Ranked(int64_t c) : cap(c) {}
+  void insert(A x, int64_t v) {
+    int64_t pos = n < cap ? n++ : cap - 1;
+    while (pos > 0 && val[pos - 1] < x) {
+      val[pos] = val[pos - 1];
+      idx[pos] = idx[pos - 1];
+      --pos;
+    }
+    val[pos] = x;
+    idx[pos] = v;
+  }
+};
+
 // x[c0:c1] as accumulate-type values: x itself for float / double, else converted once into buf (kChunk long).
 template <typename T>
 inline const acc_t<T>* chunk_values(const T* x, int64_t c0, int64_t c1, acc_t<T>* buf) {
@@ -164,19 +185,9 @@ void rescan_row(const T* x, int64_t V, int64_t kk, acc_t<T> s, acc_t<T> m, acc_t
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
-  A ss[kBeamFastMaxK];
-  int64_t vs[kBeamFastMaxK];
-  int64_t n = 0;
-  auto insert = [&](A sc, int64_t v) {  // below the kept scores >= sc (they have lower indices)
-    int64_t pos = n < kk ? n++ : kk - 1;
-    while (pos > 0 && ss[pos - 1] < sc) {
-      ss[pos] = ss[pos - 1];
-      vs[pos] = vs[pos - 1];
-      --pos;
-    }
-    ss[pos] = sc;
-    vs[pos] = v;
-  };
+  Ranked<A> list(kk);
+  const A* ss = list.val;
+  const int64_t* vs = list.idx;
   alignas(64) A buf[std::is_same_v<T, A> ? 1 : kChunk];
   alignas(64) A sc[W];
   const Vec sv(s), mv(m), lv(log_d);
@@ -184,7 +195,7 @@ void rescan_row(const T* x, int64_t V, int64_t kk, acc_t<T> s, acc_t<T> m, acc_t
     const int64_t c1 = std::min(V, c0 + kChunk);
     const A* xc = chunk_values(x, c0, c1, buf);
     int64_t v = c0;
-    for (; v < c1 && n < kk; ++v) insert(row_score<A>(s, xc[v - c0], m, log_d), v);  // the first kk enter
+    for (; v < c1 && list.n < kk; ++v) list.insert(row_score<A>(s, xc[v - c0], m, log_d), v);  // the first kk
     Vec thr(ss[kk - 1]);
     for (; v + W <= c1; v += W) {
       const Vec scv = sv + ((Vec::loadu(xc + (v - c0)) - mv) - lv);  // row_score, lane by lane
@@ -193,13 +204,13 @@ void rescan_row(const T* x, int64_t V, int64_t kk, acc_t<T> s, acc_t<T> m, acc_t
       scv.store(sc);
       for (; beats; beats &= beats - 1) {
         const int64_t l = std::countr_zero(beats);
-        if (sc[l] > ss[kk - 1]) insert(sc[l], v + l);
+        if (sc[l] > ss[kk - 1]) list.insert(sc[l], v + l);
       }
       thr = Vec(ss[kk - 1]);
     }
     for (; v < c1; ++v) {
       const A scl = row_score<A>(s, xc[v - c0], m, log_d);
-      if (scl > ss[kk - 1]) insert(scl, v);
+      if (scl > ss[kk - 1]) list.insert(scl, v);
     }
   }
   for (int64_t j = 0; j < kk; ++j) {
@@ -215,26 +226,15 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
   constexpr int64_t W = Vec::size();
   constexpr int kAllLanes = (1 << W) - 1;
   const A ninf = -std::numeric_limits<A>::infinity();
-  A xs[kBeamFastMaxK + 1];
-  int64_t vs[kBeamFastMaxK + 1];
   const int64_t cap = std::min(kk + 1, V);  // kk kept + the best dropped one
-  int64_t n = 0;
-  // Insert x (index v, later than every kept index) below the kept values >= x.
-  auto insert = [&](A xv, int64_t v) {
-    int64_t pos = n < cap ? n++ : cap - 1;
-    while (pos > 0 && xs[pos - 1] < xv) {
-      xs[pos] = xs[pos - 1];
-      vs[pos] = vs[pos - 1];
-      --pos;
-    }
-    xs[pos] = xv;
-    vs[pos] = v;
-  };
+  Ranked<A> list(cap);
+  const A* xs = list.val;
+  const int64_t* vs = list.idx;
   A m = ninf, d = 0;
   bool nan_unsummed = false;  // a NaN in a chunk skipped below as all -inf
   int64_t v0 = 0;
   // The first cap elements always enter (also -inf ones, which then rank by index).
-  for (; v0 < cap; ++v0) insert(static_cast<A>(x[v0]), v0);
+  for (; v0 < cap; ++v0) list.insert(static_cast<A>(x[v0]), v0);
   alignas(64) A buf[std::is_same_v<T, A> ? 1 : kChunk];  // half / bfloat16 chunks, converted once
   for (int64_t c0 = 0; c0 < V; c0 += kChunk) {
     const int64_t c1 = std::min(V, c0 + kChunk);
@@ -249,13 +249,13 @@ void fast_row(const T* x, int64_t V, int64_t kk, double s_in, int64_t base, doub
       for (; beats; beats &= beats - 1) {
         const int64_t l = std::countr_zero(beats);
         const A xl = xc[v - c0 + l];
-        if (xl > xs[cap - 1]) insert(xl, v + l);
+        if (xl > xs[cap - 1]) list.insert(xl, v + l);
       }
       thr = Vec(xs[cap - 1]);
     }
     for (; v < c1; ++v) {
       const A xl = xc[v - c0];
-      if (xl > xs[cap - 1]) insert(xl, v);
+      if (xl > xs[cap - 1]) list.insert(xl, v);
     }
     // Online (max, sum-exp) over the chunk, whose max is now the list's head.
     const A m_new = xs[0];
