@@ -258,11 +258,15 @@ class AttentionDecoder(nn.Module):
             # and the same in the backward pass (fused_core, "memory" in the state).
             if not torch.is_grad_enabled() and not self.training:
                 self._check_input_table()
-            state = {"h": h.transpose(0, 1), "keys": self.key_proj(memory).contiguous(), "mem_len": mem_len}
+            # One copy of the encoder's output in batch-first order (s2s_fused's layers return a time-major
+            # tensor viewed batch first), which both projections and the attention then read as it is: each of
+            # them copied it before.
+            memory = memory.contiguous()
+            state = {"h": h.transpose(0, 1), "keys": self.key_proj(memory), "mem_len": mem_len}
             if steps is not None and steps < memory.shape[1]:
-                state["memory"] = memory.contiguous()
+                state["memory"] = memory
             else:
-                state["values_proj"] = F.linear(memory, self._context_weight()).contiguous()
+                state["values_proj"] = F.linear(memory, self._context_weight())
             return state
         state = {"h": h.transpose(0, 1), "memory": memory, "keys": self.key_proj(memory), "mem_len": mem_len}
         if self.lstm:
