@@ -259,8 +259,8 @@ class AttentionDecoder(nn.Module):
             if not torch.is_grad_enabled() and not self.training:
                 self._check_input_table()
             # One copy of the encoder's output in batch-first order (s2s_fused's layers return a time-major
-            # tensor viewed batch first), which both projections and the attention then read as it is: each of
-            # them copied it before.
+            # tensor viewed batch first), read as it is by both projections and the attention; without it each
+            # projection would copy it again.
             memory = memory.contiguous()
             state = {"h": h.transpose(0, 1), "keys": self.key_proj(memory), "mem_len": mem_len}
             if steps is not None and steps < memory.shape[1]:
