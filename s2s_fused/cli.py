@@ -165,6 +165,7 @@ def _cmd_translate(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
+    from .seq2seq.command import loaded_objects_frozen
     from .seq2seq.data import HeldOut, group_references, read_pairs
     from .seq2seq.evaluate import score
     from .seq2seq.model import make_loss
@@ -175,7 +176,8 @@ def _cmd_evaluate(args) -> int:
         print(f"warning: skipped line {b.lineno}: {b.reason}: {b.text!r}", file=sys.stderr)
     items = list(group_references(pairs).items())
     data = HeldOut.build(items, src_seg, tgt_seg, src_vocab, tgt_vocab, model.config["num_steps"])
-    s = score(model, make_loss(args.backend), data, tgt_seg, tgt_vocab, args.device, args.beam)
+    with loaded_objects_frozen():
+        s = score(model, make_loss(args.backend), data, tgt_seg, tgt_vocab, args.device, args.beam)
     how = "greedy" if args.beam == 1 else f"beam-{args.beam}"
     print(f"{args.data}: {len(items)} sources, {len(pairs)} references, {how}; loss {s['loss']:.3f}/token")
     print(f"BLEU {s['bleu']:.1f} [sacrebleu {s['bleu_signature']}]")

@@ -441,6 +441,40 @@ def test_cli_train_then_translate(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out.splitlines() == [go, "", hi]
 
 
+def test_train_loop_runs_with_the_loaded_objects_frozen(tmp_path, monkeypatch):
+    """The corpus and model are out of the cyclic collector's reach while training and reporting (a full
+    collection would walk them all again), and handed back afterwards, also when the loop raises."""
+    import gc
+
+    from s2s_fused.seq2seq import command
+    from s2s_fused.seq2seq.train import Trainer
+
+    seen = {}
+    fit, report = Trainer.fit, command._report
+
+    def fit_spy(self):
+        seen["fit"] = gc.get_freeze_count()
+        return fit(self)
+
+    def report_spy(*a, **k):
+        seen["report"] = gc.get_freeze_count()
+        return report(*a, **k)
+
+    monkeypatch.setattr(Trainer, "fit", fit_spy)
+    monkeypatch.setattr(command, "_report", report_spy)
+    assert cli_main(["train", *RUN_BASE, "--embed-size", "8", "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert seen["fit"] > 1000 and seen["report"] > 1000  # the corpus alone is thousands of objects
+    assert gc.get_freeze_count() == 0
+
+    def fail(self):
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(Trainer, "fit", fail)
+    with pytest.raises(RuntimeError, match="stop"):
+        cli_main(["train", *RUN_BASE, "--embed-size", "8", "--epochs", "1", "--out", str(tmp_path / "b")])
+    assert gc.get_freeze_count() == 0
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["train", "--data", "/nonexistent/pairs.txt"], "data file not found"),
     (["translate", "--checkpoint", "/nonexistent/ckpt", "go ."], "checkpoint not found"),

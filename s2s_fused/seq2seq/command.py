@@ -5,6 +5,8 @@ reports and writes."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import sys
 import time
@@ -120,6 +122,21 @@ def run(args) -> int:
         dist.close()
 
 
+@contextlib.contextmanager
+def loaded_objects_frozen():
+    """Inside: every object alive on entry (the corpus's token lists, vocabularies, the model) is out of the cyclic
+    garbage collector's reach. They outlive the loop anyway, but each full collection the loop's allocations
+    trigger would walk all of them again: on the shipped corpus (~300,000 tracked objects) that was 5 % of the
+    fused backend's training step (AMD EPYC, 1 thread, perf). On exit they are handed back to the collector, so
+    a caller that goes on (a test session, a notebook) can still reclaim them."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _run(args, dist: Dist, t_start: float, resumed, segmenters) -> int:
     device = _device(args, dist)
     check_backend(args.backend, device)
@@ -185,15 +202,16 @@ def _run(args, dist: Dist, t_start: float, resumed, segmenters) -> int:
         # --patience may change on resume: a run that stopped early goes on when the new patience allows it
         trainer.stopped_early = bool(args.patience) and trainer.bad_epochs >= args.patience
         say(f"resumed from {args.resume}: {trainer.epoch} epoch(s) and {trainer.batch} batch(es) done")
-    log = trainer.fit()
-    train_wall = time.perf_counter() - t_start
+    with loaded_objects_frozen():  # training, the test decode and the speed comparison
+        log = trainer.fit()
+        train_wall = time.perf_counter() - t_start
 
-    if not dist.main:
-        dist.barrier()
-        return 0
-    if trainer.best_model is not None:
-        model.load_state_dict(trainer.best_model)  # report and keep the best epoch's weights, not the last
-    report = _report(args, model, eval_loss, corpus, device, log, train_wall, dist)
+        if not dist.main:
+            dist.barrier()
+            return 0
+        if trainer.best_model is not None:
+            model.load_state_dict(trainer.best_model)  # report and keep the best epoch's weights, not the last
+        report = _report(args, model, eval_loss, corpus, device, log, train_wall, dist)
     info = {k: report[k] for k in ("best_epoch", "bleu_greedy", "bleu_beam", "perplexity")}
     info["data"] = str(args.data or "tatoeba-eng-fra-5k")
     ckpt = save_checkpoint(args.out, model, corpus.src_vocab, corpus.tgt_vocab, info,
