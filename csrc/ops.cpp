@@ -2,6 +2,7 @@
 // csrc/cuda/<family>_binding.cpp, Triton launchers from Python (s2s_fused/triton/<family>.py). The Python side
 // (s2s_fused/ops/<family>.py) adds the fake kernels and autograd.
 #include <Python.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -277,6 +278,47 @@ PyObject* load_cpu_path_choices(PyObject*, PyObject* arg) {
   return PyLong_FromLongLong(taken);
 }
 
+// _cpu_path() -> (the setting of S2S_FUSED_CPU_PATH now: auto, packed, onednn or blas; whether oneDNN may run:
+// torch has it and S2S_FUSED_NO_ONEDNN is off). Cheap, for per-call use.
+PyObject* cpu_path_setting(PyObject*, PyObject*) {
+  if (!read_switches()) return nullptr;
+  const bool onednn = at::hasMKLDNN() && !s2s_fused::config::on(s2s_fused::config::Switch::NoOnednn);
+  return Py_BuildValue("(sO)", s2s_fused::cpu::path_name(s2s_fused::config::cpu_path()),
+                       onednn ? Py_True : Py_False);
+}
+
+// _record_cpu_path_choice(key, path, {path: best microseconds}): a choice measured on the Python side (the seq2seq
+// decoder's inference GEMMs, s2s_fused/_cpu_linear.py), kept with the C++ ops' own: shown by `info`, saved to the
+// choices file at exit like them (which needs the times). A key already chosen keeps its choice.
+PyObject* record_cpu_path_choice(PyObject*, PyObject* args) {
+  const char* key = nullptr;
+  const char* name = nullptr;
+  PyObject* times = nullptr;
+  if (!PyArg_ParseTuple(args, "ssO!", &key, &name, &PyDict_Type, &times)) return nullptr;
+  using s2s_fused::config::CpuPath;
+  const CpuPath p = s2s_fused::config::find_cpu_path(name);
+  if (p == CpuPath::Count || p == CpuPath::Auto) {
+    PyErr_Format(PyExc_ValueError, "path: expected packed, onednn or blas, got '%s'", name);
+    return nullptr;
+  }
+  s2s_fused::cpu::PathChoice choice{p, {}};
+  PyObject *k = nullptr, *v = nullptr;
+  Py_ssize_t pos = 0;
+  while (PyDict_Next(times, &pos, &k, &v)) {
+    const char* tn = PyUnicode_Check(k) ? PyUnicode_AsUTF8(k) : nullptr;
+    const CpuPath tp = tn ? s2s_fused::config::find_cpu_path(tn) : CpuPath::Count;
+    const double us = PyFloat_Check(v) ? PyFloat_AsDouble(v) : -1.0;
+    if (tp == CpuPath::Count || tp == CpuPath::Auto || !(us >= 0.0)) {
+      PyErr_SetString(PyExc_ValueError, "times: expected {path name: microseconds >= 0}");
+      return nullptr;
+    }
+    choice.times_us.emplace_back(tp, us);
+  }
+  auto& choices = s2s_fused::cpu::path_choices();
+  if (!choices.find(key)) choices.record(key, std::move(choice));
+  Py_RETURN_NONE;
+}
+
 // _cpu_buffer_cache_state() -> {"enabled", "free_blocks", "free_bytes", "live_blocks", "live_bytes", "hits",
 // "misses"}: the CPU buffer cache (csrc/cpu/memory.h); enabled unless S2S_FUSED_NO_BUFFER_CACHE is on.
 PyObject* cpu_buffer_cache_state(PyObject*, PyObject*) {
@@ -303,6 +345,8 @@ PyMethodDef methods[] = {
     {"_cpu_path_state", cpu_path_state, METH_NOARGS, "The CPU path setting, choices made and packed-weight cache."},
     {"_clear_cpu_path_state", clear_cpu_path_state, METH_NOARGS, "Forget the CPU path choices and packed weights."},
     {"_load_cpu_path_choices", load_cpu_path_choices, METH_O, "Take CPU path choices {key: path} made earlier."},
+    {"_cpu_path", cpu_path_setting, METH_NOARGS, "(S2S_FUSED_CPU_PATH now, whether oneDNN may run)."},
+    {"_record_cpu_path_choice", record_cpu_path_choice, METH_VARARGS, "Keep a CPU path choice measured in Python."},
     {"_cpu_buffer_cache_state", cpu_buffer_cache_state, METH_NOARGS, "The CPU buffer cache's blocks and hit counts."},
     {"_empty_cpu_buffer_cache", empty_cpu_buffer_cache, METH_NOARGS, "Return the CPU buffer cache's free blocks."},
     {nullptr, nullptr, 0, nullptr},

@@ -80,7 +80,7 @@ def device_for(backend: str) -> torch.device:
 
 
 __all__ = ["VALUE_TOL", "ALL_DTYPES", "rel_err", "assert_close", "assert_raises", "poison_", "cpu_backends", "backend_params",
-           "device_for", "s2s_fused", "run_python", "run_on_cpu_capability", "check_dtypes_on_cpu_capability",
+           "device_for", "s2s_fused", "run_python", "cpu_path", "run_on_cpu_capability", "check_dtypes_on_cpu_capability",
            "CPU_CAPABILITIES"]
 
 
@@ -114,6 +114,24 @@ def compiled_switch(name: str, on: bool = True):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_CAPABILITIES = ("default", "avx2", "avx512")  # ATen's names; csrc/cpu/kernels is compiled once for each
+
+
+@contextlib.contextmanager
+def cpu_path(name: str):
+    """S2S_FUSED_CPU_PATH set to `name` for the block, with no GEMM path choices (the C++ ops' and the seq2seq
+    decoder's linear layers', s2s_fused/_cpu_linear.py) or packed weights left from before."""
+    from s2s_fused import _cpu_linear
+
+    ext = _backend._extension()
+    ext._clear_cpu_path_state()
+    _cpu_linear.clear()
+    previous = ext._set_cpu_path(name)
+    try:
+        yield
+    finally:
+        ext._set_cpu_path(previous)
+        ext._clear_cpu_path_state()
+        _cpu_linear.clear()
 
 
 def run_python(code: str, *, timeout: float = 300, **env: str) -> str:

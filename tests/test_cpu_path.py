@@ -3,32 +3,27 @@ made on one machine, e.g. ATen's GEMMs on an Intel CPU, where they beat our kern
 measured choice under ``auto``, the S2S_FUSED_CPU_PATH switch, and the packed-weight cache of the cells and layers."""
 from __future__ import annotations
 
-import contextlib
 import gc
 
 import pytest
 import torch
+from helpers import (
+    VALUE_TOL,
+    assert_close,
+    cpu_path,
+    make_cell_params,
+    poison_heap,
+    run_python,
+    s2s_fused,
+)
 
 import s2s_fused.nn
-from helpers import VALUE_TOL, assert_close, make_cell_params, poison_heap, run_python, s2s_fused
 
 _C = s2s_fused.backend._extension() if s2s_fused.backend.is_available("cpu") else None
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is not available")
 
 PATHS = ("packed", "onednn", "blas")
 TOL = VALUE_TOL[torch.float32]
-
-
-@contextlib.contextmanager
-def cpu_path(name: str):
-    """S2S_FUSED_CPU_PATH set to `name` for the block, with no choices or packed weights left from before."""
-    _C._clear_cpu_path_state()
-    previous = _C._set_cpu_path(name)
-    try:
-        yield
-    finally:
-        _C._set_cpu_path(previous)
-        _C._clear_cpu_path_state()
 
 
 def cell_call(kind, x, state, params, backend, reset_after=True):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import nn as fnn
+from .._cpu_linear import linear as cpu_linear
 from ..ops.attention import additive_attention
 from .decode import check_live_rows
 
@@ -150,8 +151,18 @@ def output_logits(dense: nn.Linear, out, live=None, buffers=None):
 
 
 def _linear_into(dense: nn.Linear, x, out):
-    wt = dense.weight.t()
-    return torch.addmm(dense.bias, x, wt, out=out) if dense.bias is not None else torch.mm(x, wt, out=out)
+    """``dense(x)`` without autograd: in ``out``, or a new tensor where oneDNN runs the product faster on this CPU
+    (s2s_fused/_cpu_linear.py); use the return value."""
+    return cpu_linear(x, dense.weight, dense.bias, out=out)
+
+
+def _project(memory, weight):
+    """``F.linear(memory (B, S, D), weight)``, through the faster CPU library when no gradient is recorded."""
+    if torch.is_grad_enabled():
+        return F.linear(memory, weight)
+    B, S, D = memory.shape
+    # contiguous: the GRU's context weights are a column slice, which oneDNN multiplies very slowly
+    return cpu_linear(memory.reshape(B * S, D), weight.contiguous()).view(B, S, weight.shape[0])
 
 
 def masked_softmax(scores, valid_len):
@@ -265,11 +276,11 @@ class AttentionDecoder(nn.Module):
             # tensor viewed batch first), read as it is by both projections and the attention; without it each
             # projection would copy it again.
             memory = memory.contiguous()
-            state = {"h": h.transpose(0, 1), "keys": self.key_proj(memory), "mem_len": mem_len}
+            state = {"h": h.transpose(0, 1), "keys": _project(memory, self.key_proj.weight), "mem_len": mem_len}
             if steps is not None and steps < memory.shape[1]:
                 state["memory"] = memory
             else:
-                state["values_proj"] = F.linear(memory, self._context_weight())
+                state["values_proj"] = _project(memory, self._context_weight())
             return state
         state = {"h": h.transpose(0, 1), "memory": memory, "keys": self.key_proj(memory), "mem_len": mem_len}
         if self.lstm:
