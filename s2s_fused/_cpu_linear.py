@@ -63,8 +63,10 @@ _PATHS = {"onednn": _onednn, "blas": _aten}
 
 def _eligible(x, weight, bias, out) -> bool:
     # A strided weight (a slice of a wider matrix) takes a path in oneDNN thousands of times slower (3.8 s for a
-    # (2048, 256) x (256, 384) product whose weight was a column slice): contiguous operands only.
-    return (_ONEDNN is not None and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 2
+    # (2048, 256) x (256, 384) product whose weight was a column slice): contiguous operands only. While
+    # torch.compile traces, the tensors are fake: nothing to time, and ATen's op is what the graph should hold.
+    return (_ONEDNN is not None and not torch.compiler.is_compiling() and x.device.type == "cpu"
+            and x.dtype == torch.float32 and x.dim() == 2
             and x.is_contiguous() and weight.is_contiguous() and (bias is None or bias.is_contiguous())
             and weight.dtype == torch.float32 and weight.dim() == 2 and (bias is None or bias.dtype == torch.float32)
             and x.shape[0] * x.shape[1] * weight.shape[0] >= _MIN_MACS and torch.backends.mkldnn.is_available()

@@ -97,7 +97,7 @@ def test_no_onednn_switch_keeps_aten(monkeypatch):
         _C._set_switch("S2S_FUSED_NO_ONEDNN", previous)
 
 
-@pytest.mark.parametrize("case", ["grad", "float64", "strided weight", "strided input", "small", "3-d"])
+@pytest.mark.parametrize("case", ["grad", "float64", "strided weight", "strided input", "small", "3-d", "tracing"])
 def test_what_the_choice_cannot_take_goes_to_aten_untouched(monkeypatch, case):
     monkeypatch.setattr(_cpu_linear, "_ONEDNN", lambda *a: pytest.fail("oneDNN called"))
     x, w, b = torch.randn(64, 128), torch.randn(2516, 128), torch.randn(2516)
@@ -113,8 +113,10 @@ def test_what_the_choice_cannot_take_goes_to_aten_untouched(monkeypatch, case):
         x = torch.randn(128, 128)[::2]
     elif case == "small":
         x, w, b = x[:2, :8], w[:8, :8], b[:8]
-    else:
+    elif case == "3-d":
         x = x.view(8, 8, 128)
+    else:
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     with cpu_path("auto"), torch.set_grad_enabled(grad):
         y = _cpu_linear.linear(x, w, b)
         assert torch.equal(y, F.linear(x, w, b))
