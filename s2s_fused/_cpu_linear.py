@@ -61,7 +61,7 @@ def _onednn(x, weight, bias, out):
 _PATHS = {"onednn": _onednn, "blas": _aten}
 
 
-def _eligible(x, weight, bias, out) -> bool:
+def _eligible(x, weight, bias) -> bool:
     # A strided weight (a slice of a wider matrix) takes a path in oneDNN thousands of times slower (3.8 s for a
     # (2048, 256) x (256, 384) product whose weight was a column slice): contiguous operands only. While
     # torch.compile traces, the tensors are fake: nothing to time, and ATen's op is what the graph should hold.
@@ -128,7 +128,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ``out`` (M, N): where ATen's path writes (a buffer reused across decoding steps); the oneDNN path returns a
     new tensor, so use the return value. Inputs that need a gradient, other devices, dtypes and small products
     go to ``F.linear`` / ``addmm`` as they are."""
-    if not _eligible(x, weight, bias, out):
+    if not _eligible(x, weight, bias):
         return _aten(x, weight, bias, out)
     return _PATHS[_choose(x, weight, bias, out)](x, weight, bias, out)
 
