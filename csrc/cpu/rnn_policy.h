@@ -38,7 +38,19 @@ inline int64_t row_grain(int64_t H, int64_t gates) {
 // Small products stay on ATen's BLAS: oneDNN builds a primitive per call, which costs more than a small GEMM
 // (a T=1, B=1, H=4 GRU layer's backward took 68 us with its three weight-gradient GEMMs on oneDNN).
 inline bool onednn_gemm_available() {
-  static const bool available = at::hasMKLDNN() && &at::native::mkldnn_matmul != nullptr;
+  static const bool available = [] {
+    if (!at::hasMKLDNN() || &at::native::mkldnn_matmul == nullptr) return false;
+    // ATen's mkldnn_matmul refuses fp32 too on x86 CPUs without AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT ("bf16 path
+    // needs the cpu support ..."), an AMD EPYC Zen 3 among them: ask it once, as its own check is not exported.
+    try {
+      const at::Tensor a = at::ones({2, 2}, at::kFloat);
+      at::Tensor out = at::empty({2, 2}, at::kFloat);
+      at::native::mkldnn_matmul(a, a, out, 0.f, 1.f);
+      return out.eq(2.f).all().item<bool>();
+    } catch (const c10::Error&) {
+      return false;
+    }
+  }();
   return available && !config::on(config::Switch::NoOnednn);
 }
 inline bool use_onednn_gemm(const at::Tensor& out, int64_t inner) {
