@@ -100,11 +100,15 @@ def cpu_description() -> str:
 
 
 def device_slug(device: torch.device) -> str:
-    """The device part of a results folder's name: cpu-<vendor and model>, or the GPU's model (h200)."""
+    """The device part of a results folder's name: cpu-<vendor and model>-<ISA the kernels run> (cpu-amd-epyc-avx512),
+    or the GPU's model (h200). The ISA is in it because a virtual machine may name different CPUs alike ("AMD EPYC"
+    for a Zen 3 with AVX2 and a Zen 4 with AVX-512), and their figures must not share a folder or a README table."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device).split()[-1].lower()
     model = _cpu_info().get("model name") or platform.machine()
-    return "cpu-" + re.sub(r"[^a-z0-9]+", "-", re.sub(r"\(r\)|\(tm\)|cpu|processor|\d+-core", "", model.lower())).strip("-")
+    model = re.sub(r"\(r\)|\(tm\)|cpu|processor|\d+-core", "", model.lower())
+    isa = torch.backends.cpu.get_cpu_capability().lower()
+    return "cpu-" + re.sub(r"[^a-z0-9]+", "-", f"{model} {isa}").strip("-")
 
 
 def versions() -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -33,6 +34,10 @@ def test_every_results_folder_names_device_date_and_machine():
                     if d.name.startswith("cpu-"):
                         assert " family " in r["device"] and "ISA " in r["device"] and " threads" in r["device"], (
                             path, r["device"])
+                        # The folder names the ISA its rows ran (benchmarks/common.device_slug): CPUs that a VM
+                        # names alike keep apart.
+                        isa = re.search(r"ISA (\w+)", r["device"])[1].lower()
+                        assert readme_results.FOLDER.match(d.name)["device"].endswith("-" + isa), (path, r["device"])
 
 
 def test_a_changed_figure_fails_the_check(tmp_path):

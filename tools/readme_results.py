@@ -3,7 +3,7 @@
     python tools/readme_results.py --write   # rewrite the README between the markers
     python tools/readme_results.py --check   # exit 1 if the README's tables differ from what the files give
 
-For each device (the folder name before its date: cpu-amd-epyc, h200, ...) each op family's newest file is shown:
+For each device (the folder name before its date: cpu-amd-epyc-avx512, h200, ...) each op family's newest file is shown:
 every row that has a ratio against a baseline measured in the same run, the ratios of repeated runs as
 a min-max range, under a line naming the machine (CPU model, vendor, family, ISA in use, threads) and the versions,
 as the files record them. Nothing in the README's tables is typed by hand; tests/test_readme_results.py runs --check.
