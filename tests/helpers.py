@@ -114,6 +114,17 @@ def compiled_switch(name: str, on: bool = True):
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CPU_CAPABILITIES = ("default", "avx2", "avx512")  # ATen's names; csrc/cpu/kernels is compiled once for each
+# The CPU flags ATen requires of each (aten/src/ATen/native/DispatchStub.cpp). A forced capability is not checked
+# against the CPU: ATEN_CPU_CAPABILITY=avx512 on an AVX2-only machine (an AMD EPYC Zen 3) dies of SIGILL.
+CAPABILITY_FLAGS = {"default": (), "avx2": ("avx2", "fma"), "avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq")}
+
+
+def cpu_lacks(cap: str) -> bool:
+    """True when /proc/cpuinfo lists flags and they miss one that capability `cap` needs."""
+    from s2s_fused._cpu_path_cache import cpu_info
+
+    flags = set(cpu_info().get("flags", "").split())
+    return bool(flags) and not set(CAPABILITY_FLAGS[cap]) <= flags
 
 
 @contextlib.contextmanager
@@ -149,6 +160,8 @@ def run_on_cpu_capability(cap: str, code: str, *, timeout: float = 300, **env: s
     follow ATen's choice, which is checked); skips when the extension is not built or this CPU lacks `cap`."""
     if not _backend.is_available("cpu"):
         pytest.skip("needs the compiled CPU extension")
+    if cpu_lacks(cap):
+        pytest.skip(f"this CPU lacks {cap} (flags {', '.join(CAPABILITY_FLAGS[cap])})")
     probe = ("\nimport torch as _t, s2s_fused.backend as _b\n"
              "print('s2s-capability', _t.backends.cpu.get_cpu_capability(), _b.build_info()['cpu_capability'])\n")
     out = run_python(code + probe, timeout=timeout, ATEN_CPU_CAPABILITY=cap, **env)

@@ -705,6 +705,27 @@ def test_beam_search_exhaustive_v6_len3():
         assert res[b][0].tokens == _exhaustive(m, _row(init, b), V, eos, T)[0][1]
 
 
+@pytest.mark.parametrize("penalty", [None, "avg", "gnmt"])
+@pytest.mark.parametrize("alpha", [0.6, 1.0, 1.7])
+def test_length_penalty_factor_is_the_same_for_every_batch(penalty, alpha):
+    """lp(L) is one float32 per L, whatever the tensor it comes in: the double-precision value rounded once (a
+    tensor pow rounded differently in its vectorised body and its tail, so a beam's penalised score depended on
+    the batch around it)."""
+    from s2s_fused.seq2seq.decode import length_penalty_factor
+
+    def expected(L):
+        L = max(L, 1)
+        exact = 1.0 if penalty is None else L ** alpha if penalty == "avg" else ((5 + L) / 6) ** alpha
+        return float(torch.tensor(exact, dtype=torch.float32))
+    for n in (1, 3, 17, 130, 257):
+        lengths = torch.randint(0, 60, (n,))
+        got = length_penalty_factor(lengths, penalty, alpha)
+        assert got.dtype == torch.float32 and got.shape == lengths.shape
+        assert got.tolist() == [expected(L) for L in lengths.tolist()], (n, penalty, alpha)
+        assert length_penalty_factor(lengths.view(1, -1), penalty, alpha, 59).view(-1).tolist() == got.tolist()
+    assert length_penalty_factor(torch.zeros(0, 4, dtype=torch.long), penalty, alpha).shape == (0, 4)
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(length_penalty="gnmt", n_best=2), dict(min_len=3),
                                 dict(no_repeat_ngram_size=2)])
 def test_beam_search_batch_composition_independent(kw):

@@ -318,11 +318,22 @@ def test_cpu_autocast_bfloat16_dtype_as_torch(kind):
     theirs, ours = _pair(kind)
     x = torch.randn(3, 10) if kind.endswith("Cell") else torch.randn(5, 3, 10)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out_t, out_o = theirs(x), ours(x)
+        out_o = ours(x)
+        try:
+            out_t, dtypes = theirs(x), None
+        except RuntimeError as e:
+            # torch.nn.LSTM runs autocast's bf16 through a oneDNN primitive that needs AVX-512: on an AVX2-only CPU
+            # (an AMD EPYC Zen 3) it raises "could not create a primitive descriptor". Ours gives what torch gives
+            # where it runs (every output bf16), checked against torch's fp32 numbers.
+            if kind != "LSTM" or "primitive descriptor" not in str(e):
+                raise
+            dtypes = torch.bfloat16
+    if dtypes is not None:
+        out_t = theirs(x)
     flat_t = [out_t] if isinstance(out_t, torch.Tensor) else [out_t[0], *([out_t[1]] if kind == "GRU" else out_t[1])]
     flat_o = [out_o] if isinstance(out_o, torch.Tensor) else [out_o[0], *([out_o[1]] if kind == "GRU" else out_o[1])]
     for a, b in zip(flat_o, flat_t):
-        assert a.dtype == b.dtype, f"{kind} under autocast: {a.dtype}, torch {b.dtype}"
+        assert a.dtype == (dtypes or b.dtype), f"{kind} under autocast: {a.dtype}, torch {dtypes or b.dtype}"
         assert_close(a, b, 3e-2, "autocast")
     if kind == "LSTM":  # gradients reach the float32 parameters through the casts
         with torch.autocast("cpu", dtype=torch.bfloat16):

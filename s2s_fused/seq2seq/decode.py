@@ -77,15 +77,28 @@ def _first_tensor(state):
     return None
 
 
-def length_penalty_factor(lengths: torch.Tensor, length_penalty, alpha: float) -> torch.Tensor:
+def length_penalty_factor(lengths: torch.Tensor, length_penalty, alpha: float,
+                          max_length: int | None = None) -> torch.Tensor:
     """lp(L) the log-probability is divided by: 1 (None), L^alpha ("avg", d2l's 1/L^alpha log P) or
-    ((5 + L) / 6)^alpha ("gnmt", Wu et al. 2016). L = generated tokens, EOS included, at least 1."""
-    L = lengths.to(torch.float32).clamp(min=1)
-    if length_penalty is None:
-        return torch.ones_like(L)
-    if length_penalty == "avg":
-        return L.pow(alpha)
-    return ((5 + L) / 6).pow(alpha)
+    ((5 + L) / 6)^alpha ("gnmt", Wu et al. 2016). L = generated tokens, EOS included, at least 1 (float32).
+    ``max_length``: a bound on ``lengths`` known to the caller (else read from them, a device sync on a GPU).
+
+    Each factor is looked up in a table computed once in double precision by Python, not by a tensor ``pow``:
+    that one's vectorised body and scalar tail round differently (AVX2's vector pow is 1 ulp off in places), so a
+    sentence's penalised score, and so its ranking among ties, depended on how many beams were in the batch."""
+    if lengths.numel() == 0 or length_penalty is None:
+        return torch.ones(lengths.shape, dtype=torch.float32, device=lengths.device)
+    n = int(lengths.max()) if max_length is None else max_length
+    table = _length_penalty_table(length_penalty, float(alpha), max(n, 1) + 1, lengths.device)
+    return table[lengths.clamp(0, table.shape[0] - 1)]
+
+
+@functools.lru_cache(maxsize=32)
+def _length_penalty_table(length_penalty, alpha: float, n: int, device: torch.device) -> torch.Tensor:
+    """lp(max(L, 1)) for L = 0 .. n - 1, float32 on ``device``."""
+    def lp(L):
+        return float(L) ** alpha if length_penalty == "avg" else ((5.0 + L) / 6.0) ** alpha
+    return torch.tensor([lp(max(L, 1)) for L in range(n)], dtype=torch.float32).to(device)
 
 
 def eager_beam_topk(logits: torch.Tensor, beam_scores: torch.Tensor, k: int, *, finished=None, eos_id=None):
@@ -192,7 +205,7 @@ class _DoneWatcher:
 
 def _results(scores, lengths, finished, hist, n_best, length_penalty, alpha):
     """Per row the n_best beams by penalised score (stable: ties keep beam order), -inf beams left out."""
-    pen = scores / length_penalty_factor(lengths, length_penalty, alpha)
+    pen = scores / length_penalty_factor(lengths, length_penalty, alpha, hist.shape[-1])
     order = torch.sort(pen, dim=1, descending=True, stable=True).indices[:, :n_best]
     rows = zip(*(t.cpu().tolist() for t in (order, pen, scores, lengths, finished)), hist.cpu().tolist())
     out = []
@@ -303,7 +316,7 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
     done = torch.zeros(B, dtype=torch.bool, device=device)
     same_beam = torch.arange(W, device=device).expand(B, W)
     row_base = (torch.arange(B, device=device) * W)[:, None]
-    lp_max = float(length_penalty_factor(torch.tensor(max_len), length_penalty, alpha))
+    lp_max = float(length_penalty_factor(torch.tensor(max_len), length_penalty, alpha, max_len))
     watcher = _DoneWatcher(device)
     for t in range(max_len):
         if live_rows:
@@ -344,13 +357,13 @@ def beam_search(step_fn: Callable, init_state: Any, bos_id: int, eos_id: int, be
         parent = torch.where(keep, same_beam, parent)
         state = reorder(state, (row_base + parent).reshape(N))
         tokens = tok.reshape(N)
-        done = done | _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max)
+        done = done | _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max, max_len)
         if t + 1 < max_len and watcher.all_done(done):
             break
     return _results(scores, lengths, finished, hist, n_best, length_penalty, alpha)
 
 
-def _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max):
+def _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max, max_len):
     """(B,) bool: the row's n_best best hypotheses (by penalised score) are final.
 
     A finished beam whose score is above every live beam's can never leave the beam (live candidates only lose
@@ -359,7 +372,7 @@ def _rows_done(scores, finished, lengths, n_best, length_penalty, alpha, lp_max)
     With no live beam left (or only -inf ones) nothing changes at all."""
     live_best = torch.where(finished, NEG_INF, scores).amax(dim=1)
     bound = live_best / lp_max
-    pen = scores / length_penalty_factor(lengths, length_penalty, alpha)
+    pen = scores / length_penalty_factor(lengths, length_penalty, alpha, max_len)
     top = torch.sort(pen, dim=1, descending=True, stable=True).indices[:, :n_best]
     permanent = finished & (scores > live_best[:, None])
     final = permanent.gather(1, top) & (pen.gather(1, top) >= bound[:, None])
