@@ -143,8 +143,8 @@ def make_extension():
 
 # Plain literal lists: tools/gpu_stack_build.sh reads TEST and TRAIN with ast.literal_eval.
 SUBWORD = ["sentencepiece"]  # train --subword sentencepiece
-TEST = ["pytest>=8", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy", "onnx", "onnxscript",
-        "onnxruntime", "sentencepiece"]
+TEST = ["pytest>=8", "pytest-xdist", "pytest-benchmark", "hypothesis", "triton>=3.6", "numpy", "onnx",
+        "onnxscript", "onnxruntime", "sentencepiece"]
 TRAIN = ["tqdm", "sacrebleu", "matplotlib"]
 
 if __name__ == "__main__":  # setuptools runs this file as __main__; tests import it for its functions

@@ -225,8 +225,9 @@ step "the test suite on torch $TORCH_PIN, Triton tests under Triton $TRITON_PIN'
 # The whole suite, so that the oldest supported torch is tested as well as the newest (the main CI run). The tests
 # that compile for sm_90 run tests.gpu_compile in a subprocess and skip on its SKIP; it runs directly below
 # instead, where a SKIP fails. test_device_awareness reruns the suite in a GPU simulation: the main run has it.
-# The interpreter's int() of 1-element arrays warns under NumPy 2.x.
-"$py" -m pytest -q -p no:cacheprovider -W "ignore::DeprecationWarning:triton.runtime.interpreter" tests \
+# The interpreter's int() of 1-element arrays warns under NumPy 2.x. One worker per core (pytest-xdist), as the main
+# run: serially the two runs of the suite took most of CI's 90 minutes on a slower (AMD EPYC Zen 3) machine.
+"$py" -m pytest -q -n auto -p no:cacheprovider -W "ignore::DeprecationWarning:triton.runtime.interpreter" tests \
   -k "not compile_for_gpu and not test_device_awareness" || die "the test suite on torch $TORCH_PIN"
 step "every Triton kernel compiled for sm_90 with Triton $TRITON_PIN (tests.gpu_compile)"
 # Triton's compile cache goes with the venv: a fresh venv compiles everything, as a fresh machine would.
