@@ -20,11 +20,16 @@ namespace {
 using V = at::vec::Vectorized<float>;
 constexpr int64_t W = V::size();
 // Accumulator rows per tile: with 32 vector registers (AVX-512) 4 rows x 4 vectors measured fastest (114 GF/s on
-// one Zen 4 core for M=32, K=256, N=1024, vs 107 for 6 rows and 112 for 8); with 16 (AVX2) 2 rows.
+// one Zen 4 core for M=32, K=256, N=1024, vs 107 for 6 rows and 112 for 8). With 16 (AVX2), 3 rows x 4 vectors
+// fill them exactly when the k step broadcasts the rows' A values first and then streams the panel one vector at a
+// time (12 accumulators + 3 broadcasts + 1 panel vector): 3 broadcasts and 4 loads per 12 FMAs instead of 2 and 4
+// per 8 with 2 rows.
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kRows = 4;
+constexpr bool kBroadcastFirst = false;
 #else
-constexpr int kRows = 2;
+constexpr int kRows = 3;
+constexpr bool kBroadcastFirst = true;
 #endif
 
 // acc (MR x NV vectors) = (beta ? C : 0) + A[0:MR, 0:K] @ panel; C's vector v of row r at c + r * ldc + v * voff.
@@ -38,14 +43,26 @@ inline void tile(const float* a, int64_t lda, const float* panel, int64_t K, flo
     for (int v = 0; v < NV; ++v) acc[r][v] = beta ? V::loadu(c + r * ldc + v * voff) : V(0.f);
   }
   for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = V::loadu(panel + (k * NV + v) * W);
+    if constexpr (kBroadcastFirst) {
+      V x[MR];
 #pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r) {
-      const V x(a[r * lda + k]);
+      for (int r = 0; r < MR; ++r) x[r] = V(a[r * lda + k]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, b[v], acc[r][v]);
+      for (int v = 0; v < NV; ++v) {
+        const V b = V::loadu(panel + (k * NV + v) * W);
+#pragma GCC unroll 8
+        for (int r = 0; r < MR; ++r) acc[r][v] = at::vec::fmadd(x[r], b, acc[r][v]);
+      }
+    } else {
+      V b[NV];
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) b[v] = V::loadu(panel + (k * NV + v) * W);
+#pragma GCC unroll 8
+      for (int r = 0; r < MR; ++r) {
+        const V x(a[r * lda + k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] = at::vec::fmadd(x, b[v], acc[r][v]);
+      }
     }
   }
 #pragma GCC unroll 8
