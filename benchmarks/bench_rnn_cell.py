@@ -16,7 +16,7 @@ import itertools
 
 import torch
 
-from common import (Row, base_parser, parse_args, fill_ratios, interleaved_rows, markdown_table, measure,
+from common import (Row, base_parser, cpu_paths, parse_args, fill_ratios, interleaved_rows, markdown_table, measure,
                     switches, write_results)
 
 from s2s_fused.backend import is_available
@@ -71,12 +71,9 @@ def graphed(fn, device):
     return g.replay
 
 
-CPU_PATHS = ("packed", "onednn", "blas")
-
-
 def providers(device, H):
     if device.type == "cpu":
-        return ["torch-eager", "s2s_fused-cpu"] + [f"s2s_fused-cpu-{p}" for p in CPU_PATHS]
+        return ["torch-eager", "s2s_fused-cpu"] + [f"s2s_fused-cpu-{p}" for p in cpu_paths()]
     out = ["torch-eager"] + (["torch-compile"] if H == COMPILE_H else [])
     out += [p for p, b in (("s2s_fused-cuda", "cuda"), ("s2s_fused-triton", "triton")) if is_available(b)]
     return out

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from common import fill_ratios, interleaved_rows, layer_bench_main, switches
+from common import cpu_paths, fill_ratios, interleaved_rows, layer_bench_main, switches
 
 from s2s_fused import nn as snn
 from s2s_fused.backend import is_available
@@ -56,8 +56,6 @@ GPU_SHAPES = [
     (100, 8, 512, 512, 1, False),
     (100, 8, 256, 256, 1, False),  # small batch, H within the Triton persistent program's limit
 ]
-# The CPU GEMM paths (csrc/cpu/cpu_path.h), each also timed forced, next to the measured choice (s2s_fused-cpu).
-CPU_PATHS = ("packed", "onednn", "blas")
 SMOKE_SHAPES = [(4, 3, 8, 8, 1, False), (4, 3, 8, 8, 1, True), (4, 3, 8, 8, 1, False, 5)]
 
 
@@ -70,7 +68,8 @@ def _providers(device, B, H, L, bi, P=0):
     out = [(_baseline(device), None, {})]
     if device.type == "cpu":
         out.append(("s2s_fused-cpu", "cpu", {}))
-        out += [(f"s2s_fused-cpu-{p}", "cpu", {"S2S_FUSED_CPU_PATH": p}) for p in CPU_PATHS]
+        # each CPU GEMM path this machine has, also timed forced, next to the measured choice (s2s_fused-cpu)
+        out += [(f"s2s_fused-cpu-{p}", "cpu", {"S2S_FUSED_CPU_PATH": p}) for p in cpu_paths()]
         if bi and not P:
             out.append(("s2s_fused-cpu-perdir", "cpu", {"S2S_FUSED_NO_BIDIR_FUSED": "1"}))
         return out

@@ -13,6 +13,7 @@
 #include "cpu/cpu_path.h"
 #include "cpu/dispatch.h"
 #include "cpu/memory.h"
+#include "cpu/rnn_policy.h"
 
 // The CUDA archs compiled, as setup.py handed them to torch (TORCH_CUDA_ARCH_LIST); empty in a CPU-only build.
 #ifndef S2S_CUDA_ARCH_LIST
@@ -222,7 +223,8 @@ PyObject* set_cpu_path(PyObject*, PyObject* args) {
   return PyUnicode_FromString(s2s_fused::cpu::path_name(s2s_fused::config::set_cpu_path(p)));
 }
 
-// _cpu_path_state() -> {"path": the setting, "choices": {key: {"path": chosen, "times_us": {path: best time}}},
+// _cpu_path_state() -> {"path": the setting, "candidates": the paths an fp32 op can take on this machine (oneDNN's
+// only where ATen's matmul runs fp32 here), "choices": {key: {"path": chosen, "times_us": {path: best time}}},
 // "packed_weights": {"entries", "bytes", "hits", "misses"}}: what the CPU path choice has done in this process.
 PyObject* cpu_path_state(PyObject*, PyObject*) {
   if (!read_switches()) return nullptr;
@@ -239,10 +241,17 @@ PyObject* cpu_path_state(PyObject*, PyObject*) {
     PyDict_SetItemString(choices, key.c_str(), entry);
     Py_DECREF(entry);
   }
+  PyObject* candidates = PyList_New(0);
+  for (const auto p : s2s_fused::cpu::path_candidates(at::kFloat)) {
+    PyObject* name = PyUnicode_FromString(path_name(p));
+    PyList_Append(candidates, name);
+    Py_DECREF(name);
+  }
   const auto w = s2s_fused::cpu::packed_weights().stats();
-  return Py_BuildValue("{s:s,s:N,s:{s:L,s:L,s:L,s:L}}", "path", path_name(s2s_fused::config::cpu_path()), "choices",
-                       choices, "packed_weights", "entries", (long long)w.entries, "bytes", (long long)w.bytes, "hits",
-                       (long long)w.hits, "misses", (long long)w.misses);
+  return Py_BuildValue("{s:s,s:N,s:N,s:{s:L,s:L,s:L,s:L}}", "path", path_name(s2s_fused::config::cpu_path()),
+                       "candidates", candidates, "choices", choices, "packed_weights", "entries",
+                       (long long)w.entries, "bytes", (long long)w.bytes, "hits", (long long)w.hits, "misses",
+                       (long long)w.misses);
 }
 
 // _clear_cpu_path_state(): forget the choices and the packed weights (tests; a re-measure after a change of load).

@@ -57,7 +57,8 @@ def _cpu_path_lines() -> dict:
         state = _extension()._cpu_path_state()
     except (AttributeError, ValueError) as e:  # no extension / an old build; a bad S2S_FUSED_CPU_PATH value
         return {"CPU GEMM path": f"not reported ({e})" if isinstance(e, ValueError) else "not reported by this build of the extension"}
-    policy = {"auto": "auto (the fastest of packed / onednn / blas, measured per op and shape on first use)"}
+    paths = " / ".join(state.get("candidates", ("packed", "onednn", "blas")))
+    policy = {"auto": f"auto (the fastest of {paths} here, measured per op and shape on first use)"}
     choices = state["choices"]
     lines = "; ".join(f"{key}: {c['path']} (" + (", ".join(f"{p} {t:.0f} us" for p, t in c["times_us"].items())
                                                  or "kept from an earlier process") + ")"

@@ -193,6 +193,17 @@ def test_forced_path_shown_and_bad_values_refused():
     assert out.strip() == "onednn"
 
 
+def test_the_candidate_paths_are_reported():
+    """_cpu_path_state()["candidates"]: what an fp32 op may take here, in the preferred order, blas always; the
+    benchmarks time each forced, and `info` names them."""
+    from s2s_fused.cli import info
+
+    cands = _C._cpu_path_state()["candidates"]
+    assert cands and cands[-1] == "blas" and list(cands) == [p for p in PATHS if p in cands], cands
+    with cpu_path("auto"):
+        assert info()["CPU GEMM path"].startswith(f"auto (the fastest of {' / '.join(cands)} here")
+
+
 def test_info_reports_the_cpu_path():
     from s2s_fused.cli import info
 
