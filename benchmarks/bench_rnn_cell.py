@@ -73,7 +73,8 @@ def graphed(fn, device):
 
 def providers(device, H):
     if device.type == "cpu":
-        return ["torch-eager", "s2s_fused-cpu"] + [f"s2s_fused-cpu-{p}" for p in cpu_paths()]
+        # packed-units splits a layer's sequence loop: a cell runs it as packed
+        return ["torch-eager", "s2s_fused-cpu"] + [f"s2s_fused-cpu-{p}" for p in cpu_paths() if p != "packed-units"]
     out = ["torch-eager"] + (["torch-compile"] if H == COMPILE_H else [])
     out += [p for p, b in (("s2s_fused-cuda", "cuda"), ("s2s_fused-triton", "triton")) if is_available(b)]
     return out

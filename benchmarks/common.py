@@ -114,12 +114,13 @@ def device_slug(device: torch.device) -> str:
 def cpu_paths() -> tuple[str, ...]:
     """The CPU GEMM paths an fp32 op can take on this machine (csrc/cpu/cpu_path.h), each timed forced by the
     layer and cell benchmarks: oneDNN's is missing where ATen's matmul refuses fp32 (x86 without AVX-512), and
-    forcing it there would time ATen's BLAS under its name."""
+    forcing it there would time ATen's BLAS under its name; packed-units only with more than one thread."""
+    from s2s_fused import config
     from s2s_fused.backend import _extension
 
     ext = _extension()
     state = ext._cpu_path_state() if ext is not None and hasattr(ext, "_cpu_path_state") else {}
-    return tuple(state.get("candidates", ("packed", "onednn", "blas")))
+    return tuple(state.get("candidates", config.CPU_PATHS))
 
 
 def versions() -> str:

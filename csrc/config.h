@@ -39,9 +39,13 @@ inline constexpr std::array<const char*, static_cast<int>(Switch::Count)> kSwitc
 };
 
 // The CPU GEMM paths of the RNN ops; Auto: chosen per op and shape by measurement (csrc/cpu/cpu_path.h).
-enum class CpuPath : int { Auto, Packed, Onednn, Blas, Count };
-inline constexpr std::array<const char*, static_cast<int>(CpuPath::Count)> kCpuPathNames = {"auto", "packed", "onednn",
-                                                                                          "blas"};
+// PackedUnits: Packed, with a layer forward's threads splitting the hidden units instead of the batch rows.
+enum class CpuPath : int { Auto, Packed, PackedUnits, Onednn, Blas, Count };
+inline constexpr std::array<const char*, static_cast<int>(CpuPath::Count)> kCpuPathNames = {
+    "auto", "packed", "packed-units", "onednn", "blas"};
+// The names, for error messages: with and without "auto".
+inline constexpr const char* kCpuPathList = "auto, packed, packed-units, onednn or blas";
+inline constexpr const char* kCpuPathChoiceList = "packed, packed-units, onednn or blas";
 inline constexpr const char* kCpuPathVariable = "S2S_FUSED_CPU_PATH";
 
 // The path of that name; CpuPath::Count when there is none.
@@ -65,7 +69,7 @@ struct Switches {
     if (s == nullptr || std::strcmp(s, "") == 0) return CpuPath::Auto;
     const CpuPath p = find_cpu_path(s);
     TORCH_CHECK_VALUE(p != CpuPath::Count, kCpuPathVariable,
-                      ": expected auto, packed, onednn or blas (or unset: auto), got '", s, "'");
+                      ": expected ", kCpuPathList, " (or unset: auto), got '", s, "'");
     return p;
   }
 

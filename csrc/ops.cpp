@@ -216,15 +216,16 @@ PyObject* set_cpu_path(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "s", &name) || !read_switches()) return nullptr;
   const s2s_fused::config::CpuPath p = s2s_fused::config::find_cpu_path(name);
   if (p == s2s_fused::config::CpuPath::Count) {
-    PyErr_Format(PyExc_ValueError, "%s: expected auto, packed, onednn or blas, got '%s'",
-                 s2s_fused::config::kCpuPathVariable, name);
+    PyErr_Format(PyExc_ValueError, "%s: expected %s, got '%s'", s2s_fused::config::kCpuPathVariable,
+                 s2s_fused::config::kCpuPathList, name);
     return nullptr;
   }
   return PyUnicode_FromString(s2s_fused::cpu::path_name(s2s_fused::config::set_cpu_path(p)));
 }
 
 // _cpu_path_state() -> {"path": the setting, "candidates": the paths an fp32 op can take on this machine (oneDNN's
-// only where ATen's matmul runs fp32 here), "choices": {key: {"path": chosen, "times_us": {path: best time}}},
+// only where ATen's matmul runs fp32 here; packed-units only with more than one thread, and only for layer
+// forwards), "choices": {key: {"path": chosen, "times_us": {path: best time}}},
 // "packed_weights": {"entries", "bytes", "hits", "misses"}}: what the CPU path choice has done in this process.
 PyObject* cpu_path_state(PyObject*, PyObject*) {
   if (!read_switches()) return nullptr;
@@ -242,7 +243,7 @@ PyObject* cpu_path_state(PyObject*, PyObject*) {
     Py_DECREF(entry);
   }
   PyObject* candidates = PyList_New(0);
-  for (const auto p : s2s_fused::cpu::path_candidates(at::kFloat)) {
+  for (const auto p : s2s_fused::cpu::path_candidates(at::kFloat, at::get_num_threads() > 1)) {
     PyObject* name = PyUnicode_FromString(path_name(p));
     PyList_Append(candidates, name);
     Py_DECREF(name);
@@ -263,7 +264,8 @@ PyObject* clear_cpu_path_state(PyObject*, PyObject*) {
 
 // _load_cpu_path_choices({key: path}) -> how many were taken: choices kept from earlier processes
 // (s2s_fused/_cpu_path_cache.py). A key this process has already chosen keeps its choice; an entry whose path is
-// not packed / onednn / blas is skipped (a hand-edited or newer file), so a bad file can cost speed, never a crash.
+// not a path of kCpuPathNames (auto is none) is skipped (a hand-edited or newer file), so a bad file can cost
+// speed, never a crash.
 PyObject* load_cpu_path_choices(PyObject*, PyObject* arg) {
   if (!PyDict_Check(arg)) {
     PyErr_Format(PyExc_TypeError, "choices: expected a dict {key: path name}, got %s", Py_TYPE(arg)->tp_name);
@@ -287,7 +289,7 @@ PyObject* load_cpu_path_choices(PyObject*, PyObject* arg) {
   return PyLong_FromLongLong(taken);
 }
 
-// _cpu_path() -> (the setting of S2S_FUSED_CPU_PATH now: auto, packed, onednn or blas; whether oneDNN may run:
+// _cpu_path() -> (the setting of S2S_FUSED_CPU_PATH now: a name of kCpuPathNames; whether oneDNN may run:
 // torch has it and S2S_FUSED_NO_ONEDNN is off). Cheap, for per-call use.
 PyObject* cpu_path_setting(PyObject*, PyObject*) {
   if (!read_switches()) return nullptr;
@@ -307,7 +309,7 @@ PyObject* record_cpu_path_choice(PyObject*, PyObject* args) {
   using s2s_fused::config::CpuPath;
   const CpuPath p = s2s_fused::config::find_cpu_path(name);
   if (p == CpuPath::Count || p == CpuPath::Auto) {
-    PyErr_Format(PyExc_ValueError, "path: expected packed, onednn or blas, got '%s'", name);
+    PyErr_Format(PyExc_ValueError, "path: expected %s, got '%s'", s2s_fused::config::kCpuPathChoiceList, name);
     return nullptr;
   }
   s2s_fused::cpu::PathChoice choice{p, {}};

@@ -8,7 +8,7 @@ EPYC (Zen 4) machine of benchmarks/NOTES.md, where MKL takes a generic path, the
 took 0.93 ms on both; on Intel, MKL's own kernels are the fast ones. So, as the CPU RNN ops choose their GEMM path
 (csrc/cpu/cpu_path.h), the first call of a key (M bucket, K, N, bias, dtype, threads) times both, interleaved, and
 keeps the faster; the choice joins the C++ ops' choices (``python -m s2s_fused info``, the choices file of
-s2s_fused/_cpu_path_cache.py), and ``S2S_FUSED_CPU_PATH`` forces it (``blas``: ATen; ``onednn`` or ``packed``:
+s2s_fused/_cpu_path_cache.py), and ``S2S_FUSED_CPU_PATH`` forces it (``blas``: ATen; any other path:
 oneDNN). Both compute the same product up to fp32 summation order.
 """
 from __future__ import annotations

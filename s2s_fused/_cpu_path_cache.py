@@ -23,7 +23,6 @@ import torch
 
 from . import config
 
-_PATHS = ("packed", "onednn", "blas")
 _state = {"file": None, "loaded": 0}
 
 
@@ -75,7 +74,7 @@ def read(path: str) -> dict[str, str]:
                 if line.startswith("#"):
                     continue
                 key, sep, path_name = line.rstrip("\n").rpartition("\t")
-                if sep and key and path_name in _PATHS:
+                if sep and key and path_name in config.CPU_PATHS:
                     out.setdefault(key, path_name)
     except (OSError, UnicodeDecodeError):
         return {}

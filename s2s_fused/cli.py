@@ -51,13 +51,14 @@ def info() -> dict:
 
 def _cpu_path_lines() -> dict:
     """The CPU GEMM path policy (S2S_FUSED_CPU_PATH, csrc/cpu/cpu_path.h) and the choices this process made."""
+    from . import config
     from .backend import _extension
 
     try:
         state = _extension()._cpu_path_state()
     except (AttributeError, ValueError) as e:  # no extension / an old build; a bad S2S_FUSED_CPU_PATH value
         return {"CPU GEMM path": f"not reported ({e})" if isinstance(e, ValueError) else "not reported by this build of the extension"}
-    paths = " / ".join(state.get("candidates", ("packed", "onednn", "blas")))
+    paths = " / ".join(state.get("candidates", config.CPU_PATHS))
     policy = {"auto": f"auto (the fastest of {paths} here, measured per op and shape on first use)"}
     choices = state["choices"]
     lines = "; ".join(f"{key}: {c['path']} (" + (", ".join(f"{p} {t:.0f} us" for p, t in c["times_us"].items())

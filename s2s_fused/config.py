@@ -37,6 +37,10 @@ TRITON_NO_PERSISTENT: bool = parse_switch("S2S_FUSED_TRITON_NO_PERSISTENT")
 NO_BIDIR_FUSED: bool = parse_switch("S2S_FUSED_NO_BIDIR_FUSED")
 
 
+# The CPU GEMM paths of the RNN ops (csrc/config.h, csrc/cpu/cpu_path.h), in their order of preference; a build
+# reports which of them an fp32 op can take on its machine (_cpu_path_state()["candidates"]).
+CPU_PATHS = ("packed", "packed-units", "onednn", "blas")
+
 # The variables that are not on/off switches: name -> what it sets.
 CPU_PATH_CACHE_VARIABLE = "S2S_FUSED_CPU_PATH_CACHE"
 SETTINGS = {

@@ -126,7 +126,7 @@ def test_what_the_choice_cannot_take_goes_to_aten_untouched(monkeypatch, case):
 
 def test_record_refuses_bad_choices():
     with cpu_path("auto"):
-        with pytest.raises(ValueError, match="path: expected packed, onednn or blas, got 'fast'"):
+        with pytest.raises(ValueError, match="path: expected packed, packed-units, onednn or blas, got 'fast'"):
             _C._record_cpu_path_choice("linear x", "fast", {})
         with pytest.raises(ValueError, match="times: expected"):
             _C._record_cpu_path_choice("linear x", "blas", {"blas": -1.0})

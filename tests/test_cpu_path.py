@@ -22,7 +22,7 @@ import s2s_fused.nn
 _C = s2s_fused.backend._extension() if s2s_fused.backend.is_available("cpu") else None
 pytestmark = pytest.mark.skipif(_C is None, reason="the compiled extension is not available")
 
-PATHS = ("packed", "onednn", "blas")
+PATHS = s2s_fused.config.CPU_PATHS
 TOL = VALUE_TOL[torch.float32]
 
 
@@ -82,6 +82,57 @@ def test_every_path_matches_reference_layers(path, kind):
                 results.append([out, hn] + [t.grad for t in leaves])
             for i, (a, b) in enumerate(zip(*results)):
                 assert_close(a, b, 4 * TOL, f"{kind} layer T={T} B={B} G={G} result {i}")
+
+
+def test_the_unit_split_gives_the_row_splits_numbers_and_is_measured_for_layer_forwards():
+    """packed-units (a layer forward's threads split the hidden units, meeting once a step, instead of the batch
+    rows) computes every output element with the same products in the same order as packed: bit-identical results,
+    for each cell kind, one and two directions, with lengths, training and inference, on shapes where the split is
+    real (B >= 8 rows: packed splits the rows with two threads; whole and partial panels at every SIMD width).
+    Under auto with two threads it is a candidate of a layer's forward, not of its backward or of a cell."""
+    snn = s2s_fused.nn
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for kind, kw in (("LSTM", {}), ("GRU", {}), ("GRU", {"reset_after": False})):
+            for T, B, I, H, bidir in ((3, 8, 5, 130, False), (4, 17, 3, 257, True), (2, 9, 1, 64, False),
+                                      (5, 33, 7, 40, True)):
+                torch.manual_seed(T * B + H)
+                m = getattr(snn, kind)(I, H, bidirectional=bidir, backend="cpu", **kw)
+                x = torch.randn(T, B, I)
+                lengths = torch.randint(1, T + 1, (B,))
+                lengths[0] = T
+                packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+                got = {}
+                for path in ("packed", "packed-units"):
+                    with cpu_path(path):
+                        poison_heap(T * B * 8 * H)
+                        train = m(packed)[0].data
+                        train.sum().backward()
+                        with torch.no_grad():
+                            got[path] = (train.detach(), m(packed)[0].data, m(x)[0])
+                for a, b in zip(got["packed"], got["packed-units"]):
+                    assert torch.equal(a, b), (kind, kw, T, B, I, H, bidir)
+                ref = getattr(torch.nn, kind)(I, H, bidirectional=bidir, dtype=torch.float64)
+                if kind == "GRU" and kw:  # reset_before has no torch module: our reference backend
+                    continue
+                ref.load_state_dict({k: v.double() for k, v in m.state_dict().items()})
+                want = ref(x.double())[0]
+                assert_close(got["packed-units"][2].double(), want, 4 * TOL, f"{kind} T={T} B={B} H={H}")
+        with cpu_path("auto"):
+            m = snn.LSTM(4, 130, backend="cpu")
+            m(torch.randn(3, 16, 4))[0].sum().backward()
+            s2s_fused.lstm_cell(torch.randn(16, 4), (torch.randn(16, 130),) * 2, m.weight_ih_l0, m.weight_hh_l0,
+                                m.bias_ih_l0, m.bias_hh_l0, backend="cpu")
+            choices = _C._cpu_path_state()["choices"]
+        with_units = {k.split()[0] for k, c in choices.items() if "packed-units" in c["times_us"]}
+        assert with_units == {"lstm_layer_forward"}, choices
+        assert {k.split()[0] for k in choices} >= {"lstm_layer_forward", "lstm_layer_backward", "lstm_cell_forward"}
+        assert "packed-units" in _C._cpu_path_state()["candidates"]
+    finally:
+        torch.set_num_threads(old)
+    if torch.get_num_threads() == 1:  # one thread has nothing to split
+        assert "packed-units" not in _C._cpu_path_state()["candidates"]
 
 
 def test_auto_measures_once_per_key_and_keeps_the_choice():
@@ -187,7 +238,7 @@ def test_forced_path_shown_and_bad_values_refused():
     # read at the package's import, as every switch
     out = run_python("try:\n    import s2s_fused\nexcept ValueError as e:\n    print('refused:', e)\n",
                      S2S_FUSED_CPU_PATH="Packed")
-    assert "refused: S2S_FUSED_CPU_PATH: expected auto, packed, onednn or blas" in out and "'Packed'" in out
+    assert "refused: S2S_FUSED_CPU_PATH: expected auto, packed, packed-units, onednn or blas" in out and "'Packed'" in out
     out = run_python("import s2s_fused.backend as b\nprint(b._extension().build_info()['cpu_path'])",
                      S2S_FUSED_CPU_PATH="onednn")
     assert out.strip() == "onednn"

@@ -2,7 +2,8 @@
 // cells' packed path.
 //
 // Paths (config::CpuPath, set by S2S_FUSED_CPU_PATH): `packed` (our register-tiled micro-kernel over packed
-// weights: the layers' whole-sequence loop, the cells' weight products; other GEMMs as `onednn`), `onednn` (ATen's
+// weights: the layers' whole-sequence loop, the cells' weight products; other GEMMs as `onednn`), `packed-units`
+// (`packed`, with a layer forward's threads splitting the hidden units, not the batch rows), `onednn` (ATen's
 // oneDNN matmul for fp32 GEMMs, ATen's BLAS below a minimum size) and `blas` (ATen's mm / addmm: MKL or OpenBLAS).
 // Which is fastest depends on the CPU: on the AMD EPYC (Zen 4) machines of benchmarks/NOTES.md MKL takes a generic
 // path and our kernel and oneDNN win; on Intel Sapphire Rapids, ATen's GEMMs (AVX-512 + AMX) beat our kernel. No
@@ -106,7 +107,7 @@ inline double now_us(bool thread_cpu_time) {
 // agree within 10 % (at least 3 timed rounds), or 12 rounds, or, once the measurement has taken 300 ms, after 2
 // timed rounds; when the cold round alone took that long, it decides (a long op's first-call costs are small
 // beside it), so that measuring a long op costs about one call per candidate.
-// Another candidate displaces the first one (the preferred order: packed, onednn, blas)
+// Another candidate displaces the first one (the preferred order: packed, packed-units, onednn, blas)
 // only when at least 5 % faster, so that noise does not flip a near tie. The choice is then final for the process:
 // a key's calls all round alike, so results repeat bit for bit within a process.
 template <class F>

@@ -5,8 +5,8 @@
 // split once among the threads and every thread runs the whole time loop of every direction over its own rows: no
 // barrier, no fork/join per step. Per step a thread computes the input projection and the recurrent product of its
 // rows against W_ih / W_hh, packed once per call into register-tile panels (csrc/cpu/kernels/packed_gemm.cpp), then
-// runs the pointwise kernel over its rows while they are in cache. A forward batch too small to share
-// (split_units) splits the hidden units instead, with an OpenMP barrier a step. The forward packs W^T with the
+// runs the pointwise kernel over its rows while they are in cache. A forward batch too small to share, or the
+// packed-units path, splits the hidden units instead (split_units), with an OpenMP barrier a step. The forward packs W^T with the
 // gates of each hidden unit side by side; the backward packs W_hh as the plain (G·H, H) right operand of
 // dh = dgates @ W_hh. Buffers, step parameters and finished-row rules are the per-step loop's (csrc/rnn_core.h),
 // so both give the same results up to fp32 summation order.
@@ -55,19 +55,33 @@ inline PanelRange panel_range(const PackedLayout& L, const at::Tensor& packed, i
   return {r, packed.defined() ? packed.const_data_ptr<float>() + p0 * L.K * L.nv * L.width : nullptr};
 }
 
-// Forward with too few batch rows for every thread to own whole row tiles (kRows = 4 on AVX-512): split the hidden
-// units instead, when there are enough panels to go round and no enclosing parallel region.
-inline bool split_units(int64_t B, int64_t panels) {
+// Whether a forward's threads can split the hidden units (whole panels, at least two per thread) instead of the
+// batch rows: more than one thread, no enclosing parallel region.
+inline bool units_can_split(int64_t panels) {
   const int64_t nt = at::get_num_threads();
-  return nt > 1 && B < 4 * nt && panels >= 2 * nt && !at::in_parallel_region();
+  return nt > 1 && panels >= 2 * nt && !at::in_parallel_region();
+}
+// Whether a forward of B rows splits the units: always when asked (the packed-units path), else when there are
+// too few rows for every thread to own whole row tiles (kRows = 4 on AVX-512). Which split is faster for more rows
+// depends on the CPU and the shape, not on a rule that held (an AMD EPYC Zen 3, 2 threads, LSTM I=H=512: units
+// 1.25x faster at B=16, 1.08-1.17x at B=32/64, 3-10 % slower at B=24 and at H=256: benchmarks/NOTES.md), so the
+// path chooser measures it.
+inline bool split_units(int64_t B, int64_t panels, bool units) {
+  return units_can_split(panels) && (units || B < 4 * at::get_num_threads());
+}
+// ... whether asking for the unit split changes how a forward of B rows and H units runs.
+inline bool units_split_differs(int64_t B, int64_t H) {
+  const int64_t width = packed_gemm_kernels().width;
+  return width > 0 && units_can_split((H + width - 1) / width) && !split_units(B, (H + width - 1) / width, false);
 }
 
 inline float* f32(const Mat& m) { return static_cast<float*>(m.data); }
 inline const float* f32(const CMat& m) { return static_cast<const float*>(m.data); }
 
-// pack(layout, src, sk, sn): the packed operand (pack_operand, or a copy kept across calls: rnn_policy.h).
+// pack(layout, src, sk, sn): the packed operand (pack_operand, or a copy kept across calls: rnn_policy.h); units:
+// split the hidden units among the threads wherever they can be (split_units).
 template <class Pack>
-bool packed_sequence_forward(const Sequence& q, Pack&& pack) {
+bool packed_sequence_forward(const Sequence& q, Pack&& pack, bool units) {
   if (!q.fuse_input || !use_packed_sequence(q.dtype) || q.T <= 0 || q.B <= 0 || q.H <= 0 || q.P != q.H) return false;
   const auto& gk = packed_gemm_kernels();
   const auto& pk = rnn_pointwise_kernels();
@@ -123,7 +137,7 @@ bool packed_sequence_forward(const Sequence& q, Pack&& pack) {
     }
   };
 #if defined(_OPENMP)
-  if (split_units(B, L.panels)) {
+  if (split_units(B, L.panels, units)) {
     // Too few rows to give every thread whole row tiles: the threads split the hidden units (whole panels) and meet
     // once a step (twice for GRU reset_before). Every thread of the team runs the same steps, so the barriers
     // always match; a thread without panels still takes part in them.

@@ -59,11 +59,15 @@ inline bool use_onednn_gemm(const at::Tensor& out, int64_t inner) {
          out.numel() * inner >= kMinMacs;
 }
 
-// The paths that differ for a call in `dtype` (csrc/cpu/cpu_path.h): ours and oneDNN's only for fp32.
-inline std::vector<CpuPath> path_candidates(at::ScalarType dtype) {
+// The paths that differ for a call in `dtype` (csrc/cpu/cpu_path.h): ours and oneDNN's only for fp32; units: the
+// packed path's unit split too (a layer forward where it differs: units_split_differs).
+inline std::vector<CpuPath> path_candidates(at::ScalarType dtype, bool units = false) {
   std::vector<CpuPath> c;
   if (dtype == at::kFloat) {
-    if (use_packed_sequence(Dtype::Float32)) c.push_back(CpuPath::Packed);
+    if (use_packed_sequence(Dtype::Float32)) {
+      c.push_back(CpuPath::Packed);
+      if (units) c.push_back(CpuPath::PackedUnits);
+    }
     if (onednn_gemm_available()) c.push_back(CpuPath::Onednn);
   }
   c.push_back(CpuPath::Blas);
@@ -114,15 +118,16 @@ struct CpuRnnPolicy {
   // Auto (a policy made without a path) behaves as Packed: every fast path this build has.
   CpuPath path = CpuPath::Auto;
 
-  bool packed() const { return path == CpuPath::Auto || path == CpuPath::Packed; }
+  bool packed() const { return path == CpuPath::Auto || path == CpuPath::Packed || path == CpuPath::PackedUnits; }
+  bool units() const { return path == CpuPath::PackedUnits; }
   bool onednn() const { return path != CpuPath::Blas; }
 
   // The op f(policy) run with the path of S2S_FUSED_CPU_PATH or the one measured fastest for `key` (cpu_path.h).
   template <class F>
-  static auto run(const std::string& key, at::ScalarType dtype, F&& f) {
+  static auto run(const std::string& key, at::ScalarType dtype, F&& f, bool units = false) {
     const std::string full = key + " " + std::string(c10::toString(dtype)) + " threads=" +
                              std::to_string(at::get_num_threads());
-    return run_with_path(full, path_candidates(dtype), [&](CpuPath p) { return f(CpuRnnPolicy{p}); });
+    return run_with_path(full, path_candidates(dtype, units), [&](CpuPath p) { return f(CpuRnnPolicy{p}); });
   }
   // ... for a layer op (csrc/rnn_layer_impl.h): keyed by the layer's kind, directions and shape buckets. The
   // inference ops share their training forward's key, so that a layer gives the same numbers with and without
@@ -135,7 +140,9 @@ struct CpuRnnPolicy {
     const std::string key = name + " D=" + std::to_string(L.D) + " T~" + std::to_string(bucket(a.T)) +
                             " B~" + std::to_string(bucket(a.B)) + " I=" + std::to_string(a.I) + " H=" +
                             std::to_string(a.H) + (a.active.defined() ? " lengths" : "");
-    return run(key, a.input.scalar_type(), std::forward<F>(f));
+    // The unit split is a candidate of the forwards on the whole-sequence packed path (no projection).
+    const bool units = name.ends_with("_forward") && a.P == a.H && units_split_differs(a.B, a.H);
+    return run(key, a.input.scalar_type(), std::forward<F>(f), units);
   }
 
   // Sequence-sized buffers (workspaces, states, gradients): huge-page backed where they are large.
@@ -209,7 +216,7 @@ struct CpuRnnPolicy {
   // fp32: the whole time loop with packed weights, each thread over its own rows, computing each step's input
   // projection next to its recurrent product; other dtypes: the per-step loop.
   bool projects_input(Dtype dtype) const { return packed() && use_packed_sequence(dtype); }
-  bool run_sequence(const Sequence& q) const { return packed() && packed_sequence_forward(q, pack_operand); }
+  bool run_sequence(const Sequence& q) const { return packed() && packed_sequence_forward(q, pack_operand, units()); }
   bool run_sequence_backward(const Sequence& q, const SequenceGrads& g) const {
     return packed() && packed_sequence_backward(q, g, pack_operand);
   }
@@ -218,7 +225,7 @@ struct CpuRnnPolicy {
   // an LSTM layer's forward at T=32, B=64, I=H=256).
   template <class Layer>
   bool run_sequence(const Sequence& q, const Layer& L) const {
-    return packed() && packed_sequence_forward(q, kept_packing(L));
+    return packed() && packed_sequence_forward(q, kept_packing(L), units());
   }
   template <class Layer>
   bool run_sequence_backward(const Sequence& q, const SequenceGrads& g, const Layer& L) const {
