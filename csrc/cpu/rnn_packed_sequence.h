@@ -6,10 +6,10 @@
 // barrier, no fork/join per step. Per step a thread computes the input projection and the recurrent product of its
 // rows against W_ih / W_hh, packed once per call into register-tile panels (csrc/cpu/kernels/packed_gemm.cpp), then
 // runs the pointwise kernel over its rows while they are in cache. A forward batch too small to share, or the
-// packed-units path, splits the hidden units instead (split_units), with an OpenMP barrier a step. The forward packs W^T with the
-// gates of each hidden unit side by side; the backward packs W_hh as the plain (G·H, H) right operand of
-// dh = dgates @ W_hh. Buffers, step parameters and finished-row rules are the per-step loop's (csrc/rnn_core.h),
-// so both give the same results up to fp32 summation order.
+// packed-units path, splits the hidden units instead (split_units), with an OpenMP barrier a step. The forward packs
+// W^T with the gates of each hidden unit side by side; the backward packs W_hh as the plain (G·H, H) right operand of
+// dh = dgates @ W_hh. Buffers, step parameters and finished-row rules are the per-step loop's (csrc/rnn_core.h), so
+// both give the same results up to fp32 summation order.
 #pragma once
 
 #include <ATen/ATen.h>
