@@ -63,8 +63,7 @@ inline bool units_can_split(int64_t panels) {
 }
 // Whether a forward of B rows splits the units: always when asked (the packed-units path), else when there are
 // too few rows for every thread to own whole row tiles (kRows = 4 on AVX-512). Which split is faster for more rows
-// depends on the CPU and the shape, not on a rule that held (an AMD EPYC Zen 3, 2 threads, LSTM I=H=512: units
-// 1.25x faster at B=16, 1.08-1.17x at B=32/64, 3-10 % slower at B=24 and at H=256: benchmarks/NOTES.md), so the
+// depends on the CPU, the shape and the tile, and no size rule held (benchmarks/NOTES.md, AMD EPYC Zen 3), so the
 // path chooser measures it.
 inline bool split_units(int64_t B, int64_t panels, bool units) {
   return units_can_split(panels) && (units || B < 4 * at::get_num_threads());
