@@ -397,24 +397,27 @@ class AttentionDecoder(nn.Module):
         state["h"] = h[:, None]
         return h, state
 
+    # The steps' inputs come from unbind, not from indexing each step: the backward of x[:, t] is a zeroed copy of
+    # all of x per step, summed up step by step; unbind's backward stacks the steps' gradients once. Same numbers;
+    # the default model's training step 1-4 % faster (1 thread, AMD EPYC Zen 3: 197.6 -> 190.6, 154.1 -> 153.3 ms).
     def forward(self, tokens, state):
         if self.fused:
             outs = []
             if "values_proj" in state:
                 gates_emb = self._embedding_gates(tokens)  # (B, T, 3H): one GEMM for every step
-                for t in range(tokens.shape[1]):
-                    out, state = self.fused_core(gates_emb[:, t], state)
+                for g_t in gates_emb.unbind(1):
+                    out, state = self.fused_core(g_t, state)
                     outs.append(out)
             else:
                 emb = F.dropout(self.embedding(tokens), self.dropout, self.training)
-                for t in range(tokens.shape[1]):
-                    out, state = self.memory_core(emb[:, t], state)
+                for e_t in emb.unbind(1):
+                    out, state = self.memory_core(e_t, state)
                     outs.append(out)
             return self.dense(F.dropout(torch.stack(outs, 1), self.dropout, self.training))
         emb = F.dropout(self.embedding(tokens), self.dropout, self.training)     # (B, T, E)
         outs = []
-        for t in range(tokens.shape[1]):
-            out, state = self._core(emb[:, t], state)
+        for e_t in emb.unbind(1):
+            out, state = self._core(e_t, state)
             outs.append(out)
         return self.dense(F.dropout(torch.stack(outs, 1), self.dropout, self.training))
 
