@@ -5,8 +5,8 @@
 // on) changes one in a running process (A/B runs and tests of both paths) and returns the previous setting.
 //
 // One setting takes a name rather than 1/0: S2S_FUSED_CPU_PATH, which CPU GEMM path the RNN ops take (see
-// csrc/cpu/cpu_path.h): "auto" (unset or empty: the fastest, measured on this machine), "packed", "onednn" or
-// "blas"; any other value is a ValueError naming the variable. build_info()["cpu_path"] shows it,
+// csrc/cpu/cpu_path.h): "auto" (unset or empty: the fastest, measured on this machine) or one path by name
+// (kCpuPathNames); any other value is a ValueError naming the variable. build_info()["cpu_path"] shows it,
 // _C._set_cpu_path(name) changes it.
 #pragma once
 
@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 namespace s2s_fused::config {
 
@@ -43,9 +44,15 @@ inline constexpr std::array<const char*, static_cast<int>(Switch::Count)> kSwitc
 enum class CpuPath : int { Auto, Packed, PackedUnits, Onednn, Blas, Count };
 inline constexpr std::array<const char*, static_cast<int>(CpuPath::Count)> kCpuPathNames = {
     "auto", "packed", "packed-units", "onednn", "blas"};
-// The names, for error messages: with and without "auto".
-inline constexpr const char* kCpuPathList = "auto, packed, packed-units, onednn or blas";
-inline constexpr const char* kCpuPathChoiceList = "packed, packed-units, onednn or blas";
+// The names, for error messages ("auto, packed, ... or blas"): with "auto", or only the paths a choice can be.
+inline std::string cpu_path_list(bool with_auto) {
+  std::string s;
+  for (size_t i = with_auto ? 0 : static_cast<size_t>(CpuPath::Auto) + 1; i < kCpuPathNames.size(); ++i) {
+    if (!s.empty()) s += i + 1 == kCpuPathNames.size() ? " or " : ", ";
+    s += kCpuPathNames[i];
+  }
+  return s;
+}
 inline constexpr const char* kCpuPathVariable = "S2S_FUSED_CPU_PATH";
 
 // The path of that name; CpuPath::Count when there is none.
@@ -69,7 +76,7 @@ struct Switches {
     if (s == nullptr || std::strcmp(s, "") == 0) return CpuPath::Auto;
     const CpuPath p = find_cpu_path(s);
     TORCH_CHECK_VALUE(p != CpuPath::Count, kCpuPathVariable,
-                      ": expected ", kCpuPathList, " (or unset: auto), got '", s, "'");
+                      ": expected ", cpu_path_list(true), " (or unset: auto), got '", s, "'");
     return p;
   }
 

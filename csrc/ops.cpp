@@ -217,7 +217,7 @@ PyObject* set_cpu_path(PyObject*, PyObject* args) {
   const s2s_fused::config::CpuPath p = s2s_fused::config::find_cpu_path(name);
   if (p == s2s_fused::config::CpuPath::Count) {
     PyErr_Format(PyExc_ValueError, "%s: expected %s, got '%s'", s2s_fused::config::kCpuPathVariable,
-                 s2s_fused::config::kCpuPathList, name);
+                 s2s_fused::config::cpu_path_list(true).c_str(), name);
     return nullptr;
   }
   return PyUnicode_FromString(s2s_fused::cpu::path_name(s2s_fused::config::set_cpu_path(p)));
@@ -309,7 +309,8 @@ PyObject* record_cpu_path_choice(PyObject*, PyObject* args) {
   using s2s_fused::config::CpuPath;
   const CpuPath p = s2s_fused::config::find_cpu_path(name);
   if (p == CpuPath::Count || p == CpuPath::Auto) {
-    PyErr_Format(PyExc_ValueError, "path: expected %s, got '%s'", s2s_fused::config::kCpuPathChoiceList, name);
+    PyErr_Format(PyExc_ValueError, "path: expected %s, got '%s'", s2s_fused::config::cpu_path_list(false).c_str(),
+                 name);
     return nullptr;
   }
   s2s_fused::cpu::PathChoice choice{p, {}};

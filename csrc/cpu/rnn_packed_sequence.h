@@ -71,7 +71,9 @@ inline bool split_units(int64_t B, int64_t panels, bool units) {
 // ... whether asking for the unit split changes how a forward of B rows and H units runs.
 inline bool units_split_differs(int64_t B, int64_t H) {
   const int64_t width = packed_gemm_kernels().width;
-  return width > 0 && units_can_split((H + width - 1) / width) && !split_units(B, (H + width - 1) / width, false);
+  if (width <= 0) return false;
+  const int64_t panels = PackedLayout::gated(H, 1, H, width).panels;  // the forward's recurrent operand's
+  return units_can_split(panels) && !split_units(B, panels, false);
 }
 
 inline float* f32(const Mat& m) { return static_cast<float*>(m.data); }
