@@ -471,12 +471,11 @@ def test_only_needed_grads(backend, kind):
                 assert a.grad is None
 
 
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("used", ["h1", "c1"])
 def test_lstm_one_output_unused(backend, used):
-    """An LSTM cell whose h1 or c1 is not used: that output's gradient reaches the backward as missing (no zero
-    tensor is materialized for it) and every gradient still matches the reference."""
+    """An LSTM cell whose h1 or c1 is not used, so that the backward gets None for its gradient (the cell ops ask
+    autograd not to materialize zeros): every gradient still matches the reference."""
     dev = device_for(backend)
     x, h, c, params = inputs("lstm", 5, 7, 17, device=dev)
     ts_f, ts_r = leaves(x, h, c, params, "lstm"), leaves(x, h, c, params, "lstm")
