@@ -60,13 +60,23 @@ def register_fake(name: str) -> Callable:
 
 def register_autograd(name: str, backward_name: str, backward: Callable, setup_context: Callable) -> None:
     """The autograd formula of ``s2s_fused::<name>`` and of its Triton twin: ``backward(backward_op, ctx, *grads)``,
-    where ``backward_op`` is ``<backward_name>`` (the twin's for the twin)."""
+    where ``backward_op`` is ``<backward_name>`` (the twin's for the twin).
+
+    An output without a gradient reaches ``backward`` as None, never as a zero tensor: the saved buffers (workspaces,
+    hidden-state histories) are outputs that never get one and an unused h_n or attention weights often get none, and
+    autograd would otherwise allocate and fill a zero tensor for each on every call (12 MB for an LSTM layer at T=32
+    B=64 H=256: ~0.4 ms, 1 % of its forward+backward). Every backward takes a missing gradient as zero."""
     if not AVAILABLE:
         return
+
+    def setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        setup_context(ctx, inputs, output)
+
     for n, suffix in zip(_names(name), ("", TWIN_SUFFIX)):
         torch.library.register_autograd(f"s2s_fused::{n}",
                                         functools.partial(backward, getattr(_ops, backward_name + suffix)),
-                                        setup_context=setup_context)
+                                        setup_context=setup)
 
 
 def op(name: str, backend: str):

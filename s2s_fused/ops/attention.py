@@ -47,7 +47,6 @@ def _setup_context(ctx, inputs, output):
     query, keys, values, w_q, v, valid_len = inputs
     ctx.save_for_backward(query, keys, values, w_q, v, valid_len, output[2])
     ctx.mark_non_differentiable(output[2])
-    ctx.set_materialize_grads(False)  # an unused weights output reaches backward as None, not as a zeros tensor
 
 
 def _backward(backward_op, ctx, grad_context, grad_weights, _grad_qp):

@@ -56,17 +56,11 @@ def _gru_bwd_fake(grad_h1, input, hx, w_ih, w_hh, workspace, reset_after, grad_m
 # ------------------------------------------------------------------------------------------------ autograd
 
 
-# _NO_ZERO_GRADS: the workspace output never gets a gradient, and an unused h1 or c1 often gets none; autograd would
-# otherwise hand the backward a zero tensor for each, allocated and filled on every call for nothing (as the layer
-# ops, s2s_fused/ops/rnn_layer.py). The backward ops take a missing gradient as zero.
-
-
 def _lstm_setup(ctx, inputs, output):
     input, hx, cx, w_ih, w_hh, b_ih, b_hh = inputs
     _, c1, workspace = output
     ctx.save_for_backward(input, hx, cx, w_ih, w_hh, workspace, c1, b_ih, b_hh)
     ctx.mark_non_differentiable(workspace)
-    ctx.set_materialize_grads(False)  # see _NO_ZERO_GRADS
 
 
 def _lstm_backward(backward_op, ctx, grad_h1, grad_c1, _grad_ws):
@@ -91,7 +85,6 @@ def _gru_setup(ctx, inputs, output):
     ctx.save_for_backward(input, hx, w_ih, w_hh, workspace, b_ih, b_hh)
     ctx.reset_after = reset_after
     ctx.mark_non_differentiable(workspace)
-    ctx.set_materialize_grads(False)  # see _NO_ZERO_GRADS
 
 
 def _gru_backward(backward_op, ctx, grad_h1, _grad_ws):

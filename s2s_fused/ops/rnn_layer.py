@@ -85,12 +85,6 @@ def _forward_op(kind: str, backend: str, *tensors) -> str:
 
 # ------------------------------------------------------------------------------------------------ autograd
 
-# No materialized zero gradients: the saved buffers (hs, cs, workspace) are outputs that never get a gradient,
-# and an unused h_n or c_n often gets none; autograd would otherwise hand the backward a zero tensor for each, filled
-# for nothing on every call (12 MB for an LSTM layer at T=32 B=64 H=256: ~0.4 ms, 1 % of its forward+backward).
-# The backward ops take a missing gradient as zero.
-
-
 def _lstm_setup(ctx, inputs, output):
     input, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, w_hr = inputs
     _, _, _, hs, cs, workspace = output
@@ -98,7 +92,6 @@ def _lstm_setup(ctx, inputs, output):
     ctx.has_bias = (b_ih is not None, b_hh is not None)
     ctx.reverse = reverse
     ctx.mark_non_differentiable(hs, cs, workspace)
-    ctx.set_materialize_grads(False)  # unused output gradients arrive as None (see above)
 
 
 def _lstm_backward(backward_op, ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
@@ -126,7 +119,6 @@ def _gru_setup(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.reset_after = reset_after
     ctx.mark_non_differentiable(hs, workspace)
-    ctx.set_materialize_grads(False)  # unused output gradients arrive as None (see above)
 
 
 def _gru_backward(backward_op, ctx, grad_output, grad_h_n, _g_hs, _g_ws):
@@ -292,7 +284,6 @@ def _lstm_bidir_setup(ctx, inputs, output):
                           b_hh_r)
     ctx.has_bias = tuple(b is not None for b in (b_ih, b_hh, b_ih_r, b_hh_r))
     ctx.mark_non_differentiable(hs, cs, workspace)
-    ctx.set_materialize_grads(False)  # unused output gradients arrive as None (see above)
 
 
 def _lstm_bidir_backward(backward_op, ctx, grad_output, grad_h_n, grad_c_n, _g_hs, _g_cs, _g_ws):
@@ -318,7 +309,6 @@ def _gru_bidir_setup(ctx, inputs, output):
     ctx.has_bias = tuple(b is not None for b in (b_ih, b_hh, b_ih_r, b_hh_r))
     ctx.reset_after = reset_after
     ctx.mark_non_differentiable(hs, workspace)
-    ctx.set_materialize_grads(False)  # unused output gradients arrive as None (see above)
 
 
 def _gru_bidir_backward(backward_op, ctx, grad_output, grad_h_n, _g_hs, _g_ws):
