@@ -523,6 +523,34 @@ def test_linear_all_masked_and_no_grad_paths():
     assert_close(without, ref, 1e-12, "no-grad path")
 
 
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_linear_backward_fills_no_zero_gradients(reduction):
+    """The linear + cross-entropy ops' outputs that get no gradient (lse; the precomputed gradients of the scalar
+    reductions, V x H for the weight) reach backward as None, not as zero tensors autograd allocated and filled on
+    every call; the gradients still match the reference."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    h = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(13, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(13, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 13, (7,))
+    fills = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, a=(), kw=None):
+            if any(s in func.__name__ for s in ("zeros", "zero_", "fill_", "full")):
+                fills.append(func.__name__)
+            return func(*a, **(kw or {}))
+
+    out = s2s_fused.linear_masked_cross_entropy(h, w, t, bias=b, reduction=reduction, backend="cpu")
+    with Spy():
+        got = torch.autograd.grad(out.sum(), (h, w, b))
+    assert not fills, f"zero gradients materialized in backward: {fills}"
+    ref = reference.linear_masked_cross_entropy(h, w, t, None, b, reduction=reduction)
+    for g, r, name in zip(got, torch.autograd.grad(ref.sum(), (h, w, b)), ("hidden", "weight", "bias")):
+        assert_close(g, r, 1e-12, name)
+
+
 def test_triton_ce_kernels_compile_for_gpu():
     """The Triton cross-entropy forward / backward kernels, in the configurations their launchers use (dtypes,
     valid_len and label smoothing on and off, 2-D / 3-D logits, sizes of 1 as constexprs), compiled for sm_90 down

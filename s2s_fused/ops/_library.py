@@ -5,7 +5,8 @@
   :func:`define_triton_twin`) and runs ``s2s_fused.triton.<family>.<name>``. That module is imported when the twin
   first runs, never before: ``import s2s_fused`` does not import Triton, and TRITON_INTERPRET can be set until a
   Triton op first runs. The triton modules implement kernels only; they import nothing from here.
-- Python-only ops (the chunked linear + cross-entropy) are ``torch.library.custom_op``s in their family module.
+- Python-only ops (the chunked linear + cross-entropy) are ``torch.library.custom_op``s in their family module,
+  their autograd set up through :func:`unmaterialized` like every other op's.
 - An op and its twin share one fake kernel (:func:`register_fake`) and one autograd formula
   (:func:`register_autograd`), registered here for both; :func:`op` is the one a backend runs.
 """
@@ -58,21 +59,27 @@ def register_fake(name: str) -> Callable:
     return register
 
 
-def register_autograd(name: str, backward_name: str, backward: Callable, setup_context: Callable) -> None:
-    """The autograd formula of ``s2s_fused::<name>`` and of its Triton twin: ``backward(backward_op, ctx, *grads)``,
-    where ``backward_op`` is ``<backward_name>`` (the twin's for the twin).
+def unmaterialized(setup_context: Callable) -> Callable:
+    """``setup_context`` for an op whose backward takes a missing output gradient as None, never as a zero tensor.
 
-    An output without a gradient reaches ``backward`` as None, never as a zero tensor: the saved buffers (workspaces,
-    hidden-state histories) are outputs that never get one and an unused h_n or attention weights often get none, and
-    autograd would otherwise allocate and fill a zero tensor for each on every call (12 MB for an LSTM layer at T=32
-    B=64 H=256: ~0.4 ms, 1 % of its forward+backward). Every backward takes a missing gradient as zero."""
-    if not AVAILABLE:
-        return
-
+    Every op registers its autograd through this: the saved buffers (workspaces, hidden-state histories, the
+    linear + cross-entropy's precomputed gradients) are outputs that never get a gradient, and an unused h_n or
+    attention weights often get none; autograd would otherwise allocate and fill a zero tensor for each on every call
+    (12 MB for an LSTM layer at T=32 B=64 H=256: ~0.4 ms, 1 % of its forward+backward; V x H for the linear +
+    cross-entropy's weight gradient). Every backward takes a missing gradient as zero."""
     def setup(ctx, inputs, output):
         ctx.set_materialize_grads(False)
         setup_context(ctx, inputs, output)
+    return setup
 
+
+def register_autograd(name: str, backward_name: str, backward: Callable, setup_context: Callable) -> None:
+    """The autograd formula of ``s2s_fused::<name>`` and of its Triton twin: ``backward(backward_op, ctx, *grads)``,
+    where ``backward_op`` is ``<backward_name>`` (the twin's for the twin); missing gradients arrive as None
+    (:func:`unmaterialized`)."""
+    if not AVAILABLE:
+        return
+    setup = unmaterialized(setup_context)
     for n, suffix in zip(_names(name), ("", TWIN_SUFFIX)):
         torch.library.register_autograd(f"s2s_fused::{n}",
                                         functools.partial(backward, getattr(_ops, backward_name + suffix)),

@@ -138,6 +138,8 @@ def _linear_setup_context(ctx, inputs, output):
 
 
 def _linear_backward(ctx, grad_loss, _grad_lse):
+    if grad_loss is None:  # gradcheck's undefined-gradient check (lse is non-differentiable)
+        return (None,) * 8
     hidden, weight, bias, target, lse = ctx.saved_tensors
     if recording_backward():
         ignore_index, label_smoothing = ctx.args[:2]
@@ -148,7 +150,8 @@ def _linear_backward(ctx, grad_loss, _grad_lse):
     return gh, gw, (gb if bias is not None else None), None, None, None, None, None
 
 
-linear_masked_ce_forward.register_autograd(_linear_backward, setup_context=_linear_setup_context)
+linear_masked_ce_forward.register_autograd(_linear_backward,
+                                           setup_context=_library.unmaterialized(_linear_setup_context))
 
 # Scalar reductions ("sum", "mean") with gradients wanted: the incoming per-token gradient is known up to one
 # scalar (scale = 1, or 1 / the number of unmasked tokens), so forward computes the gradients too, while each
@@ -201,6 +204,8 @@ def _linear_grad_setup_context(ctx, inputs, output):
 
 
 def _linear_grad_backward(ctx, grad_total, *_unused):
+    if grad_total is None:  # gradcheck's undefined-gradient check (the gradients are non-differentiable)
+        return (None,) * 9
     gh, gw, gb, hidden, weight, bias, target, scale = ctx.saved_tensors
     if recording_backward():
         return reference_vjp(lambda h, w, b: scale * reference.linear_masked_cross_entropy(
@@ -211,8 +216,8 @@ def _linear_grad_backward(ctx, grad_total, *_unused):
             None, None, None, None, None, None)
 
 
-linear_masked_ce_forward_with_grad.register_autograd(_linear_grad_backward,
-                                                     setup_context=_linear_grad_setup_context)
+linear_masked_ce_forward_with_grad.register_autograd(
+    _linear_grad_backward, setup_context=_library.unmaterialized(_linear_grad_setup_context))
 
 # ---------------------------------------------------------------------------------------- public function
 
