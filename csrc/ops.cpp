@@ -135,6 +135,14 @@ TORCH_LIBRARY(s2s_fused, m) {
       "additive_attention_backward(Tensor grad_context, Tensor? grad_weights, Tensor query, Tensor keys, "
       "Tensor values, Tensor w_q, Tensor v, Tensor valid_len, Tensor query_proj) -> (Tensor grad_query, "
       "Tensor grad_keys, Tensor grad_values, Tensor grad_w_q, Tensor grad_v)");
+  // Dot (Luong) attention, the same rows and masking: score_s = query . keys_s (keys (B, S, Hq); Luong's "general"
+  // score over keys projected once per source). Backward recomputes the scores from query.
+  m.def(
+      "dot_attention_forward(Tensor query, Tensor keys, Tensor values, Tensor valid_len) -> (Tensor context, "
+      "Tensor weights)");
+  m.def(
+      "dot_attention_backward(Tensor grad_context, Tensor? grad_weights, Tensor query, Tensor keys, Tensor values, "
+      "Tensor valid_len) -> (Tensor grad_query, Tensor grad_keys, Tensor grad_values)");
 
   // ---------------------------------------------------------------- end of schemas
 }

@@ -20,7 +20,7 @@ from .ops.linear_cross_entropy import linear_masked_cross_entropy
 from .ops.beam import beam_search_topk
 
 # ---- attention
-from .ops.attention import additive_attention
+from .ops.attention import additive_attention, dot_attention
 
 # ---- end of ops
 

@@ -486,13 +486,16 @@ def attn_rows_error(N: int, keys: torch.Tensor):
 
 
 def attn_args(query, keys, values, w_q, v, valid_len) -> None:
-    """csrc/attention_args.h attn_args, check for check and message for message."""
-    for t, name in ((query, "query"), (keys, "keys"), (values, "values"), (w_q, "w_q"), (v, "v"),
-                    (valid_len, "valid_len")):
+    """csrc/attention_args.h attn_args_of, check for check and message for message; w_q and v None: the dot op's."""
+    additive = w_q is not None
+    named = [(query, "query"), (keys, "keys"), (values, "values")]
+    named += [(w_q, "w_q"), (v, "v")] if additive else []
+    for t, name in named + [(valid_len, "valid_len")]:
         tensor(t, name)
     floating(query, "query")
     dim(query, 2, "query")
-    for t, name, d in ((keys, "keys", 3), (values, "values", 3), (w_q, "w_q", 2), (v, "v", 1)):
+    for t, name, d in ((keys, "keys", 3), (values, "values", 3)) + (((w_q, "w_q", 2), (v, "v", 1)) if additive
+                                                                    else ()):
         same(t, query, name, "query")
         dim(t, d, name)
     if valid_len.dtype != torch.int64:
@@ -508,9 +511,12 @@ def attn_args(query, keys, values, w_q, v, valid_len) -> None:
         fail("keys: expected at least one position (S >= 1), got shape ", shape_str(keys))
     size(values, 0, B, "values")
     size(values, 1, S, "values")
-    if tuple(w_q.shape) != (H, Hq):
-        fail("w_q: expected shape [", H, ", ", Hq, "] (keys' H, query's Hq), got ", shape_str(w_q))
-    size(v, 0, H, "v")
+    if additive:
+        if tuple(w_q.shape) != (H, Hq):
+            fail("w_q: expected shape [", H, ", ", Hq, "] (keys' H, query's Hq), got ", shape_str(w_q))
+        size(v, 0, H, "v")
+    elif H != Hq:
+        fail("keys: expected size ", Hq, " in dim 2 (query's Hq), got shape ", shape_str(keys))
     size(valid_len, 0, B, "valid_len")
 
 
@@ -526,6 +532,18 @@ def additive_attention_forward(query, keys, values, w_q, v, valid_len) -> None:
     attn_args(query, keys, values, w_q, v, valid_len)
 
 
+def attn_grads(grad_context, grad_weights, query, keys, values) -> None:
+    """csrc/attention_args.h attn_check_grads."""
+    N, S, Dv = query.shape[0], keys.shape[1], values.shape[2]
+    same(grad_context, query, "grad_context", "query")
+    if grad_context.dim() != 2 or tuple(grad_context.shape) != (N, Dv):
+        fail("grad_context: expected shape [", N, ", ", Dv, "] (as context), got ", shape_str(grad_context))
+    if grad_weights is not None:
+        same(grad_weights, query, "grad_weights", "query")
+        if grad_weights.dim() != 2 or tuple(grad_weights.shape) != (N, S):
+            fail("grad_weights: expected shape [", N, ", ", S, "] (as weights), got ", shape_str(grad_weights))
+
+
 def additive_attention_backward(grad_context, grad_weights, query, keys, values, w_q, v, valid_len,
                                 query_proj) -> None:
     """csrc/attention_args.h attn_check_backward, after attn_args."""
@@ -534,20 +552,27 @@ def additive_attention_backward(grad_context, grad_weights, query, keys, values,
         tensor(grad_weights, "grad_weights")
     tensor(query_proj, "query_proj")
     attn_args(query, keys, values, w_q, v, valid_len)
-    N, S, H, Dv = query.shape[0], keys.shape[1], keys.shape[2], values.shape[2]
-    same(grad_context, query, "grad_context", "query")
-    if grad_context.dim() != 2 or tuple(grad_context.shape) != (N, Dv):
-        fail("grad_context: expected shape [", N, ", ", Dv, "] (as context), got ", shape_str(grad_context))
-    if grad_weights is not None:
-        same(grad_weights, query, "grad_weights", "query")
-        if grad_weights.dim() != 2 or tuple(grad_weights.shape) != (N, S):
-            fail("grad_weights: expected shape [", N, ", ", S, "] (as weights), got ", shape_str(grad_weights))
+    attn_grads(grad_context, grad_weights, query, keys, values)
+    N, H = query.shape[0], keys.shape[2]
     acc = attn_acc_dtype(query.dtype)
     if query_proj.dtype != acc:
         fail("query_proj: expected dtype ", dtype_str(acc), ", got ", dtype_str(query_proj.dtype))
     same_device(query_proj, query, "query_proj", "query")
     if query_proj.dim() != 2 or tuple(query_proj.shape) != (N, H):
         fail("query_proj: expected shape [", N, ", ", H, "] (query W_q^T), got ", shape_str(query_proj))
+
+
+def dot_attention_forward(query, keys, values, valid_len) -> None:
+    attn_args(query, keys, values, None, None, valid_len)
+
+
+def dot_attention_backward(grad_context, grad_weights, query, keys, values, valid_len) -> None:
+    """csrc/attention_args.h attn_check_grads, after dot_attn_args."""
+    tensor(grad_context, "grad_context")
+    if grad_weights is not None:
+        tensor(grad_weights, "grad_weights")
+    attn_args(query, keys, values, None, None, valid_len)
+    attn_grads(grad_context, grad_weights, query, keys, values)
 
 
 # ----------------------------------------------------------------------------------------------------- end

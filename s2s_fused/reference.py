@@ -199,14 +199,28 @@ def additive_attention(query, keys, values, w_q, v, valid_len):
     values_s. valid_len = 0 gives uniform weights 1/S over every position, as d2l's -1e6 masking does (its scores
     are then all equal); they do not depend on query, keys, w_q or v. Returns (context (N, Dv), weights (N, S))."""
     B, S, H = keys.shape
-    N = query.shape[0]
-    R = N // B if B else 1
+    R = query.shape[0] // B if B else 1
     qp = (query @ w_q.t()).view(B, R, 1, H)
-    scores = torch.tanh(keys[:, None] + qp) @ v                                          # (B, R, S)
-    pos = torch.arange(S, device=keys.device)
-    vl = valid_len.to(keys.device)[:, None, None]
+    return _masked_attention(torch.tanh(keys[:, None] + qp) @ v, values, valid_len)      # scores (B, R, S)
+
+
+def dot_attention(query, keys, values, valid_len):
+    """Dot (Luong) attention of one decoder step: query (N, H), keys (B, S, H) (Luong's "general" score: keys
+    projected once per source, W_a m_s), values (B, S, Dv), valid_len (B,), N = R*B as
+    :func:`additive_attention`. score_s = query . keys_s; the same masking, weights and context."""
+    B, S, H = keys.shape
+    R = query.shape[0] // B if B else 1
+    return _masked_attention((query.view(B, R, H) @ keys.transpose(1, 2)), values, valid_len)
+
+
+def _masked_attention(scores, values, valid_len):
+    """(context (N, Dv), weights (N, S)) from scores (B, R, S): softmax over s < valid_len, uniform 1/S for an
+    empty row; context = weights @ values."""
+    B, R, S = scores.shape
+    pos = torch.arange(S, device=scores.device)
+    vl = valid_len.to(scores.device)[:, None, None]
     mask = pos < vl                                                                      # (B, 1, S)
     # an empty row's scores all become 0, so its softmax is uniform and carries no gradient to the scores
     weights = torch.softmax(scores.masked_fill(~mask, float("-inf")).masked_fill(vl == 0, 0.0), dim=-1)
     context = weights @ values                                                           # (B, R, Dv)
-    return context.reshape(N, values.shape[2]), weights.reshape(N, S)
+    return context.reshape(B * R, values.shape[2]), weights.reshape(B * R, S)

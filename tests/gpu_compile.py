@@ -300,6 +300,11 @@ def _attention():
                 ctx, w, qp = tri.additive_attention_forward(*args)
                 for gw in (torch.ones_like(w), None):
                     tri.additive_attention_backward(torch.ones_like(ctx), gw, *args, qp)
+                # the dot score: query as wide as the keys, no w_q or v
+                dot_args = [torch.randn(R * B, H, dtype=dtype), args[1], args[2], args[5]]
+                ctx, w = tri.dot_attention_forward(*dot_args)
+                for gw in (torch.ones_like(w), None):
+                    tri.dot_attention_backward(torch.ones_like(ctx), gw, *dot_args)
     return log
 
 

@@ -166,18 +166,29 @@ def additive_attention_backward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV, R=1):
     return [_randn(R * B, Dv), _randn(R * B, S), *args, qp]
 
 
+def dot_attention_forward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV, R=1):
+    """R*B query rows over B source rows; keys as wide as the query (Hq unused)."""
+    valid_len = torch.tensor([S, 0, 1][:B] + [S] * max(0, B - 3), dtype=torch.int64).clamp(max=S)
+    return [_randn(R * B, H), _randn(B, S, H), _randn(B, S, Dv), valid_len]
+
+
+def dot_attention_backward(B=B, S=S_ATT, H=H, Hq=HQ, Dv=DV, R=1):
+    args = dot_attention_forward(B, S, H, Hq, Dv, R)
+    return [_randn(R * B, Dv), _randn(R * B, S), *args]
+
+
 MAKERS = {f.__name__: f for f in (
     lstm_cell_forward, lstm_cell_backward, gru_cell_forward, gru_cell_backward, lstm_layer_forward,
     lstm_layer_backward, gru_layer_forward, gru_layer_backward, lstm_layer_bidir_forward, lstm_layer_bidir_backward,
     gru_layer_bidir_forward, gru_layer_bidir_backward, masked_ce_forward, masked_ce_backward,
-    additive_attention_forward, additive_attention_backward)}
+    additive_attention_forward, additive_attention_backward, dot_attention_forward, dot_attention_backward)}
 # The inference ops take the training forward's arguments.
 MAKERS["lstm_layer_inference"] = lstm_layer_forward
 MAKERS["gru_layer_inference"] = gru_layer_forward
 TRITON_TWINS = {"lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward",
                 "lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward", "gru_layer_backward",
                 "masked_ce_forward", "masked_ce_backward", "additive_attention_forward",
-                "additive_attention_backward"}
+                "additive_attention_backward", "dot_attention_forward", "dot_attention_backward"}
 # The RNN, cross-entropy and attention ops of csrc/ops.cpp (beam_search_topk has its own tests).
 CPP_OPS = sorted(MAKERS)
 # The LSTM layer ops again with a projection (w_hr, torch's proj_size): P = 2 < H.
@@ -251,6 +262,7 @@ VALID = {
     ("masked_ce_backward", "logits", "size2+1"), ("masked_ce_backward", "logits", "size2-1"),
     # Dv (values' last dim) is carried by values alone in the forward; the backward's grad_context carries it too
     ("additive_attention_forward", "values", "size2+1"), ("additive_attention_forward", "values", "size2-1"),
+    ("dot_attention_forward", "values", "size2+1"), ("dot_attention_forward", "values", "size2-1"),
 }
 
 
@@ -571,6 +583,8 @@ def _reference_forward(op, args):
         return (R.masked_softmax_cross_entropy(logits, target, valid_len, ii, ls, "none"),)
     if op == "additive_attention_forward":
         return R.additive_attention(*args)
+    if op == "dot_attention_forward":
+        return R.dot_attention(*args)
     return None
 
 
@@ -584,7 +598,7 @@ _PROJ_SIZES = [dict(T=0, P=2), dict(B=0, P=2), dict(I=0, P=2), dict(H=1, P=1), d
                dict(T=1, B=1, I=1, H=3, P=1)]
 EDGE_CASES = [(op, sizes) for op in CPP_OPS
               for sizes in (_CELL_SIZES if "_cell_" in op else _CE_SIZES if op.startswith("masked_ce")
-                            else _ATT_SIZES if op.startswith("additive_attention") else _LAYER_SIZES)]
+                            else _ATT_SIZES if "_attention_" in op else _LAYER_SIZES)]
 EDGE_CASES += [(op, sizes) for op in PROJ_OPS for sizes in _PROJ_SIZES]
 
 

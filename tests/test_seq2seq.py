@@ -220,6 +220,42 @@ def test_fused_attention_decoder_any_target_length(corpus, steps):
         assert_close(a, b, 1e-10, name)
 
 
+@pytest.mark.parametrize("cfg", CONFIGS[4:7], ids=cfg_id)
+def test_luong_decoder_on_the_dot_attention_op_matches_torch_backend(corpus, cfg):
+    """The fused backend's Luong decoder attends through the dot_attention op (dot score; general: over the keys
+    projected once per source): logits and every gradient equal the torch backend's (two bmm and d2l's masked
+    softmax) in float64, and beam search, which hands the op one copy of the source side per sentence, finds the
+    same hypotheses."""
+    from s2s_fused.ops import attention as attention_ops
+
+    src, src_len, tgt, _ = batch_of(corpus, 5)
+    grads, models = {}, {}
+    calls = []
+    for backend in ("fused", "torch"):
+        m = model_for(corpus, backend, **cfg).double()
+        assert m.decoder.dot_op == (backend == "fused") and m.decoder.grouped_source == (backend == "fused")
+        spy = attention_ops._library.op
+        try:
+            attention_ops._library.op = lambda name, be: calls.append(name) or spy(name, be)
+            logits = m(src, src_len, tgt)
+        finally:
+            attention_ops._library.op = spy
+        (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(1), dtype=logits.dtype)).sum() \
+            .backward()
+        grads[backend] = [logits.detach()] + [p.grad for p in m.parameters()]
+        models[backend] = m.eval()
+    # the fused backend's attention: one dot_attention call a step; none on the torch backend
+    assert [c for c in calls if "attention" in c] == ["dot_attention_forward"] * tgt.shape[1]
+    names = ["logits"] + [n for n, _ in models["torch"].named_parameters()]
+    for name, a, b in zip(names, grads["fused"], grads["torch"]):
+        assert_close(a, b, 1e-10, name)
+    src, src_len = corpus.dev.src[:8], corpus.dev.src_len[:8]
+    for beam in (1, 4):
+        a, b = (translate_ids(models[k], src, src_len, beam=beam) for k in ("fused", "torch"))
+        assert [h[0][0] for h in a] == [h[0][0] for h in b]
+        assert [h[0][1] for h in a] == pytest.approx([h[0][1] for h in b], rel=1e-6)  # (float32 scores)
+
+
 def test_train_optimizer_is_adam_and_moves_version_counters():
     """The train command's Adam (torch's fused kernel) updates as torch's default Adam does, and moves the version
     counter of every parameter it updates (the fused kernel alone does not: caches keyed on versions would go
@@ -1028,9 +1064,9 @@ def test_fused_decoder_step_decoding_matches_torch_backend_after_weight_updates(
 
 @pytest.mark.parametrize("cfg", [CONFIGS[0], CONFIGS[2], CONFIGS[5]], ids=cfg_id)
 def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, cfg):
-    """The model's beam reorder copies the per-hypothesis entries only (the fused decoder step's attention takes
-    the source side grouped, one row per sentence: not even expanded); beam search gives the same hypotheses as
-    with decode's default reorder, which copies every entry."""
+    """The model's beam reorder copies the per-hypothesis entries only (the fused decoder step's attention and the
+    dot attention op take the source side grouped, one row per sentence: not even expanded); beam search gives the
+    same hypotheses as with decode's default reorder, which copies every entry."""
     from s2s_fused.seq2seq.decode import beam_search, default_reorder_state
 
     m = model_for(corpus, "fused", **cfg).eval()
@@ -1039,7 +1075,7 @@ def test_reorder_state_keeps_the_source_side_and_decodes_as_the_default(corpus, 
         state = m.encode(src, src_len)
         expanded = m.reorder_state(state, torch.arange(6).repeat_interleave(3))
         for key, value in default_reorder_state(state, torch.arange(6).repeat_interleave(3)).items():
-            if getattr(m.decoder, "fused", False) and key in m.SOURCE_SIDE:
+            if m.decoder.grouped_source and key in m.SOURCE_SIDE:
                 assert expanded[key] is state[key], key
             else:
                 assert torch.equal(expanded[key], value), key

@@ -137,7 +137,8 @@ def test_importing_the_package_registers_every_triton_twin():
     compiled_with_twin = {"lstm_cell_forward", "lstm_cell_backward", "gru_cell_forward", "gru_cell_backward",
                           "lstm_layer_forward", "lstm_layer_backward", "gru_layer_forward", "gru_layer_backward",
                           "masked_ce_forward", "masked_ce_backward", "beam_search_topk",
-                          "additive_attention_forward", "additive_attention_backward"}
+                          "additive_attention_forward", "additive_attention_backward", "dot_attention_forward",
+                          "dot_attention_backward"}
     assert {n + "_triton" for n in compiled_with_twin} <= schemas
     for name in compiled_with_twin:  # the same schema under the twin's name
         ours = getattr(torch.ops.s2s_fused, name + "_triton").default._schema

@@ -1,4 +1,4 @@
-// CPU registration of the additive attention ops: the query projection and weight gradients as ATen GEMMs, the
+// CPU registration of the attention ops (additive, and dot with the same kernels): the query projection and weight gradients as ATen GEMMs, the
 // fused per-row part (tanh scores, masked softmax, context; and its backward) in the capability-selected kernels
 // of csrc/cpu/kernels/attention.cpp, parallel over source rows: a task runs all R query rows of its source rows back
 // to back, while that row's keys and values are in cache. valid_len outside [0, S] is an error before any kernel
@@ -61,10 +61,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> additive_
   return attn_finish_backward(a, o);
 }
 
+std::tuple<at::Tensor, at::Tensor> dot_attention_forward_cpu(const at::Tensor& query, const at::Tensor& keys,
+                                                             const at::Tensor& values, const at::Tensor& valid_len) {
+  AttnArgs a = dot_attn_args(query, keys, values, valid_len);
+  check_valid_len_values(a);
+  const at::Tensor qp = attn_query_proj(a);
+  auto [context, weights] = attn_forward_outputs(a);
+  const auto p = attn_forward_params(a, qp, context, weights);
+  for_source_rows(p.rows, [&](int64_t n0, int64_t n1) { attention_kernels().forward(p, n0, n1); });
+  return {context, weights};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> dot_attention_backward_cpu(
+    const at::Tensor& grad_context, const std::optional<at::Tensor>& grad_weights, const at::Tensor& query,
+    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& valid_len) {
+  AttnArgs a = dot_attn_args(query, keys, values, valid_len);
+  const at::Tensor gw = contiguous_or_undefined(grad_weights);
+  attn_check_grads(a, grad_context, gw);
+  check_valid_len_values(a);
+  const at::Tensor g = grad_context.contiguous(), qp = attn_query_proj(a);
+  AttnBackwardOutputs o = attn_backward_outputs(a);
+  const auto p = attn_backward_params(a, g, gw, qp, o);
+  for_source_rows(p.rows, [&](int64_t n0, int64_t n1) { attention_kernels().backward(p, n0, n1); });
+  return dot_attn_finish_backward(a, o);
+}
+
 }  // namespace
 }  // namespace s2s_fused::cpu
 
 TORCH_LIBRARY_IMPL(s2s_fused, CPU, m) {
   m.impl("additive_attention_forward", &s2s_fused::cpu::additive_attention_forward_cpu);
   m.impl("additive_attention_backward", &s2s_fused::cpu::additive_attention_backward_cpu);
+  m.impl("dot_attention_forward", &s2s_fused::cpu::dot_attention_forward_cpu);
+  m.impl("dot_attention_backward", &s2s_fused::cpu::dot_attention_backward_cpu);
 }

@@ -1,4 +1,4 @@
-// CUDA additive attention, forward and backward (formulas and layout: csrc/attention.h). No torch headers: the
+// CUDA attention (additive, and dot: AttnRows::dot), forward and backward (formulas and layout: csrc/attention.h). No torch headers: the
 // binding (attention_binding.cpp) checks the tensors, runs the query projection and weight-gradient GEMMs, and
 // passes raw pointers and the stream.
 //
@@ -84,7 +84,11 @@ __device__ void row_weights(const AttnRows& p, int64_t n, int64_t b, int64_t L, 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int64_t s = warp; s < L; s += kWarps) {
     A acc = 0;
-    for (int64_t h = lane; h < H; h += 32) acc += to_acc(v[h]) * tanh_acc(qp[h] + to_acc(keys[s * H + h]));
+    if (p.dot) {
+      for (int64_t h = lane; h < H; h += 32) acc += qp[h] * to_acc(keys[s * H + h]);
+    } else {
+      for (int64_t h = lane; h < H; h += 32) acc += to_acc(v[h]) * tanh_acc(qp[h] + to_acc(keys[s * H + h]));
+    }
     acc = warp_sum(acc);
     if (lane == 0) w[s] = acc;
   }
@@ -174,6 +178,20 @@ __global__ void __launch_bounds__(kThreads) attention_backward_kernel(const Attn
   const T* v = static_cast<const T*>(p.v);
   G* gk = static_cast<G*>(prm.grad_keys) + n * S * H;
   A* gqp = static_cast<A*>(prm.grad_qp) + n * H;
+  if (p.dot) {
+    // d loss / d k_s = ds_s qp; d loss / d qp = sum_s ds_s k_s
+    for (int64_t h = threadIdx.x; h < H; h += kThreads) {
+      const A q = qp[h];
+      A aq = 0;
+      for (int64_t s = 0; s < L; ++s) {
+        gk[s * H + h] = store_as<G>(ds[s] * q + nan_if_bad);
+        aq += ds[s] * to_acc(keys[s * H + h]);
+      }
+      for (int64_t s = L; s < S; ++s) gk[s * H + h] = store_as<G>(nan_if_bad);
+      gqp[h] = aq + nan_if_bad;
+    }
+    return;
+  }
   A* gvr = static_cast<A*>(prm.grad_v_rows) + n * H;
   for (int64_t h = threadIdx.x; h < H; h += kThreads) {
     const A vh = to_acc(v[h]), q = qp[h];
@@ -222,7 +240,7 @@ cudaError_t launch_backward(const AttnBackwardParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t additive_attention_forward_launch(const AttnForwardParams& p, cudaStream_t stream) {
+cudaError_t attention_forward_launch(const AttnForwardParams& p, cudaStream_t stream) {
   if (p.rows.N == 0) return cudaSuccess;
   switch (p.rows.dtype) {
     case Dtype::Float32: return launch_forward<float, float>(p, stream);
@@ -233,7 +251,7 @@ cudaError_t additive_attention_forward_launch(const AttnForwardParams& p, cudaSt
   return cudaErrorInvalidValue;
 }
 
-cudaError_t additive_attention_backward_launch(const AttnBackwardParams& p, cudaStream_t stream) {
+cudaError_t attention_backward_launch(const AttnBackwardParams& p, cudaStream_t stream) {
   if (p.rows.N == 0) return cudaSuccess;
   switch (p.rows.dtype) {
     case Dtype::Float32: return launch_backward<float, float>(p, stream);

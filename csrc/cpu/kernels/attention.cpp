@@ -1,4 +1,4 @@
-// Additive attention, forward and backward, over query rows [n0, n1) (see csrc/attention.h). Compiled once per
+// Additive and dot attention, forward and backward, over query rows [n0, n1) (see csrc/attention.h). Compiled once per
 // CPU capability by setup.py.
 //
 // Per query row, forward reads its source row's keys[:L] once (tanh and the v-dot fused, vectorised over H) and
@@ -21,38 +21,48 @@ inline T zero() {
   return static_cast<T>(0.0f);
 }
 
-// Query row n's tanh(qp + k_s) for s < L into t (L, H) (if not null), scores into sc (L). A: accumulate type.
-template <typename T>
-void scores_of_row(const AttnRows& p, int64_t n, int64_t L, acc_t<T>* t, acc_t<T>* sc) {
+// sc[s] = the lanes' sum of term(s, h, lanes, acc) over h, for s < L: term returns acc plus the score's terms at
+// h .. h + lanes (missing lanes adding 0). Two vectors of h per iteration, each with its own accumulator: the
+// additive score's tanh is a long chain of dependent instructions, and two independent ones side by side ran the op
+// 5-12 % faster at the beam-4 decoding shape (AMD EPYC Zen 3, 1 thread, interleaved in-process); four gained
+// nothing more.
+template <typename T, typename Term>
+void row_scores(int64_t L, int64_t H, acc_t<T>* sc, const Term& term) {
   using A = acc_t<T>;
   using Vec = VecOf<T>;
   constexpr int64_t W = Vec::size();
-  const int64_t H = p.H;
-  const T* keys = static_cast<const T*>(p.keys) + n / p.R * p.S * H;
-  const A* qp = static_cast<const A*>(p.qp) + n * H;
-  const T* v = static_cast<const T*>(p.v);
-  // Two vectors of h per iteration, each with its own accumulator: the tanh is a long chain of dependent
-  // instructions, and two independent ones side by side ran the op 5-12 % faster at the beam-4 decoding shape
-  // (AMD EPYC Zen 3, 1 thread, interleaved in-process); four gained nothing more.
-  const auto tanh_at = [&](int64_t s, int64_t h, int64_t n) {
-    const Vec th = vtanh(vload(keys + s * H + h, n) + vload(qp + h, n));
-    if (t) vstore(t + s * H + h, th, n);
-    return th;
-  };
   for (int64_t s = 0; s < L; ++s) {
     Vec acc(A(0)), acc2(A(0));
     int64_t h = 0;
     for (; h + 2 * W <= H; h += 2 * W) {
-      const Vec th = tanh_at(s, h, W), th2 = tanh_at(s, h + W, W);
-      acc = at::vec::fmadd(th, vload(v + h, W), acc);
-      acc2 = at::vec::fmadd(th2, vload(v + h + W, W), acc2);
+      acc = term(s, h, W, acc);
+      acc2 = term(s, h + W, W, acc2);
     }
-    for (; h < H; h += W) {
-      const int64_t n = std::min<int64_t>(W, H - h);
-      acc = at::vec::fmadd(tanh_at(s, h, n), vload(v + h, n), acc);  // missing lanes of v read 0
-    }
+    for (; h < H; h += W) acc = term(s, h, std::min<int64_t>(W, H - h), acc);
     sc[s] = hsum<A>(acc + acc2);
   }
+}
+
+// Query row n's scores into sc (L): additive v . tanh(qp + k_s), its tanh also into t (L, H) if not null; or dot
+// qp . k_s (t unused). A: accumulate type.
+template <typename T>
+void scores_of_row(const AttnRows& p, int64_t n, int64_t L, acc_t<T>* t, acc_t<T>* sc) {
+  using Vec = VecOf<T>;
+  const int64_t H = p.H;
+  const T* keys = static_cast<const T*>(p.keys) + n / p.R * p.S * H;
+  const acc_t<T>* qp = static_cast<const acc_t<T>*>(p.qp) + n * H;
+  if (p.dot) {
+    row_scores<T>(L, H, sc, [&](int64_t s, int64_t h, int64_t m, const Vec& acc) {
+      return at::vec::fmadd(vload(keys + s * H + h, m), vload(qp + h, m), acc);
+    });
+    return;
+  }
+  const T* v = static_cast<const T*>(p.v);
+  row_scores<T>(L, H, sc, [&](int64_t s, int64_t h, int64_t m, const Vec& acc) {
+    const Vec th = vtanh(vload(keys + s * H + h, m) + vload(qp + h, m));
+    if (t) vstore(t + s * H + h, th, m);
+    return at::vec::fmadd(th, vload(v + h, m), acc);  // missing lanes of v read 0
+  });
 }
 
 // Softmax of sc[0..L) in place (L >= 1).
@@ -142,7 +152,7 @@ void backward_impl(const AttnBackwardParams& prm, int64_t n0, int64_t n1) {
     G* gk = static_cast<G*>(prm.grad_keys) + n * S * H;
     G* gv = static_cast<G*>(prm.grad_values) + n * S * Dv;
     A* gqp = static_cast<A*>(prm.grad_qp) + n * H;
-    A* gvr = static_cast<A*>(prm.grad_v_rows) + n * H;
+    A* gvr = prm.grad_v_rows ? static_cast<A*>(prm.grad_v_rows) + n * H : nullptr;  // null: dot scores
     if (L == 0) {
       // constant weights 1/S: only the values get a gradient
       const Vec inv(A(1) / A(S));
@@ -154,11 +164,11 @@ void backward_impl(const AttnBackwardParams& prm, int64_t n0, int64_t n1) {
       }
       std::fill(gk, gk + S * H, zero<G>());
       std::fill(gqp, gqp + H, A(0));
-      std::fill(gvr, gvr + H, A(0));
+      if (gvr) std::fill(gvr, gvr + H, A(0));
       continue;
     }
-    t.resize(L * H);
-    scores_of_row<T>(p, n, L, t.data(), w.data());
+    if (!p.dot) t.resize(L * H);
+    scores_of_row<T>(p, n, L, p.dot ? nullptr : t.data(), w.data());
     softmax_in_place(w.data(), L);
     // d loss / d weights_s = g . values_s (+ grad_weights_s); grad_values_s = weights_s g
     A sigma = 0;
@@ -187,6 +197,24 @@ void backward_impl(const AttnBackwardParams& prm, int64_t n0, int64_t n1) {
     }
     std::fill(gv + L * Dv, gv + S * Dv, zero<G>());
     for (int64_t s = 0; s < L; ++s) ds[s] = w[s] * (ds[s] - sigma);  // d loss / d score_s
+    if (p.dot) {
+      // d loss / d k_s = ds_s qp; d loss / d qp = sum_s ds_s k_s
+      const T* keys = static_cast<const T*>(p.keys) + b * S * H;
+      const A* qp = static_cast<const A*>(p.qp) + n * H;
+      for (int64_t h = 0; h < H; h += W) {
+        const int64_t k = std::min<int64_t>(W, H - h);
+        const Vec qh = vload(qp + h, k);
+        Vec aq(A(0));
+        for (int64_t s = 0; s < L; ++s) {
+          const Vec dss(ds[s]);
+          vstore(gk + s * H + h, dss * qh, k);
+          aq = at::vec::fmadd(dss, vload(keys + s * H + h, k), aq);
+        }
+        aq.store(gqp + h, k);
+      }
+      std::fill(gk + L * H, gk + S * H, zero<G>());
+      continue;
+    }
     // d loss / d (qp + k_s)_h = ds_s v_h (1 - t_sh^2); summed over s it is d loss / d qp
     for (int64_t h = 0; h < H; h += W) {
       const int64_t k = std::min<int64_t>(W, H - h);
