@@ -1,5 +1,5 @@
-// Torch side of the attention ops (additive and dot), shared by the CPU registration (csrc/cpu/attention.cpp) and the CUDA
-// binding (csrc/cuda/attention_binding.cpp): argument checks (TORCH_CHECK, for direct callers of
+// Torch side of the attention ops (additive and dot), shared by the CPU registration (csrc/cpu/attention.cpp) and
+// the CUDA binding (csrc/cuda/attention_binding.cpp): argument checks (TORCH_CHECK, for direct callers of
 // torch.ops.s2s_fused.*; the Python wrapper checks first), the query projection and the weight gradients (GEMMs
 // through ATen, around the fused per-row kernels), and the raw-pointer view of csrc/attention.h. Nothing here
 // reads tensor values, so nothing here synchronises with a device.
@@ -135,7 +135,7 @@ struct AttnBackwardOutputs {
 };
 
 // grad_keys / grad_values: the gradients for R = 1, else each query row's share in acc precision (csrc/attention.h),
-// which attn_finish_backward sums.
+// which attn_source_grads sums.
 inline AttnBackwardOutputs attn_backward_outputs(const AttnArgs& a) {
   const auto& r = a.rows;
   const auto opts = a.query.options();

@@ -174,6 +174,7 @@ def test_valid_len_zero_one_and_full(backend, kind):
     torch.testing.assert_close(ctx[0], values[0].mean(0))
     torch.testing.assert_close(w[1], torch.eye(S, device=dev)[0])
     torch.testing.assert_close(ctx[1], values[1, 0])
+    assert torch.equal(grads[0][0], torch.zeros_like(grads[0][0]))  # query of the empty row
     assert torch.equal(grads[1][0], torch.zeros_like(grads[1][0]))  # keys of the empty row
     assert torch.equal(grads[1][1, 1:], torch.zeros_like(grads[1][1, 1:]))
     # NaN past valid_len: never read

@@ -1,8 +1,8 @@
-// CPU registration of the attention ops (additive, and dot with the same kernels): the query projection and weight gradients as ATen GEMMs, the
-// fused per-row part (tanh scores, masked softmax, context; and its backward) in the capability-selected kernels
-// of csrc/cpu/kernels/attention.cpp, parallel over source rows: a task runs all R query rows of its source rows back
-// to back, while that row's keys and values are in cache. valid_len outside [0, S] is an error before any kernel
-// runs (on CPU reading it costs no device sync).
+// CPU registration of the attention ops (additive, and dot with the same kernels): the query projection and weight
+// gradients as ATen GEMMs, the fused per-row part (tanh or dot scores, masked softmax, context; and its backward)
+// in the capability-selected kernels of csrc/cpu/kernels/attention.cpp, parallel over source rows: a task runs all
+// R query rows of its source rows back to back, while that row's keys and values are in cache. valid_len outside
+// [0, S] is an error before any kernel runs (on CPU reading it costs no device sync).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -1,6 +1,6 @@
-// CUDA attention (additive, and dot: AttnRows::dot), forward and backward (formulas and layout: csrc/attention.h). No torch headers: the
-// binding (attention_binding.cpp) checks the tensors, runs the query projection and weight-gradient GEMMs, and
-// passes raw pointers and the stream.
+// CUDA attention (additive, and dot: AttnRows::dot), forward and backward (formulas and layout: csrc/attention.h).
+// No torch headers: the binding (attention_binding.cpp) checks the tensors, runs the query projection and
+// weight-gradient GEMMs, and passes raw pointers and the stream.
 //
 // One block of kThreads per query row n, over source row b = n / R; the row's S scores (and in backward their
 // gradients) live in dynamic shared memory. Backward writes the row's own slice of grad_keys / grad_values (of

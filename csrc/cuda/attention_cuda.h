@@ -1,5 +1,5 @@
-// Launchers of the CUDA attention kernels (additive and dot) (csrc/cuda/attention.cu). Plain C++: included by the .cu (nvcc,
-// no torch headers) and by the torch binding (csrc/cuda/attention_binding.cpp).
+// Launchers of the CUDA attention kernels, additive and dot (csrc/cuda/attention.cu). Plain C++: included by the .cu
+// (nvcc, no torch headers) and by the torch binding (csrc/cuda/attention_binding.cpp).
 #pragma once
 
 #include <cuda_runtime_api.h>

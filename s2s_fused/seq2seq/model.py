@@ -18,7 +18,7 @@ Models (``config["attention"]``):
 - ``"luong"``: multiplicative attention (``score="dot"`` or ``"general"``) on the decoder's new top-layer state,
   attentional state ``tanh(W_c [context; h])`` feeding the output layer and the next step (input feeding). On an
   s2s_fused backend the attention is the ``dot_attention`` op (the general score's keys are projected once per
-  source), which takes one copy of the source side for every beam of a sentence.
+  source), which takes one copy of the source side per sentence, shared by its beams.
 With ``bidirectional=True`` the encoder runs both ways; per layer, the final forward and backward states are joined
 by a linear layer (``tanh`` for h) into the decoder's initial state.
 
@@ -514,8 +514,9 @@ class Seq2Seq(nn.Module):
         first expands B rows to B*K, then reorders hypotheses among the K beams of each sentence only, which leaves
         the source-side entries as they are: those are not copied again (at the default model's beam-4 shape they
         are most of the state: (N, S, 3H) projected values, (N, S, H) keys). The fused decoder step's attention
-        (and the Luong decoder's, on an s2s_fused backend) takes them with B rows for N = R*B hypotheses (R consecutive rows per sentence), so for it they are not
-        expanded either: one copy per sentence, where an expansion copied 5.7 ms worth of a beam-4 decode.
+        (and the Luong decoder's, on an s2s_fused backend) takes them with B rows for N = R*B hypotheses (R
+        consecutive rows per sentence), so for it they are not expanded either: one copy per sentence, where an
+        expansion copied 5.7 ms worth of a beam-4 decode.
         An ``index`` with as many rows as the state must keep each row among its sentence's rows (beam search's
         reorders do); one that changes the number of rows may take any rows."""
         rows = state["h"].shape[0]
